@@ -1,0 +1,85 @@
+"""Command-line entry points: compose the config with Hydra and call the recipe. No logic here
+beyond turning user mistakes into one-line messages with a non-zero exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import hydra
+from hydra._internal import utils as hydra_internal_utils
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from ptft_hf.config import schema  # noqa: F401  (registers the schema with Hydra's ConfigStore)
+from ptft_hf.config.errors import describe_compose_error
+from ptft_hf.errors import UserError
+from ptft_hf.paths import conf_dir
+
+EXIT_USER_ERROR = 2
+PROG = "ptft-hf"
+
+
+def verbose_requested(argv: list[str] | None = None) -> bool:
+    """`verbose=true` on the command line (or PTFT_HF_VERBOSE=1 / HYDRA_FULL_ERROR=1) shows tracebacks."""
+    argv = sys.argv[1:] if argv is None else argv
+    if os.environ.get("PTFT_HF_VERBOSE") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return True
+    return any(a.lstrip("+~").lower() in ("verbose=true", "verbose=1", "verbose=yes") for a in argv)
+
+
+def report_user_error(lines: list[str]) -> None:
+    for line in lines:
+        sys.stderr.write(f"{PROG}: error: {line}\n")
+    sys.stderr.write(f"{PROG}: (add verbose=true to see the traceback)\n")
+
+
+def _install_compose_error_reporter() -> None:
+    """Make Hydra's composition errors (unknown option, unknown key, bad override) one line each.
+
+    Hydra prints these itself through `run_and_report`; we wrap the function it runs so that
+    config mistakes exit with status 2 and a line naming the field and the fix. Anything else
+    (a bug) still reaches Hydra's own reporting with its traceback.
+    """
+    original: Callable[[Any], Any] = getattr(hydra_internal_utils, "_ptft_original_run_and_report", hydra_internal_utils.run_and_report)
+    hydra_internal_utils._ptft_original_run_and_report = original
+
+    def run_and_report(func: Any) -> Any:
+        def guarded() -> Any:
+            try:
+                return func()
+            except (HydraException, OmegaConfBaseException) as err:
+                if verbose_requested():
+                    raise
+                report_user_error([describe_compose_error(err)])
+                sys.exit(EXIT_USER_ERROR)
+
+        return original(guarded)
+
+    hydra_internal_utils.run_and_report = run_and_report
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def _train(cfg: DictConfig) -> float:
+    # bitsandbytes warns at import that an optional CPU kernel package is absent; not actionable.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from ptft_hf.recipe import run  # heavy imports only once the config composed
+
+    try:
+        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    except UserError as err:
+        if cfg.verbose:
+            raise
+        report_user_error([str(p) for p in err.problems])
+        sys.exit(EXIT_USER_ERROR)
+    return float(metrics.get("eval_loss", float("nan")))  # what Hydra sweepers optimise
+
+
+def main() -> None:
+    """`ptft-hf [overrides]`: compose conf/ with Hydra and run."""
+    _install_compose_error_reporter()
+    _train()

@@ -1,0 +1,102 @@
+"""Dataclass schemas of the project's own config groups.
+
+Hydra merges every YAML option into these typed nodes, so a misspelt key in `model`, `data`,
+`objective`, `strategy` or `samples` fails at compose time. `trainer` is deliberately untyped:
+its keys are `transformers.TrainingArguments` fields and pass through untouched (validation
+checks the names against the installed transformers instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TokenizerConfig:
+    name_or_path: Optional[str] = None  # defaults to the model's name_or_path
+    train: bool = False  # train a new tokenizer on the run's training texts
+    kind: str = "byte_bpe"  # byte_bpe (GPT-2 style)
+    vocab_size: int = 8000
+    min_frequency: int = 2
+
+
+@dataclass
+class ModelConfig:
+    name: str = "model"
+    name_or_path: Optional[str] = None  # Hub id or local folder; null builds from `config`
+    architecture: Optional[str] = None  # model_type used to build from scratch, e.g. gpt2
+    config: Dict[str, Any] = field(default_factory=dict)  # sizes / config overrides
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    dtype: Optional[str] = None  # float32, bfloat16, float16 or auto; null keeps float32
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    name: str = "data"
+    path: Optional[str] = None  # local file, glob or folder (wins over hub_id)
+    eval_path: Optional[str] = None  # local eval file; else eval_split or a carved fraction
+    format: Optional[str] = None  # text, json, csv or parquet; inferred from the extension
+    hub_id: Optional[str] = None  # datasets.load_dataset id
+    hub_config: Optional[str] = None
+    builtin: Optional[str] = None  # name of a builtin offline corpus
+    train_split: str = "train"
+    eval_split: Optional[str] = None
+    text_column: str = "text"
+    sample_by: str = "line"  # text files: line, paragraph or document
+    eval_fraction: float = 0.05  # carved off the training data when no eval data is given
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "clm"
+    block_size: int = 128  # tokens per packed training block
+    add_eos: bool = True  # put EOS after every document before packing
+    num_proc: Optional[int] = None  # datasets.map workers
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "full"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class SamplesConfig:
+    prompts: List[str] = field(default_factory=list)  # continued at every evaluation
+    max_new_tokens: int = 32
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.3  # tiny models loop without it
+
+
+@dataclass
+class PtftConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    trainer: Dict[str, Any] = field(default_factory=dict)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    seed: int = 42
+    overwrite: bool = False  # allow writing into a folder that holds a finished run
+    verbose: bool = False  # show tracebacks for user errors
+
+
+SCHEMA_NAME = "ptft_schema"
+
+
+def register_schemas() -> None:
+    """Make the schema known to Hydra; config.yaml lists it first in its defaults."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=PtftConfig)
+
+
+register_schemas()

@@ -1,0 +1,106 @@
+"""Cross-group validation: runs before any download or training and reports every problem at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainingArguments
+
+from ptft_hf.data.builtin import BUILTIN_CORPORA
+from ptft_hf.data.sources import resolve_files
+from ptft_hf.errors import Problem, UserError
+
+SUPPORTED_OBJECTIVES = ("clm",)
+SUPPORTED_STRATEGIES = ("full",)
+# TrainingArguments fields the run sets itself from other groups.
+RUN_OWNED_TRAINER_FIELDS = {"output_dir": "the run folder (hydra.run.dir=...)", "seed": "the top-level seed=..."}
+_POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
+
+
+def trainer_field_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _suggest(name: str, choices: set[str] | list[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3)
+    return f"did you mean {' or '.join(close)}?" if close else "see transformers.TrainingArguments for valid names"
+
+
+def suggest_trainer_field(name: str) -> str:
+    return _suggest(name, trainer_field_names())
+
+
+def _check_trainer(trainer: Any) -> list[Problem]:
+    problems = []
+    valid = trainer_field_names()
+    for key in trainer:
+        if key in RUN_OWNED_TRAINER_FIELDS:
+            problems.append(Problem(f"trainer.{key}", "is set by the run", f"use {RUN_OWNED_TRAINER_FIELDS[key]} instead"))
+        elif key not in valid:
+            problems.append(Problem(f"trainer.{key}", "is not a TrainingArguments field", _suggest(key, valid)))
+    return problems
+
+
+def _check_data(data: DictConfig) -> list[Problem]:
+    problems = []
+    if OmegaConf.is_missing(data, "path"):
+        return [Problem("data.path", f"is required by data={data.name}", "add data.path=FILE (a file, glob or folder)")]
+    for field in ("path", "eval_path"):
+        value = data.get(field)
+        if value:
+            try:
+                resolve_files(f"data.{field}", value)
+            except UserError as err:
+                problems.extend(err.problems)
+    if not (data.path or data.hub_id or data.builtin):
+        problems.append(Problem("data", "no source is set", "set data.path=FILE, data.hub_id=ID or choose data=builtin_docs"))
+    if data.builtin and not data.path and data.builtin not in BUILTIN_CORPORA:
+        problems.append(Problem("data.builtin", f"no builtin corpus '{data.builtin}'", f"use one of: {', '.join(BUILTIN_CORPORA)}"))
+    if data.sample_by not in ("line", "paragraph", "document"):
+        problems.append(Problem("data.sample_by", f"'{data.sample_by}' is not a way to split text", "use line, paragraph or document"))
+    return problems
+
+
+def _check_model(cfg: DictConfig) -> list[Problem]:
+    model, objective = cfg.model, cfg.objective
+    problems = []
+    if not model.name_or_path and not model.architecture:
+        problems.append(Problem("model.name_or_path", "neither a checkpoint nor an architecture is set",
+                                "set model.name_or_path=ID_OR_FOLDER or model.architecture=gpt2 with sizes in model.config"))
+    if not model.name_or_path and not model.tokenizer.train and not model.tokenizer.name_or_path:
+        problems.append(Problem("model.tokenizer", "a model built from a config needs a tokenizer",
+                                "set model.tokenizer.train=true or model.tokenizer.name_or_path=ID_OR_FOLDER"))
+    if model.tokenizer.train and model.tokenizer.vocab_size < 300:
+        problems.append(Problem("model.tokenizer.vocab_size", f"{model.tokenizer.vocab_size} is below the 256 bytes plus merges",
+                                "use at least 300 (4096 or more for real text)"))
+    if not model.name_or_path:
+        positions = next((model.config[k] for k in _POSITION_KEYS if k in model.config), None)
+        if positions is not None and objective.block_size > positions:
+            problems.append(Problem("objective.block_size", f"{objective.block_size} is longer than the model's {positions} positions",
+                                    f"lower objective.block_size or raise model.config.{next(k for k in _POSITION_KEYS if k in model.config)}"))
+    return problems
+
+
+def collect_problems(cfg: DictConfig) -> list[Problem]:
+    """Every problem found in the composed config, in group order."""
+    problems: list[Problem] = []
+    if cfg.objective.name not in SUPPORTED_OBJECTIVES:
+        problems.append(Problem("objective.name", f"'{cfg.objective.name}' is not supported", f"use one of: {', '.join(SUPPORTED_OBJECTIVES)}"))
+    if cfg.strategy.name not in SUPPORTED_STRATEGIES:
+        problems.append(Problem("strategy.name", f"'{cfg.strategy.name}' is not supported", f"use one of: {', '.join(SUPPORTED_STRATEGIES)}"))
+    if cfg.objective.block_size < 2:
+        problems.append(Problem("objective.block_size", f"{cfg.objective.block_size} is too short", "use at least 2 (128 or more is usual)"))
+    problems += _check_model(cfg)
+    problems += _check_data(cfg.data)
+    problems += _check_trainer(cfg.trainer)
+    return problems
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise one UserError listing every problem, or return quietly."""
+    problems = collect_problems(cfg)
+    if problems:
+        raise UserError(problems)

@@ -1,0 +1,1 @@
+"""Data: sources (files, Hub, builtin corpora), processing (tokenise, pack) and collators."""

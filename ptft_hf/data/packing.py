@@ -1,0 +1,92 @@
+"""Tokenise documents and pack them into fixed-size blocks for causal-LM training.
+
+Unlike `run_clm.py`'s `group_texts`, which drops the remainder of every `map` batch, packing here
+concatenates the whole tokenised column (Arrow, no Python loop over tokens) and cuts it once, so at
+most one partial block is dropped in all. Documents are separated by EOS.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from datasets import Dataset, Features, Sequence, Value
+from datasets.table import InMemoryTable
+
+log = logging.getLogger(__name__)
+
+
+def tokenize_batch(batch: dict[str, list], tokenizer: Any, eos_token_id: int | None) -> dict[str, list]:
+    """Tokenise a batch of texts without special tokens, appending EOS to each when given."""
+    ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    if eos_token_id is not None:
+        ids = [seq + [eos_token_id] for seq in ids]
+    return {"input_ids": ids}
+
+
+def tokenize_dataset(ds: Dataset, tokenizer: Any, add_eos: bool, num_proc: int | None = None) -> Dataset:
+    """Batched, cached `datasets.map` tokenisation; keeps only `input_ids` (int32)."""
+    eos = tokenizer.eos_token_id if add_eos else None
+    if add_eos and eos is None:
+        raise ValueError("the tokenizer has no eos_token; set objective.add_eos=false or give it one")
+    return ds.map(
+        tokenize_batch,
+        batched=True,
+        batch_size=1000,
+        num_proc=num_proc,
+        remove_columns=ds.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "eos_token_id": eos},
+        features=Features({"input_ids": Sequence(Value("int32"))}),
+        desc="tokenising",
+    )
+
+
+@dataclass
+class PackingStats:
+    documents: int
+    tokens: int
+    blocks: int
+    block_size: int
+    tokens_dropped: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def flat_token_ids(tokenized: Dataset) -> np.ndarray:
+    """All `input_ids` of a tokenised data set, concatenated in order, as one int32 array."""
+    if tokenized._indices is not None:  # a select/shuffle view: materialise the order first
+        tokenized = tokenized.flatten_indices()
+    column = tokenized.data.column("input_ids")
+    chunks = [chunk.flatten() for chunk in column.chunks]  # flatten() honours list offsets
+    if not chunks:
+        return np.zeros(0, dtype=np.int32)
+    return pa.concat_arrays(chunks).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+
+
+def pack_blocks(tokenized: Dataset, block_size: int) -> tuple[Dataset, PackingStats]:
+    """Cut the concatenated token stream into `block_size` blocks; drop only the final remainder."""
+    if block_size < 2:
+        raise ValueError("block_size must be at least 2")
+    flat = flat_token_ids(tokenized)
+    n_blocks = len(flat) // block_size
+    kept = n_blocks * block_size
+    values = pa.array(flat[:kept], type=pa.int32())
+    blocks = pa.FixedSizeListArray.from_arrays(values, block_size)
+    table = InMemoryTable(pa.table({"input_ids": blocks}))
+    packed = Dataset(table)
+    stats = PackingStats(
+        documents=len(tokenized), tokens=int(len(flat)), blocks=n_blocks,
+        block_size=block_size, tokens_dropped=int(len(flat) - kept),
+    )
+    return packed, stats
+
+
+def block_array(packed: Dataset) -> np.ndarray:
+    """The packed blocks as a (blocks, block_size) int array, without a Python loop."""
+    column = packed.data.column("input_ids").combine_chunks()
+    size = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, size)

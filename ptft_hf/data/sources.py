@@ -1,0 +1,167 @@
+"""Raw text sources: local files, Hub data sets and builtin corpora, as train/eval splits.
+
+Everything goes through `datasets.load_dataset`, so Hub ids and local files share one code path
+and one cache. The result always has a `text` column (or the columns an objective asks for).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from ptft_hf.config.schema import DataConfig
+from ptft_hf.data.builtin import BUILTIN_CORPORA, builtin_corpus_file
+from ptft_hf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_FORMAT_BY_SUFFIX = {
+    ".txt": "text", ".text": "text", ".md": "text", ".raw": "text",
+    ".jsonl": "json", ".json": "json",
+    ".csv": "csv", ".tsv": "csv",
+    ".parquet": "parquet",
+}
+
+
+def resolve_files(field: str, path: str) -> list[str]:
+    """Expand a file, glob or folder into a sorted list of files, or explain what is missing."""
+    expanded = os.path.expanduser(path)
+    if os.path.isdir(expanded):
+        files = sorted(
+            str(p) for p in Path(expanded).rglob("*") if p.is_file() and p.suffix in _FORMAT_BY_SUFFIX
+        )
+    elif any(ch in expanded for ch in "*?["):
+        files = sorted(glob.glob(expanded, recursive=True))
+    else:
+        files = [expanded] if os.path.isfile(expanded) else []
+    if not files:
+        raise UserError.of(
+            field, f"no file at '{path}' (looked from {os.getcwd()})",
+            f"point {field}= at an existing file, glob or folder",
+        )
+    return files
+
+
+def infer_format(field: str, files: list[str], declared: str | None) -> str:
+    if declared:
+        return declared
+    suffix = Path(files[0]).suffix.lower()
+    if suffix not in _FORMAT_BY_SUFFIX:
+        raise UserError.of(
+            field, f"cannot tell the format of '{files[0]}'",
+            "set data.format= to one of text, json, csv, parquet",
+        )
+    return _FORMAT_BY_SUFFIX[suffix]
+
+
+def _load_files(field: str, path: str, cfg: DataConfig) -> Dataset:
+    files = resolve_files(field, path)
+    fmt = infer_format(field, files, cfg.format)
+    kwargs: dict[str, Any] = {}
+    if fmt == "text":
+        kwargs["sample_by"] = cfg.sample_by
+    if fmt == "csv" and files[0].endswith(".tsv"):
+        kwargs["delimiter"] = "\t"
+    for f in files:
+        if os.path.getsize(f) == 0:
+            raise UserError.of(field, f"'{f}' is empty", f"point {field}= at a file with text in it")
+    try:
+        return datasets.load_dataset(fmt, data_files={"train": files}, split="train", **kwargs)
+    except UnicodeDecodeError as err:
+        raise UserError.of(
+            field, f"a file under '{path}' is not UTF-8 text ({err.reason} at byte {err.start})",
+            "convert it to UTF-8 (e.g. `iconv -t utf-8`)",
+        ) from err
+    except (datasets.exceptions.DatasetGenerationError, ValueError) as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, UnicodeDecodeError):
+            raise UserError.of(
+                field, f"a file under '{path}' is not UTF-8 text", "convert it to UTF-8 (e.g. `iconv -t utf-8`)"
+            ) from err
+        raise UserError.of(
+            field, f"'{path}' could not be read as {fmt}: {str(cause).splitlines()[0]}",
+            "check the file or set data.format=",
+        ) from err
+
+
+def _load_hub(cfg: DataConfig) -> DatasetDict:
+    log.info("loading data set %s (%s) with datasets.load_dataset", cfg.hub_id, cfg.hub_config)
+    loaded = datasets.load_dataset(cfg.hub_id, cfg.hub_config)
+    if not isinstance(loaded, DatasetDict):
+        loaded = DatasetDict({cfg.train_split: loaded})
+    return loaded
+
+
+def _pick_split(loaded: DatasetDict, split: str, field: str) -> Dataset:
+    if split not in loaded:
+        raise UserError.of(field, f"split '{split}' not found", f"use one of: {', '.join(loaded)}")
+    return loaded[split]
+
+
+def _select_text(ds: Dataset, cfg: DataConfig, field: str) -> Dataset:
+    if cfg.text_column not in ds.column_names:
+        raise UserError.of(
+            "data.text_column", f"column '{cfg.text_column}' not in {field}",
+            f"set data.text_column= to one of: {', '.join(ds.column_names)}",
+        )
+    ds = ds.select_columns([cfg.text_column])
+    if cfg.text_column != "text":
+        ds = ds.rename_column(cfg.text_column, "text")
+    return ds.filter(
+        lambda batch: [t is not None and t.strip() != "" for t in batch["text"]],
+        batched=True, desc="dropping empty texts",
+    )
+
+
+def load_text_splits(cfg: DataConfig, seed: int) -> DatasetDict:
+    """Load the configured source as a DatasetDict with `train` and `eval`, each with `text`."""
+    eval_ds: Dataset | None = None
+    if cfg.path:
+        train_ds = _load_files("data.path", cfg.path, cfg)
+    elif cfg.builtin:
+        if cfg.builtin not in BUILTIN_CORPORA:
+            raise UserError.of(
+                "data.builtin", f"no builtin corpus '{cfg.builtin}'", f"use one of: {', '.join(BUILTIN_CORPORA)}"
+            )
+        train_ds = datasets.load_dataset(
+            "json", data_files={"train": str(builtin_corpus_file(cfg.builtin))}, split="train"
+        )
+    elif cfg.hub_id:
+        loaded = _load_hub(cfg)
+        train_ds = _pick_split(loaded, cfg.train_split, "data.train_split")
+        if cfg.eval_split and not cfg.eval_path:
+            eval_ds = _pick_split(loaded, cfg.eval_split, "data.eval_split")
+    else:
+        raise UserError.of("data.path", "no data source is set", "set data.path=FILE, data.hub_id=ID or pick data=builtin_docs")
+
+    train_ds = _select_text(train_ds, cfg, "the training data")
+    if cfg.eval_path:
+        eval_ds = _select_text(_load_files("data.eval_path", cfg.eval_path, cfg), cfg, "the eval data")
+    elif eval_ds is not None:
+        eval_ds = _select_text(eval_ds, cfg, "the eval data")
+
+    if len(train_ds) == 0:
+        raise UserError.of("data.path", "the training data holds no text (every row is empty)", "point it at a file with text in it")
+    if eval_ds is None:
+        if not 0.0 < cfg.eval_fraction < 1.0 or len(train_ds) < 2:
+            raise UserError.of(
+                "data.eval_fraction", f"cannot carve an eval split ({cfg.eval_fraction} of {len(train_ds)} rows)",
+                "set data.eval_path= or a fraction between 0 and 1 on at least 2 documents",
+            )
+        carved = train_ds.train_test_split(test_size=cfg.eval_fraction, seed=seed, shuffle=True)
+        train_ds, eval_ds = carved["train"], carved["test"]
+        log.info("carved %d eval documents off %d (seed %d)", len(eval_ds), len(train_ds) + len(eval_ds), seed)
+    if len(eval_ds) == 0:
+        raise UserError.of("data.eval_path", "the eval data holds no text", "point it at a file with text in it")
+
+    if cfg.max_train_samples:
+        train_ds = train_ds.select(range(min(cfg.max_train_samples, len(train_ds))))
+    if cfg.max_eval_samples:
+        eval_ds = eval_ds.select(range(min(cfg.max_eval_samples, len(eval_ds))))
+    return DatasetDict({"train": train_ds, "eval": eval_ds})

@@ -1,0 +1,114 @@
+"""Load a tokenizer and a model: from the Hub or a local folder through `from_pretrained`, or
+built from a config (sizes in YAML) with a tokenizer trained on the run's data."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from ptft_hf.config.schema import ModelConfig
+from ptft_hf.errors import UserError
+from ptft_hf.models.tokenizers import TOKENIZER_TRAINERS
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def _hub_error(field: str, name: str, err: Exception) -> UserError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError.of(
+        field, f"could not load '{name}' ({first})",
+        "give a local folder, or a Hub id while the Hub is reachable (HF_HUB_OFFLINE=1 means cache only)",
+    )
+
+
+def load_tokenizer(cfg: ModelConfig, train_texts: Iterable[str] | None = None, max_length: int | None = None) -> Any:
+    """The run's tokenizer: trained on `train_texts` when `model.tokenizer.train`, else loaded."""
+    tcfg = cfg.tokenizer
+    if tcfg.train:
+        if train_texts is None:
+            raise ValueError("training a tokenizer needs the training texts")
+        trainer = TOKENIZER_TRAINERS[tcfg.kind]
+        return trainer(train_texts, tcfg.vocab_size, tcfg.min_frequency, max_length)
+    name = tcfg.name_or_path or cfg.name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise _hub_error("model.tokenizer.name_or_path" if tcfg.name_or_path else "model.name_or_path", name, err) from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style tokenizers ship without one
+    return tokenizer
+
+
+def build_config(cfg: ModelConfig, tokenizer: Any) -> Any:
+    """A fresh model config of `cfg.architecture` with the YAML sizes and the tokenizer's ids."""
+    if cfg.architecture not in CONFIG_MAPPING:
+        raise UserError.of(
+            "model.architecture", f"unknown architecture '{cfg.architecture}'",
+            "use a transformers model_type such as gpt2, llama, qwen2, bert",
+        )
+    return AutoConfig.for_model(
+        cfg.architecture,
+        **dict(cfg.config),
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def load_causal_lm(cfg: ModelConfig, tokenizer: Any, **extra: Any) -> PreTrainedModel:
+    """`AutoModelForCausalLM`: `from_pretrained(name_or_path)` or `from_config` for scratch models.
+
+    `extra` carries strategy-specific keyword arguments such as a quantisation config.
+    """
+    dtype = _DTYPES[cfg.dtype] if cfg.dtype else torch.float32
+    if cfg.name_or_path:
+        kwargs: dict[str, Any] = dict(
+            revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype, **extra
+        )
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        if cfg.config:
+            kwargs.update(dict(cfg.config))  # config overrides, e.g. dropout
+        try:
+            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+        except (OSError, ValueError) as err:
+            raise _hub_error("model.name_or_path", cfg.name_or_path, err) from err
+    else:
+        config = build_config(cfg, tokenizer)
+        if cfg.attn_implementation:
+            config._attn_implementation = cfg.attn_implementation
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        log.info("resizing token embeddings to the tokenizer's %d tokens", len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer))
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def max_positions(model: PreTrainedModel) -> int | None:
+    """The longest context the model's position embeddings allow, if the config says."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, float]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "trainable_percent": round(100.0 * trainable / max(total, 1), 4),
+    }

@@ -1,0 +1,28 @@
+"""Full training: every parameter trains (pretraining from scratch or full fine-tuning)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from ptft_hf.config.schema import StrategyConfig
+
+
+class FullStrategy:
+    saves_adapter_only = False
+
+    def __init__(self, cfg: StrategyConfig):
+        self.cfg = cfg
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra `from_pretrained` keyword arguments (quantisation configs for other strategies)."""
+        return {}
+
+    def wrap(self, model: PreTrainedModel) -> PreTrainedModel:
+        if self.cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model

@@ -1,0 +1,1 @@
+"""Training: the Trainer subclass, evaluation metrics, callbacks and the run report."""

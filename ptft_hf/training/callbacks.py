@@ -1,0 +1,83 @@
+"""Trainer callbacks: a JSON-lines training log and generated samples at each evaluation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from ptft_hf.config.schema import SamplesConfig
+
+log = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every Trainer log record (train loss, eval metrics, ...) to `train_log.jsonl`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.start = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 (Trainer hook)
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.time() - self.start, 3)}
+        record.update({k: _jsonable(v) for k, v in logs.items()})
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+@torch.no_grad()
+def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig) -> list[dict[str, str]]:
+    """Continue each configured prompt; greedy unless `samples.do_sample`."""
+    was_training = model.training
+    model.eval()
+    results = []
+    device = next(model.parameters()).device
+    for prompt in cfg.prompts:
+        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+        output = model.generate(
+            **inputs,
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=cfg.do_sample,
+            temperature=cfg.temperature if cfg.do_sample else None,
+            top_k=cfg.top_k if cfg.do_sample else None,
+            repetition_penalty=cfg.repetition_penalty,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new_tokens = output[0, inputs["input_ids"].shape[1]:]
+        results.append({"prompt": prompt, "completion": tokenizer.decode(new_tokens, skip_special_tokens=True)})
+    if was_training:
+        model.train()
+    return results
+
+
+class SampleCallback(TrainerCallback):
+    """Writes continuations of fixed prompts to `samples.jsonl` at every evaluation."""
+
+    def __init__(self, tokenizer: Any, cfg: SamplesConfig, path: str | Path):
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.path = Path(path)
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):  # noqa: D102 (Trainer hook)
+        if not state.is_world_process_zero or model is None or not self.cfg.prompts:
+            return
+        samples = generate_samples(model, self.tokenizer, self.cfg)
+        with self.path.open("a", encoding="utf-8") as f:
+            for sample in samples:
+                f.write(json.dumps({"step": state.global_step, **sample}) + "\n")
+        log.info("sample at step %d: %r -> %r", state.global_step, samples[0]["prompt"], samples[0]["completion"])

@@ -1,0 +1,76 @@
+"""Token-level evaluation metrics, accumulated batch by batch (no logits are kept)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), guarded: an overflowing or non-finite loss gives inf rather than an error."""
+    if not math.isfinite(loss):
+        return float("inf")
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+@dataclass
+class TokenLossAccumulator:
+    """Sums of token losses, token counts and correct predictions across evaluation batches.
+
+    The mean over all tokens (not over batches) is what a token-weighted eval loss means:
+    batches with more real tokens weigh more.
+    """
+
+    loss_sum: float = 0.0
+    tokens: int = 0
+    correct: int = 0
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, shift: bool = True) -> None:
+        if shift:  # causal LM: position t predicts token t+1
+            logits = logits[..., :-1, :]
+            labels = labels[..., 1:]
+        logits = logits.reshape(-1, logits.shape[-1]).float()
+        labels = labels.reshape(-1)
+        mask = labels != IGNORE_INDEX
+        if not bool(mask.any()):
+            return
+        logits, labels = logits[mask], labels[mask]
+        self.loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        self.tokens += int(labels.numel())
+        self.correct += int((logits.argmax(-1) == labels).sum())
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor([self.loss_sum, float(self.tokens), float(self.correct)], dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, totals: torch.Tensor) -> "TokenLossAccumulator":
+        loss_sum, tokens, correct = totals.tolist()
+        return cls(loss_sum, int(tokens), int(correct))
+
+    def metrics(self, prefix: str = "eval") -> dict[str, float]:
+        loss = self.loss_sum / self.tokens if self.tokens else float("nan")
+        return {
+            f"{prefix}_loss": loss,
+            f"{prefix}_perplexity": perplexity(loss),
+            f"{prefix}_accuracy": self.correct / self.tokens if self.tokens else float("nan"),
+            f"{prefix}_tokens": self.tokens,
+        }
+
+
+def unigram_perplexity(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> float:
+    """Perplexity of `eval_tokens` under add-one smoothed unigram counts of `train_tokens`.
+
+    The floor a language model must beat to show it learned more than word frequencies.
+    """
+    counts = np.bincount(train_tokens.astype(np.int64), minlength=vocab_size).astype(np.float64) + 1.0
+    log_probs = np.log(counts) - np.log(counts.sum())
+    return perplexity(float(-log_probs[eval_tokens.astype(np.int64)].mean()))
