@@ -20,6 +20,9 @@ from ptft_hf.config.errors import describe_compose_error
 from ptft_hf.errors import UserError
 from ptft_hf.paths import conf_dir
 
+# bitsandbytes warns at import that an optional CPU kernel package is absent; not actionable.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
 EXIT_USER_ERROR = 2
 PROG = "ptft-hf"
 
@@ -65,8 +68,6 @@ def _install_compose_error_reporter() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _train(cfg: DictConfig) -> float:
-    # bitsandbytes warns at import that an optional CPU kernel package is absent; not actionable.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from ptft_hf.recipe import run  # heavy imports only once the config composed
 
     try:

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
-from ptft_hf.config.schema import PtftConfig
+from ptft_hf.config.schema import PtftConfig, set_trainer_fields
 from ptft_hf.config.validate import validate
 from ptft_hf.data.collators import CausalLMCollator
 from ptft_hf.data.packing import block_array, flat_token_ids, pack_blocks, tokenize_dataset
@@ -50,8 +50,16 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
 
 
+def _save_resolved_config(cfg: DictConfig, path: Path) -> None:
+    """The resolved config, trainer pruned to the TrainingArguments fields the run sets."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["trainer"] = set_trainer_fields(resolved["trainer"])
+    OmegaConf.save(OmegaConf.create(resolved), path)
+
+
 def _training_arguments(cfg: PtftConfig, run_dir: Path) -> TrainingArguments:
-    return TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, **dict(cfg.trainer))
+    trainer = set_trainer_fields(vars(cfg.trainer))
+    return TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, **trainer)
 
 
 def _tokens_per_step(args: TrainingArguments, block_size: int) -> int:
@@ -65,7 +73,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     guard_run_dir(run_dir, bool(cfg.overwrite))
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    _save_resolved_config(cfg, run_dir / "config.yaml")
     conf: PtftConfig = OmegaConf.to_object(cfg)
     set_seed(conf.seed)
 

@@ -1,17 +1,19 @@
 """Dataclass schemas of the project's own config groups.
 
-Hydra merges every YAML option into these typed nodes, so a misspelt key in `model`, `data`,
-`objective`, `strategy` or `samples` fails at compose time. `trainer` is deliberately untyped:
-its keys are `transformers.TrainingArguments` fields and pass through untouched (validation
-checks the names against the installed transformers instead).
+Hydra merges every YAML option into these typed nodes, so a misspelt key in any group fails at
+compose time. `trainer` mirrors `transformers.TrainingArguments`: one untyped field per argument of
+the installed version, null unless set, so every argument can be overridden without `+` and its
+value passes through untouched (TrainingArguments itself checks the values).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+
+from ptft_hf.config.trainer_fields import training_argument_names
 
 
 @dataclass
@@ -78,13 +80,24 @@ class SamplesConfig:
     repetition_penalty: float = 1.3  # tiny models loop without it
 
 
+# null means "TrainingArguments' own default"; only the keys that are set reach TrainingArguments.
+TrainerConfig = make_dataclass(
+    "TrainerConfig", [(name, Any, field(default=None)) for name in training_argument_names()]
+)
+
+
+def set_trainer_fields(trainer: Any) -> Dict[str, Any]:
+    """The trainer keys a config actually sets (the rest keep TrainingArguments' defaults)."""
+    return {k: v for k, v in dict(trainer).items() if v is not None}
+
+
 @dataclass
 class PtftConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    trainer: Dict[str, Any] = field(default_factory=dict)
+    trainer: Any = field(default_factory=TrainerConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     seed: int = 42
     overwrite: bool = False  # allow writing into a folder that holds a finished run

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-from transformers import TrainingArguments
+from omegaconf import DictConfig
+
+from ptft_hf.config.schema import set_trainer_fields
+from ptft_hf.config.trainer_fields import training_argument_names
 
 from ptft_hf.data.builtin import BUILTIN_CORPORA
 from ptft_hf.data.sources import resolve_files
@@ -21,7 +22,7 @@ _POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
 
 
 def trainer_field_names() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    return set(training_argument_names())
 
 
 def _suggest(name: str, choices: set[str] | list[str]) -> str:
@@ -36,7 +37,7 @@ def suggest_trainer_field(name: str) -> str:
 def _check_trainer(trainer: Any) -> list[Problem]:
     problems = []
     valid = trainer_field_names()
-    for key in trainer:
+    for key in set_trainer_fields(trainer):
         if key in RUN_OWNED_TRAINER_FIELDS:
             problems.append(Problem(f"trainer.{key}", "is set by the run", f"use {RUN_OWNED_TRAINER_FIELDS[key]} instead"))
         elif key not in valid:
@@ -46,8 +47,6 @@ def _check_trainer(trainer: Any) -> list[Problem]:
 
 def _check_data(data: DictConfig) -> list[Problem]:
     problems = []
-    if OmegaConf.is_missing(data, "path"):
-        return [Problem("data.path", f"is required by data={data.name}", "add data.path=FILE (a file, glob or folder)")]
     for field in ("path", "eval_path"):
         value = data.get(field)
         if value:
@@ -56,7 +55,8 @@ def _check_data(data: DictConfig) -> list[Problem]:
             except UserError as err:
                 problems.extend(err.problems)
     if not (data.path or data.hub_id or data.builtin):
-        problems.append(Problem("data", "no source is set", "set data.path=FILE, data.hub_id=ID or choose data=builtin_docs"))
+        problems.append(Problem("data.path", f"is required by data={data.name} (no data source is set)",
+                                "add data.path=FILE (a file, glob or folder), data.hub_id=ID, or choose data=builtin_docs"))
     if data.builtin and not data.path and data.builtin not in BUILTIN_CORPORA:
         problems.append(Problem("data.builtin", f"no builtin corpus '{data.builtin}'", f"use one of: {', '.join(BUILTIN_CORPORA)}"))
     if data.sample_by not in ("line", "paragraph", "document"):

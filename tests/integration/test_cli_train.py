@@ -1,0 +1,121 @@
+"""The real CLI in a subprocess on a tiny model: the loss falls, the run folder is complete, the
+saved model loads back and generates, and a saved folder loads through the same from_pretrained path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.conftest import TINY_OVERRIDES, run_cli, shared_data
+
+pytestmark = pytest.mark.integration
+
+RUN_FILES = ["config.yaml", ".hydra/config.yaml", "metrics.json", "train_log.jsonl", "loss.png",
+             "samples.jsonl", "report.md", "model/config.json", "model/model.safetensors",
+             "model/tokenizer.json", "model/tokenizer_config.json"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cache_env):
+    root = tmp_path_factory.mktemp("cli")
+    run_dir = root / "run"
+    result = run_cli(
+        ["data=builtin_docs", "data.max_train_samples=600", "data.max_eval_samples=40",
+         *TINY_OVERRIDES, "trainer.max_steps=60", "trainer.learning_rate=3e-3", f"hydra.run.dir={run_dir}"],
+        cache_env, cwd=root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_run_folder_is_complete(trained_run):
+    run_dir, metrics = trained_run
+    missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
+    assert missing == []
+    assert not (run_dir / "model" / "training_args.bin").exists()  # no pickles in model/
+    for key in ["eval_loss", "eval_perplexity", "eval_perplexity_before", "unigram_perplexity", "train_loss",
+                "train_tokens_per_second", "parameters", "wall_time_s", "data_train", "data_eval"]:
+        assert key in metrics, key
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["trainer"]["max_steps"] == 60 and "${" not in (run_dir / "config.yaml").read_text()
+
+
+def test_loss_falls(trained_run):
+    run_dir, metrics = trained_run
+    assert metrics["eval_perplexity"] < 0.5 * metrics["eval_perplexity_before"]
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in log if "loss" in r]
+    assert train_losses[-1] < train_losses[0] - 0.5
+    evals = [r["step"] for r in log if "eval_loss" in r]
+    assert evals == [0, 15, 30, 45, 60, 60]  # before training, every eval_steps, and the final one
+
+
+def test_token_accounting_is_consistent(trained_run):
+    _, metrics = trained_run
+    train = metrics["data_train"]
+    assert train["documents"] > 0 and train["block_size"] == 32
+    assert train["blocks"] * 32 + train["tokens_dropped"] == train["tokens"]
+    assert 0 <= train["tokens_dropped"] < 32
+    assert metrics["eval_tokens"] == metrics["data_eval"]["blocks"] * 31  # the first token of a block has no target
+    assert metrics["train_tokens"] == 60 * 8 * 32
+
+
+def test_saved_model_reloads_and_generates(trained_run):
+    run_dir, metrics = trained_run
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    assert sum(p.numel() for p in model.parameters()) == metrics["parameters"]
+    inputs = tokenizer("The function returns", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 5 or tokenizer.eos_token_id in out[0].tolist()
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {0, 15, 30, 45, 60}
+    assert all(isinstance(s["completion"], str) for s in samples)
+
+
+def test_local_folder_loads_through_from_pretrained(trained_run, cache_env, tmp_path):
+    """Continued pretraining from a saved folder: same data and seed give the same starting loss."""
+    run_dir, first = trained_run
+    result = run_cli(
+        ["data=builtin_docs", "data.max_train_samples=600", "data.max_eval_samples=40", *TINY_OVERRIDES,
+         f"model.name_or_path={run_dir / 'model'}", "model.tokenizer.train=false", "model.config={}",
+         "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'continued'}"],
+        cache_env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    second = json.loads((tmp_path / "continued" / "metrics.json").read_text())
+    assert second["eval_loss_before"] == pytest.approx(first["eval_loss"], rel=1e-5)
+
+
+def test_wikitext_files_train_and_report_perplexity(cache_env, tmp_path):
+    wikitext = shared_data("wikitext-2")
+    result = run_cli(
+        ["data=text_files", f"data.path={wikitext / 'valid.txt'}", f"data.eval_path={wikitext / 'test.txt'}",
+         "data.max_eval_samples=200", *TINY_OVERRIDES, "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'wt'}"],
+        cache_env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "wt" / "metrics.json").read_text())
+    assert metrics["data"] == "text_files"
+    assert metrics["data_train"]["documents"] > 2000  # non-empty lines of valid.txt
+    assert metrics["eval_perplexity"] < metrics["eval_perplexity_before"]
+    assert torch.isfinite(torch.tensor(metrics["eval_perplexity"]))
+
+
+def test_multirun_sweep_runs_each_job(cache_env, tmp_path):
+    result = run_cli(
+        ["-m", "trainer.learning_rate=1e-3,3e-4", "data=builtin_docs", "data.max_train_samples=200",
+         "data.max_eval_samples=20", *TINY_OVERRIDES, "trainer.max_steps=3", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cache_env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rates = []
+    for job in ("0", "1"):
+        job_dir = tmp_path / "sweep" / job
+        assert (job_dir / "metrics.json").is_file()
+        rates.append(yaml.safe_load((job_dir / "config.yaml").read_text())["trainer"]["learning_rate"])
+    assert rates == [1e-3, 3e-4]

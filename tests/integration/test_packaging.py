@@ -1,0 +1,46 @@
+"""`pip install .` outside the checkout still finds conf/ (shipped inside the wheel as ptft_hf/conf)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "ptft_hf").rglob("__init__.py")}
+    assert on_disk | {"ptft_hf.conf"} == listed
+
+
+def test_wheel_ships_conf_and_the_installed_cli_composes(tmp_path):
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(REPO_ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next(wheel_dir.glob("ptft_hf-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    expected = {"ptft_hf/conf/config.yaml", "ptft_hf/conf/model/tiny_gpt2.yaml",
+                "ptft_hf/conf/experiment/quickstart_pretrain.yaml", "ptft_hf/conf/trainer/cpu.yaml"}
+    assert expected <= set(names)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    env = dict(os.environ, PYTHONPATH=str(target))
+    out = subprocess.run(
+        [sys.executable, "-c", "import ptft_hf.paths as p; print(p.conf_dir())"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == str(target / "ptft_hf" / "conf")
+    job = subprocess.run(
+        [sys.executable, "-m", "ptft_hf", "experiment=quickstart_pretrain", "--cfg", "job"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "name: tiny_gpt2" in job.stdout and "max_steps: 400" in job.stdout

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+from ptft_hf.data.collators import CausalLMCollator
+from ptft_hf.training.trainer import PtftTrainer
+
+
+def test_collator_labels_are_the_inputs():
+    batch = CausalLMCollator()([{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5, 6]}])
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert torch.equal(batch["labels"], batch["input_ids"])
+    assert set(batch) == {"input_ids", "labels"}
+
+
+def test_collator_rejects_unpacked_examples():
+    with pytest.raises(ValueError, match="pack the data"):
+        CausalLMCollator()([{"input_ids": [1, 2]}, {"input_ids": [1, 2, 3]}])
+
+
+def test_trainer_eval_is_token_weighted_mean_over_all_blocks(tmp_path):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=50))
+    blocks = torch.randint(0, 50, (5, 8))
+    ds = Dataset.from_dict({"input_ids": blocks.tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to="none", use_cpu=True)
+    trainer = PtftTrainer(model=model, args=args, eval_dataset=ds, data_collator=CausalLMCollator())
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        model.eval()
+        reference = model(input_ids=blocks, labels=blocks).loss.item()  # mean over all 5*7 targets
+    assert metrics["eval_tokens"] == 5 * 7
+    assert metrics["eval_loss"] == pytest.approx(reference, rel=1e-5)
+    assert metrics["eval_perplexity"] == pytest.approx(torch.tensor(reference).exp().item(), rel=1e-5)

@@ -1,0 +1,70 @@
+"""Every group option and every experiment composes against the typed schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from hydra.errors import ConfigCompositionException
+
+from ptft_hf.config.schema import PtftConfig
+from ptft_hf.config.validate import collect_problems
+from ptft_hf.paths import conf_dir
+
+GROUPS = ["model", "data", "objective", "strategy", "trainer", "experiment"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_group_has_options(group):
+    assert _options(group), f"conf/{group}/ is empty"
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in _options(g)]
+)
+def test_every_option_composes(compose_cfg, group, option):
+    overrides = [f"{group}={option}"]
+    if group == "data" and option == "text_files":
+        overrides.append("data.path=corpus.txt")
+    cfg = compose_cfg(*overrides)
+    typed = OmegaConf.to_object(cfg)
+    assert isinstance(typed, PtftConfig)
+    if group != "experiment":
+        assert cfg[group].get("name", option) == option or group == "trainer"
+
+
+def test_each_yaml_option_starts_with_a_launch_example():
+    for path in conf_dir().rglob("*.yaml"):
+        head = path.read_text(encoding="utf-8").splitlines()[:3]
+        assert any(line.startswith("#") and ("ptft-hf" in line or "Launch" in line) for line in head), path
+
+
+def test_unknown_key_fails_at_compose_time(compose_cfg):
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("model.n_layerz=3")
+
+
+def test_trainer_passes_training_arguments_through(compose_cfg):
+    cfg = compose_cfg("trainer.max_steps=7", "trainer.optim=adamw_torch")
+    assert cfg.trainer.max_steps == 7 and cfg.trainer.optim == "adamw_torch"
+    assert collect_problems(cfg) == []
+
+
+def test_validation_reports_every_problem_at_once(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        "data=text_files", f"data.path={tmp_path / 'missing.txt'}",
+        "objective.block_size=1024", "+trainer.learning_rat=1e-3",
+    )
+    problems = collect_problems(cfg)
+    assert [p.field for p in problems] == ["objective.block_size", "data.path", "trainer.learning_rat"]
+    assert "did you mean learning_rate" in str(problems[2])
+    assert "model.config.n_positions" in str(problems[0])
+
+
+def test_conf_dir_is_the_checkout_conf():
+    assert conf_dir() == Path(__file__).resolve().parents[2] / "conf"

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ptft_hf.training.metrics import TokenLossAccumulator, perplexity, unigram_perplexity
+
+
+def test_perplexity_is_guarded_against_overflow():
+    assert perplexity(math.log(7.0)) == pytest.approx(7.0)
+    assert perplexity(1e4) == float("inf")
+    assert perplexity(float("nan")) == float("inf")
+
+
+def test_unigram_perplexity_uses_add_one_counts():
+    # counts of 0,1,2 in train: 2,1,0 -> add one: 3,2,1 of 6 -> p(0) = 1/2
+    assert unigram_perplexity(np.array([0, 0, 1]), np.array([0]), vocab_size=3) == pytest.approx(2.0)
+    assert unigram_perplexity(np.array([0, 0, 1]), np.array([0, 2]), vocab_size=3) == pytest.approx(math.sqrt(2 * 6))
+
+
+def test_accumulator_weights_tokens_not_batches():
+    torch.manual_seed(0)
+    vocab = 11
+    logits_a, logits_b = torch.randn(2, 5, vocab), torch.randn(1, 5, vocab)
+    labels_a = torch.randint(0, vocab, (2, 5))
+    labels_b = torch.randint(0, vocab, (1, 5))
+    labels_b[0, 1:4] = -100  # only one real target left in batch b after the shift
+    acc = TokenLossAccumulator()
+    acc.update(logits_a, labels_a)
+    acc.update(logits_b, labels_b)
+    # reference: one cross entropy over every real target of both batches
+    all_logits = torch.cat([logits_a[:, :-1].reshape(-1, vocab), logits_b[:, :-1].reshape(-1, vocab)])
+    all_labels = torch.cat([labels_a[:, 1:].reshape(-1), labels_b[:, 1:].reshape(-1)])
+    expected = F.cross_entropy(all_logits, all_labels, ignore_index=-100).item()
+    metrics = acc.metrics()
+    assert metrics["eval_tokens"] == 2 * 4 + 1
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-6)
+    correct = (all_logits.argmax(-1) == all_labels)[all_labels != -100].sum().item()
+    assert metrics["eval_accuracy"] == pytest.approx(correct / 9)
+
+
+def test_accumulator_tensor_round_trip_for_distributed_reduce():
+    acc = TokenLossAccumulator(loss_sum=12.5, tokens=10, correct=3)
+    assert TokenLossAccumulator.from_tensor(acc.as_tensor() * 2) == TokenLossAccumulator(25.0, 20, 6)

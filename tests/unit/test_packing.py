@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from datasets import Dataset, concatenate_datasets
+
+from ptft_hf.data.packing import block_array, flat_token_ids, pack_blocks, tokenize_dataset
+from ptft_hf.models.tokenizers import train_byte_bpe
+
+
+def _tokenized(docs: list[list[int]]) -> Dataset:
+    return Dataset.from_dict({"input_ids": docs})
+
+
+def test_pack_cuts_once_and_drops_only_the_final_remainder():
+    packed, stats = pack_blocks(_tokenized([[1, 2, 3], [4, 5], [6, 7, 8, 9]]), block_size=4)
+    assert block_array(packed).tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert stats.as_dict() == {"documents": 3, "tokens": 9, "blocks": 2, "block_size": 4, "tokens_dropped": 1}
+
+
+def test_pack_exact_multiple_drops_nothing():
+    packed, stats = pack_blocks(_tokenized([[1, 2], [3, 4, 5, 6]]), block_size=3)
+    assert block_array(packed).tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert stats.tokens_dropped == 0
+
+
+def test_pack_spans_arrow_chunks_and_honours_select_order():
+    a = _tokenized([[1, 2, 3]])
+    b = _tokenized([[4, 5], [6, 7, 8]])
+    multi_chunk = concatenate_datasets([a, b])
+    assert len(multi_chunk.data.column("input_ids").chunks) == 2
+    assert flat_token_ids(multi_chunk).tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
+    reordered = multi_chunk.select([2, 0])  # an indices view, not a copy
+    assert flat_token_ids(reordered).tolist() == [6, 7, 8, 1, 2, 3]
+
+
+def test_pack_keeps_many_batches_whole_unlike_group_texts():
+    """run_clm.py's group_texts drops a remainder per 1000-row map batch; packing drops < one block."""
+    rng = np.random.default_rng(0)
+    docs = [list(rng.integers(0, 100, size=rng.integers(1, 40))) for _ in range(2500)]
+    total = sum(len(d) for d in docs)
+    packed, stats = pack_blocks(_tokenized(docs), block_size=64)
+    assert stats.tokens == total
+    assert stats.tokens_dropped == total % 64
+    assert stats.blocks == total // 64
+    assert block_array(packed).ravel().tolist() == [t for d in docs for t in d][: stats.blocks * 64]
+
+    def group_texts(batch):
+        concatenated = sum(batch["input_ids"], [])
+        n = len(concatenated) // 64 * 64
+        return {"input_ids": [concatenated[i : i + 64] for i in range(0, n, 64)]}
+
+    grouped = _tokenized(docs).map(group_texts, batched=True, batch_size=1000)
+    assert len(grouped) < stats.blocks  # the per-batch remainders are lost there
+
+
+def test_pack_rejects_tiny_blocks():
+    with pytest.raises(ValueError, match="at least 2"):
+        pack_blocks(_tokenized([[1, 2, 3]]), block_size=1)
+
+
+def test_tokenize_appends_eos_to_every_document():
+    texts = ["the cat sat on the mat", "a dog", "the cat and the dog"] * 20
+    tokenizer = train_byte_bpe(texts, vocab_size=300)
+    ds = Dataset.from_dict({"text": ["the cat", "a dog sat"]})
+    tokenized = tokenize_dataset(ds, tokenizer, add_eos=True)
+    eos = tokenizer.eos_token_id
+    for text, ids in zip(ds["text"], tokenized["input_ids"]):
+        assert ids[-1] == eos and eos not in ids[:-1]
+        assert tokenizer.decode(ids[:-1]) == text
+    plain = tokenize_dataset(ds, tokenizer, add_eos=False)
+    assert [len(x) + 1 for x in plain["input_ids"]] == [len(x) for x in tokenized["input_ids"]]

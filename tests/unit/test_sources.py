@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from ptft_hf.config.schema import DataConfig
+from ptft_hf.data.sources import load_text_splits
+from ptft_hf.errors import UserError
+
+
+def _write(path, text: str, encoding: str = "utf-8"):
+    path.write_text(text, encoding=encoding)
+    return str(path)
+
+
+def test_text_file_with_eval_file_and_empty_lines_dropped(tmp_path):
+    train = _write(tmp_path / "train.txt", "first line\n\n  \nsecond line\n")
+    valid = _write(tmp_path / "valid.txt", "held out\n")
+    splits = load_text_splits(DataConfig(path=train, eval_path=valid), seed=0)
+    assert splits["train"]["text"] == ["first line", "second line"]
+    assert splits["eval"]["text"] == ["held out"]
+
+
+def test_eval_is_carved_deterministically(tmp_path):
+    train = _write(tmp_path / "t.txt", "\n".join(f"doc {i}" for i in range(100)))
+    a = load_text_splits(DataConfig(path=train, eval_fraction=0.1), seed=3)
+    b = load_text_splits(DataConfig(path=train, eval_fraction=0.1), seed=3)
+    assert len(a["eval"]) == 10 and a["eval"]["text"] == b["eval"]["text"]
+    assert set(a["eval"]["text"]).isdisjoint(a["train"]["text"])
+
+
+def test_jsonl_column_is_renamed_to_text(tmp_path):
+    path = _write(tmp_path / "d.jsonl", '{"body": "a b c", "id": 1}\n{"body": "d e", "id": 2}\n')
+    splits = load_text_splits(DataConfig(path=path, text_column="body", eval_path=path), seed=0)
+    assert splits["train"].column_names == ["text"] and splits["train"]["text"] == ["a b c", "d e"]
+
+
+def test_wrong_column_lists_the_available_ones(tmp_path):
+    path = _write(tmp_path / "d.csv", "sentence,label\nhello,1\n")
+    with pytest.raises(UserError, match=r"data.text_column: .*one of: sentence, label"):
+        load_text_splits(DataConfig(path=path, eval_path=path), seed=0)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, r"data.path: no file at"),
+        ("", r"data.path: .* is empty"),
+        ("\n \n\n", r"data.path: the training data holds no text"),
+        (b"caf\xe9 latin-1\n", r"data.path: .*not UTF-8"),
+    ],
+    ids=["missing", "empty", "blank-lines", "not-utf8"],
+)
+def test_bad_files_name_the_field(tmp_path, content, message):
+    path = tmp_path / "corpus.txt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_text_splits(DataConfig(path=str(path)), seed=0)

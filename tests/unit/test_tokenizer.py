@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from transformers import AutoTokenizer
+
+from ptft_hf.data.builtin import iter_stdlib_docstrings
+from ptft_hf.models.tokenizers import EOS_TOKEN, PAD_TOKEN, train_byte_bpe
+
+
+def _corpus() -> list[str]:
+    return [d for _, d in zip(range(600), iter_stdlib_docstrings())]
+
+
+def test_trained_tokenizer_has_requested_size_and_special_tokens(tmp_path):
+    tokenizer = train_byte_bpe(_corpus(), vocab_size=1000)
+    assert len(tokenizer) == 1000
+    assert tokenizer.convert_ids_to_tokens([0, 1]) == [EOS_TOKEN, PAD_TOKEN]
+    assert (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id) == (0, 0, 1)
+
+
+def test_byte_level_round_trip_of_unseen_text():
+    tokenizer = train_byte_bpe(_corpus(), vocab_size=600)
+    text = "Grüße, 東京! Tabs\tand  spaces; emoji 🙂 and <|unk|>"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text  # every byte is in the alphabet: nothing is unknown
+
+
+def test_merges_compress_frequent_words():
+    tokenizer = train_byte_bpe(_corpus(), vocab_size=1500)
+    ids = tokenizer(" the function returns", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 3  # three frequent words, one token each
+
+
+def test_saved_tokenizer_reloads_with_auto_tokenizer(tmp_path):
+    tokenizer = train_byte_bpe(_corpus(), vocab_size=800)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = "Return the number of items in a container."
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert (reloaded.eos_token, reloaded.pad_token) == (EOS_TOKEN, PAD_TOKEN)
