@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import hydra
@@ -18,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ptft_hf.config import schema  # noqa: F401  (registers the schema with Hydra's ConfigStore)
 from ptft_hf.config.errors import describe_compose_error
 from ptft_hf.errors import UserError
+from ptft_hf.run_dir import guard_run_dir
 from ptft_hf.paths import conf_dir
 
 # bitsandbytes warns at import that an optional CPU kernel package is absent; not actionable.
@@ -80,7 +82,27 @@ def _train(cfg: DictConfig) -> float:
     return float(metrics.get("eval_loss", float("nan")))  # what Hydra sweepers optimise
 
 
+def _explicit_run_dir(argv: list[str]) -> Path | None:
+    """The folder named by `hydra.run.dir=...` on a single-run command line, if any."""
+    if "-m" in argv or "--multirun" in argv:
+        return None
+    for arg in argv:
+        if arg.startswith("hydra.run.dir=") and "${" not in arg:
+            return Path(arg.split("=", 1)[1]).expanduser()
+    return None
+
+
 def main() -> None:
     """`ptft-hf [overrides]`: compose conf/ with Hydra and run."""
+    argv = sys.argv[1:]
+    run_dir = _explicit_run_dir(argv)
+    overwrite = any(a.lstrip("+").lower() in ("overwrite=true", "overwrite=1") for a in argv)
+    if run_dir is not None:
+        # Hydra writes .hydra/ into the folder before the job starts: refuse before it does.
+        try:
+            guard_run_dir(run_dir, overwrite)
+        except UserError as err:
+            report_user_error([str(p) for p in err.problems])
+            sys.exit(EXIT_USER_ERROR)
     _install_compose_error_reporter()
     _train()

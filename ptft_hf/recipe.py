@@ -25,6 +25,7 @@ from ptft_hf.data.collators import CausalLMCollator
 from ptft_hf.data.packing import block_array, flat_token_ids, pack_blocks, tokenize_dataset
 from ptft_hf.data.sources import load_text_splits
 from ptft_hf.errors import UserError
+from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
 from ptft_hf.models.loading import count_parameters, load_causal_lm, load_tokenizer, max_positions
 from ptft_hf.strategies import get_strategy
 from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples
@@ -33,17 +34,6 @@ from ptft_hf.training.report import plot_loss, write_report
 from ptft_hf.training.trainer import PtftTrainer
 
 log = logging.getLogger(__name__)
-
-FINISHED_MARKER = "metrics.json"
-
-
-def guard_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """A folder holding a finished run is never written over unless `overwrite=true`."""
-    if (run_dir / FINISHED_MARKER).exists() and not overwrite:
-        raise UserError.of(
-            "hydra.run.dir", f"'{run_dir}' already holds a finished run",
-            "choose another folder or add overwrite=true",
-        )
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

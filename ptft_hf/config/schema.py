@@ -66,8 +66,10 @@ class ObjectiveConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "full"
+    name: str = "full"  # full, lora, dora or qlora
     gradient_checkpointing: bool = False
+    lora: Optional[Dict[str, Any]] = None  # peft.LoraConfig fields; target_modules: auto
+    quantization: Optional[Dict[str, Any]] = None  # transformers.BitsAndBytesConfig fields
 
 
 @dataclass

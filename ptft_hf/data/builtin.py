@@ -3,6 +3,7 @@
 `docs`: English prose from the docstrings of the running interpreter's standard library. The
 source files are parsed with `ast` (nothing is imported, so no module runs), walked in sorted
 order, and the result is cached as JSON lines keyed by the Python version and the stdlib path.
+`licenses`: the legal texts shipped with the installed Python distributions (a domain corpus).
 """
 
 from __future__ import annotations
@@ -73,22 +74,63 @@ def iter_stdlib_docstrings(stdlib: str | None = None) -> Iterator[str]:
 
 def _builtin_docs_file() -> Path:
     stdlib = sysconfig.get_paths()["stdlib"]
-    key = hashlib.sha256(f"{sys.version}|{stdlib}|v2".encode()).hexdigest()[:12]
-    path = cache_dir() / f"builtin_docs-{key}.jsonl"
+    return _cached_corpus("builtin_docs", lambda: iter_stdlib_docstrings(stdlib), f"{sys.version}|{stdlib}|v2")
+
+
+_LICENSE_NAME = re.compile(r"^(LICEN[CS]E|COPYING|NOTICE|COPYRIGHT)", re.IGNORECASE)
+
+
+def iter_distribution_licenses() -> Iterator[str]:
+    """Licence texts of the installed Python distributions, each text once, in name order.
+
+    Found through `importlib.metadata` (the `License-File` entries and files named LICENSE,
+    COPYING, NOTICE...). Paragraphs are reflowed like docstrings and each distinct paragraph is
+    kept once (the many copies of MIT, BSD and Apache), so eval text never repeats training text.
+    """
+    import importlib.metadata as md
+
+    seen: set[str] = set()
+    dists = sorted(md.distributions(), key=lambda d: ((d.metadata["Name"] or "").lower(), d.version or ""))
+    for dist in dists:
+        for file in sorted(dist.files or [], key=str):
+            if not _LICENSE_NAME.match(file.name) or file.suffix in (".py", ".pyc"):
+                continue
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            for paragraph in re.split(r"\n\s*\n", text):
+                flowed = " ".join(paragraph.split())
+                if len(flowed) >= 40 and flowed not in seen:
+                    seen.add(flowed)
+                    yield flowed
+
+
+def _cached_corpus(name: str, texts: Callable[[], Iterator[str]], key_parts: str) -> Path:
+    key = hashlib.sha256(key_parts.encode()).hexdigest()[:12]
+    path = cache_dir() / f"{name}-{key}.jsonl"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         count = 0
         with tmp.open("w", encoding="utf-8") as f:
-            for doc in iter_stdlib_docstrings(stdlib):
-                f.write(json.dumps({"text": doc}) + "\n")
+            for text in texts():
+                f.write(json.dumps({"text": text}) + "\n")
                 count += 1
         os.replace(tmp, path)  # atomic: a crash never leaves a half corpus in the cache
-        log.info("built builtin corpus 'docs': %d docstrings -> %s", count, path)
+        log.info("built builtin corpus '%s': %d documents -> %s", name, count, path)
     return path
+
+
+def _builtin_licenses_file() -> Path:
+    import importlib.metadata as md
+
+    installed = sorted(f"{d.metadata['Name']}=={d.version}" for d in md.distributions())
+    return _cached_corpus("builtin_licenses", iter_distribution_licenses, f"{sys.prefix}|{'|'.join(installed)}|v1")
 
 
 BUILTIN_CORPORA: dict[str, Callable[[], Path]] = {
     "docs": _builtin_docs_file,
+    "licenses": _builtin_licenses_file,
 }
 
 

@@ -55,10 +55,12 @@ def test_verbose_shows_the_traceback(cache_env, tmp_path):
 
 def test_finished_run_is_not_overwritten(cache_env, tmp_path):
     run_dir = tmp_path / "done"
-    run_dir.mkdir()
+    (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps({"eval_loss": 1.0}))
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 1\n")
     result = run_cli(["data=builtin_docs", *TINY_OVERRIDES, f"hydra.run.dir={run_dir}"], cache_env, cwd=tmp_path)
     assert result.returncode == 2
     assert "already holds a finished run; choose another folder or add overwrite=true" in _errors(result.stderr)[0]
     assert json.loads((run_dir / "metrics.json").read_text()) == {"eval_loss": 1.0}
     assert not (run_dir / "model").exists()
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == "seed: 1\n"  # Hydra's record untouched too

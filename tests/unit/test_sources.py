@@ -58,3 +58,46 @@ def test_bad_files_name_the_field(tmp_path, content, message):
         path.write_text(content)
     with pytest.raises(UserError, match=message):
         load_text_splits(DataConfig(path=str(path)), seed=0)
+
+
+def test_hub_code_path_on_a_local_folder_uses_its_splits(tmp_path):
+    """`data.hub_id` goes through datasets.load_dataset(id); a local folder exercises that path offline."""
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    (folder / "validation.jsonl").write_text('{"text": "three"}\n')
+    splits = load_text_splits(DataConfig(hub_id=str(folder), train_split="train", eval_split="validation"), seed=0)
+    assert splits["train"]["text"] == ["one", "two"] and splits["eval"]["text"] == ["three"]
+
+
+def test_missing_hub_split_lists_the_available_ones(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "one"}\n')
+    with pytest.raises(UserError, match=r"data.eval_split: split 'validation' not found; use one of: train"):
+        load_text_splits(DataConfig(hub_id=str(folder), eval_split="validation"), seed=0)
+
+
+def test_wikitext2_preset_reads_the_local_files(compose_cfg):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import shared_data
+
+    folder = shared_data("wikitext-2")
+    cfg = compose_cfg("data=wikitext2", f"data.path={folder / 'valid.txt'}", f"data.eval_path={folder / 'test.txt'}")
+    splits = load_text_splits(OmegaConf.to_object(cfg).data, seed=0)
+    assert splits["train"][0]["text"].strip() == "= Homarus gammarus ="
+    assert len(splits["train"]) > 2000 and len(splits["eval"]) > 2000
+
+
+def test_tokenising_is_cached_by_fingerprint(tmp_path):
+    from ptft_hf.data.packing import tokenize_dataset
+    from ptft_hf.models.tokenizers import train_byte_bpe
+
+    path = _write(tmp_path / "t.txt", "\n".join(f"line number {i} of the corpus" for i in range(50)))
+    train = load_text_splits(DataConfig(path=path, eval_path=path), seed=0)["train"]
+    tokenizer = train_byte_bpe(train["text"], vocab_size=300)
+    first = tokenize_dataset(train, tokenizer, add_eos=True)
+    second = tokenize_dataset(train, tokenizer, add_eos=True)
+    assert first.cache_files and first.cache_files == second.cache_files
+    assert first._fingerprint == second._fingerprint

@@ -1,0 +1,82 @@
+"""LoRA and DoRA through peft: the base model is frozen and small adapters train.
+
+`strategy.lora` holds `peft.LoraConfig` fields and passes them through, except that
+`target_modules: auto` becomes peft's "all-linear" (every Linear/Conv1D layer of the transformer
+blocks, never the output head), which is the right set for GPT-2 (Conv1D), Llama/Qwen-style and
+BERT-style models alike. Explicit names are checked against the model first, so a typo lists
+the model's linear layers instead of failing deep inside peft.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+from ptft_hf.config.schema import StrategyConfig
+from ptft_hf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+AUTO_TARGETS = "auto"
+
+
+def linear_layer_names(model: torch.nn.Module) -> list[str]:
+    """Distinct last-name parts of the model's linear layers (what `target_modules` matches)."""
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, Conv1D)) or type(module).__name__.startswith("Linear"):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def resolve_target_modules(model: torch.nn.Module, requested: Any) -> Any:
+    """'auto' -> peft's 'all-linear'; explicit names must each match a linear layer."""
+    if requested in (None, AUTO_TARGETS):
+        return "all-linear"
+    if isinstance(requested, str):
+        return requested  # a regex or 'all-linear': peft matches it
+    available = linear_layer_names(model)
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise UserError.of(
+            "strategy.lora.target_modules", f"{', '.join(unknown)} match no linear layer of this model",
+            f"use auto or names from: {', '.join(available)}",
+        )
+    return list(requested)
+
+
+class LoraStrategy:
+    """LoRA (and DoRA with `lora.use_dora: true`) on a frozen base."""
+
+    saves_adapter_only = True
+
+    def __init__(self, cfg: StrategyConfig):
+        self.cfg = cfg
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def prepare(self, model: PreTrainedModel) -> PreTrainedModel:
+        """Hook for strategies that must touch the base before adapters go on (QLoRA)."""
+        if self.cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+            model.config.use_cache = False
+        return model
+
+    def lora_config(self, model: PreTrainedModel, task_type: str) -> LoraConfig:
+        fields = dict(self.cfg.lora or {})
+        fields["target_modules"] = resolve_target_modules(model, fields.get("target_modules", AUTO_TARGETS))
+        return LoraConfig(task_type=TaskType[task_type], **fields)
+
+    def wrap(self, model: PreTrainedModel, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
+        model = self.prepare(model)
+        config = self.lora_config(model, task_type)
+        peft_model = get_peft_model(model, config)
+        log.info("%s adapters on %s", "DoRA" if config.use_dora else "LoRA", sorted(config.target_modules))
+        return peft_model
