@@ -71,8 +71,14 @@ def _install_compose_error_reporter() -> None:
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _train(cfg: DictConfig) -> float:
     from ptft_hf.recipe import run  # heavy imports only once the config composed
+    from ptft_hf.pipeline import run_pipeline, shared_overrides
 
     try:
+        if cfg.stages:
+            hydra_cfg = HydraConfig.get()
+            shared = shared_overrides(list(hydra_cfg.overrides.task))
+            summary = run_pipeline(cfg, hydra_cfg.runtime.output_dir, shared)
+            return float(list(summary["stages"].values())[-1].get("eval_loss", float("nan")))
         metrics = run(cfg, HydraConfig.get().runtime.output_dir)
     except UserError as err:
         if cfg.verbose:

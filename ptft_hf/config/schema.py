@@ -64,11 +64,17 @@ class ObjectiveConfig:
     num_proc: Optional[int] = None  # datasets.map workers
 
 
+LORA_DEFAULTS: Dict[str, Any] = {
+    "r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "auto", "bias": "none", "modules_to_save": None,
+}
+
+
 @dataclass
 class StrategyConfig:
     name: str = "full"  # full, lora, dora or qlora
     gradient_checkpointing: bool = False
-    lora: Optional[Dict[str, Any]] = None  # peft.LoraConfig fields; target_modules: auto
+    # peft.LoraConfig fields, passed through (used by lora, dora, qlora; ignored by full)
+    lora: Dict[str, Any] = field(default_factory=lambda: dict(LORA_DEFAULTS))
     quantization: Optional[Dict[str, Any]] = None  # transformers.BitsAndBytesConfig fields
 
 
@@ -80,6 +86,20 @@ class SamplesConfig:
     temperature: float = 1.0
     top_k: int = 50
     repetition_penalty: float = 1.3  # tiny models loop without it
+
+
+@dataclass
+class StageConfig:
+    """One stage of a pipeline: group options plus overrides, composed like a run of its own."""
+
+    model: Optional[str] = None  # group options for this stage (null: config.yaml's default)
+    data: Optional[str] = None
+    objective: Optional[str] = None
+    strategy: Optional[str] = None
+    trainer: Optional[str] = None
+    init_from: Optional[str] = None  # an earlier stage whose model/ this stage starts from
+    overrides: List[str] = field(default_factory=list)  # Hydra overrides set by the preset
+    extra: List[str] = field(default_factory=list)  # your own overrides, applied last
 
 
 # null means "TrainingArguments' own default"; only the keys that are set reach TrainingArguments.
@@ -101,6 +121,7 @@ class PtftConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     trainer: Any = field(default_factory=TrainerConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    stages: Dict[str, StageConfig] = field(default_factory=dict)  # non-empty: run as a pipeline
     seed: int = 42
     overwrite: bool = False  # allow writing into a folder that holds a finished run
     verbose: bool = False  # show tracebacks for user errors

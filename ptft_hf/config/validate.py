@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib.util
+import inspect
 from typing import Any
 
 from omegaconf import DictConfig
@@ -15,7 +18,8 @@ from ptft_hf.data.sources import resolve_files
 from ptft_hf.errors import Problem, UserError
 
 SUPPORTED_OBJECTIVES = ("clm",)
-SUPPORTED_STRATEGIES = ("full",)
+SUPPORTED_STRATEGIES = ("full", "lora", "dora", "qlora")
+PEFT_STRATEGIES = ("lora", "dora", "qlora")
 # TrainingArguments fields the run sets itself from other groups.
 RUN_OWNED_TRAINER_FIELDS = {"output_dir": "the run folder (hydra.run.dir=...)", "seed": "the top-level seed=..."}
 _POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
@@ -27,7 +31,7 @@ def trainer_field_names() -> set[str]:
 
 def _suggest(name: str, choices: set[str] | list[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=3)
-    return f"did you mean {' or '.join(close)}?" if close else "see transformers.TrainingArguments for valid names"
+    return f"did you mean {' or '.join(close)}?" if close else "check the name against the library's documentation"
 
 
 def suggest_trainer_field(name: str) -> str:
@@ -84,6 +88,39 @@ def _check_model(cfg: DictConfig) -> list[Problem]:
     return problems
 
 
+def _check_strategy(cfg: DictConfig) -> list[Problem]:
+    strategy = cfg.strategy
+    problems: list[Problem] = []
+    if strategy.name not in PEFT_STRATEGIES:
+        return problems
+    if not strategy.lora:
+        return [Problem("strategy.lora", f"strategy={strategy.name} needs LoRA settings", f"use strategy={strategy.name} (conf/strategy/{strategy.name}.yaml) or set strategy.lora.r=8")]
+    from peft import LoraConfig  # imported here: only PEFT runs pay for it
+
+    valid = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"task_type"}
+    for key in strategy.lora:
+        if key not in valid:
+            problems.append(Problem(f"strategy.lora.{key}", "is not a peft.LoraConfig field", _suggest(key, valid)))
+    if strategy.name == "dora" and not strategy.lora.get("use_dora"):
+        problems.append(Problem("strategy.lora.use_dora", "is off for strategy=dora", "set strategy.lora.use_dora=true"))
+    if strategy.name == "qlora":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(Problem("strategy", "qlora needs bitsandbytes, which is not installed", "pip install bitsandbytes (or use strategy=lora)"))
+        if not cfg.model.name_or_path:
+            problems.append(Problem("model.name_or_path", "qlora quantises a pretrained model, but the model is built from scratch",
+                                    "set model.name_or_path=FOLDER_OR_ID (e.g. a pretraining run's model/)"))
+        if not strategy.quantization:
+            problems.append(Problem("strategy.quantization", "qlora needs BitsAndBytesConfig settings", "use strategy=qlora's defaults or set strategy.quantization.load_in_4bit=true"))
+        else:
+            from transformers import BitsAndBytesConfig
+
+            valid_q = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
+            for key in strategy.quantization:
+                if key not in valid_q:
+                    problems.append(Problem(f"strategy.quantization.{key}", "is not a BitsAndBytesConfig argument", _suggest(key, valid_q)))
+    return problems
+
+
 def collect_problems(cfg: DictConfig) -> list[Problem]:
     """Every problem found in the composed config, in group order."""
     problems: list[Problem] = []
@@ -93,6 +130,7 @@ def collect_problems(cfg: DictConfig) -> list[Problem]:
         problems.append(Problem("strategy.name", f"'{cfg.strategy.name}' is not supported", f"use one of: {', '.join(SUPPORTED_STRATEGIES)}"))
     if cfg.objective.block_size < 2:
         problems.append(Problem("objective.block_size", f"{cfg.objective.block_size} is too short", "use at least 2 (128 or more is usual)"))
+    problems += _check_strategy(cfg)
     problems += _check_model(cfg)
     problems += _check_data(cfg.data)
     problems += _check_trainer(cfg.trainer)

@@ -105,8 +105,12 @@ def max_positions(model: PreTrainedModel) -> int | None:
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, float]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Total and trainable parameters; peft's count when wrapped (it unpacks 4-bit weights)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "parameters": total,
         "trainable_parameters": trainable,

@@ -15,6 +15,22 @@ from transformers import BitsAndBytesConfig, PreTrainedModel
 from ptft_hf.strategies.lora import LoraStrategy
 
 
+def keep_cpu_weights_trainable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, a `Linear4bit` evaluated without gradients repacks its weight into
+    an inference-only layout and keeps it; the next training forward then fails ("a view of a
+    leaf Variable that requires grad is being used in an in-place operation"). Training evaluates
+    between steps, so the repacking is switched off. Returns the number of layers touched.
+    """
+    touched = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            touched += 1
+    return touched
+
+
 class QLoraStrategy(LoraStrategy):
     def quantization_config(self) -> BitsAndBytesConfig:
         return BitsAndBytesConfig(**dict(self.cfg.quantization or {}))
@@ -24,6 +40,7 @@ class QLoraStrategy(LoraStrategy):
         return {"quantization_config": self.quantization_config(), "device_map": {"": device}}
 
     def prepare(self, model: PreTrainedModel) -> PreTrainedModel:
+        keep_cpu_weights_trainable(model)
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=self.cfg.gradient_checkpointing,

@@ -60,3 +60,63 @@ def write_report(run_dir: Path, metrics: dict[str, Any], samples: list[dict[str,
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _reference_pairs(metrics: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(name, before, after) for every reference eval set of a run (`eval_<name>_perplexity`)."""
+    pairs = []
+    for key, after in metrics.items():
+        if key.startswith("eval_") and key.endswith("_perplexity") and key != "eval_perplexity":
+            before = metrics.get(f"{key}_before")
+            if before is not None:
+                pairs.append((key[len("eval_"):-len("_perplexity")], before, after))
+    return pairs
+
+
+def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any]) -> Path:
+    """The seed's comparison table: one row per stage, with what it cost and what it changed."""
+    lines = [
+        f"# Pipeline report: {run_dir.name}", "",
+        f"{len(summary['stages'])} stages in {summary['wall_time_s']:.0f} s.", "",
+        "| stage | strategy | data | documents | tokens | wall time (s) | est. training FLOPs | parameters updated | "
+        "peak memory (MB) | eval perplexity before → after | general perplexity before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in summary["stages"].items():
+        refs = _reference_pairs(m)
+        general = "; ".join(f"{n}: {_fmt(b)} → {_fmt(a)}" for n, b, a in refs) or "–"
+        lines.append(
+            f"| {name} | {m['strategy']} | {m['data']} | {m['data_train']['documents']} | {m['data_train']['tokens']} | "
+            f"{_fmt(m.get('wall_time_s'))} | {m['train_flops_estimate']:.3g} | "
+            f"{m['trainable_parameters']:,} ({m['trainable_percent']:.2f}%) | {_fmt(m.get('peak_memory_mb'))} | "
+            f"{_fmt(m['eval_perplexity_before'])} → {_fmt(m['eval_perplexity'])} | {general} |"
+        )
+    lines.append("")
+    for name, m in summary["stages"].items():
+        lines.append(f"## {name}")
+        lines.append("")
+        domain_change = 100.0 * (m["eval_perplexity"] / m["eval_perplexity_before"] - 1.0)
+        lines.append(f"- eval perplexity on {m['data']}: {_fmt(m['eval_perplexity_before'])} → "
+                     f"{_fmt(m['eval_perplexity'])} ({domain_change:+.1f}%)")
+        for ref, before, after in _reference_pairs(m):
+            lines.append(f"- general perplexity on {ref}: {_fmt(before)} → {_fmt(after)} "
+                         f"({100.0 * (after / before - 1.0):+.1f}%)")
+        if m.get("lineage"):
+            lineage = m["lineage"]
+            lines.append(f"- base: stage `{lineage['init_from_stage']}` ({lineage['base_run_dir']}), "
+                         f"config sha256 `{lineage['base_config_sha256'][:16]}…`")
+        if m.get("sample"):
+            completion = " ".join(m["sample"]["completion"].split())
+            lines.append(f"- sample: **{m['sample']['prompt']}**{completion}")
+        lines += ["", f"![{name} loss]({name}/loss.png)", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

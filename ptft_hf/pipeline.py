@@ -1,0 +1,117 @@
+"""Pipelines: stages run in order, each a full run in its own folder, a later stage starting from
+an earlier stage's model. The pipeline report puts the stages side by side.
+
+Each stage is composed from conf/ like a command line of its own: its group options, the
+preset's `overrides`, then the user's `extra`. A stage with `init_from` loads the earlier stage's
+`model/` (model=pretrained) and also measures perplexity on that stage's eval data, so the cost of
+specialising (general knowledge lost) is a number next to the gain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ptft_hf.config.compose import compose_config
+from ptft_hf.config.schema import StageConfig
+from ptft_hf.config.validate import collect_problems
+from ptft_hf.errors import Problem, UserError
+from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("model", "data", "objective", "strategy", "trainer")
+
+
+# Command-line overrides that belong to the pipeline itself rather than to every stage.
+_PIPELINE_ONLY = ("experiment=", "stages.", "+stages.", "~stages", "hydra.", "seed=", "overwrite=", "verbose=")
+
+
+def shared_overrides(task_overrides: list[str]) -> list[str]:
+    """The command line's overrides that apply to every stage (`trainer.max_steps=10`, ...)."""
+    return [o for o in task_overrides if not o.lstrip("+~").startswith(_PIPELINE_ONLY) and not o.startswith(_PIPELINE_ONLY)]
+
+
+def stage_overrides(name: str, stage: StageConfig, run_dir: Path, seed: int, shared: list[str] = ()) -> list[str]:
+    """The Hydra overrides that compose one stage: its options, the preset's overrides, the
+    command line's shared overrides, then the stage's `extra`."""
+    overrides = [f"{group}={getattr(stage, group)}" for group in GROUPS if getattr(stage, group)]
+    if stage.init_from:
+        if not stage.model:
+            overrides.append("model=pretrained")
+        overrides += [f"model.name_or_path={(run_dir / stage.init_from / 'model').resolve()}", "model.tokenizer.train=false"]
+    return [*overrides, f"seed={seed}", *stage.overrides, *shared, *stage.extra]
+
+
+def config_sha256(cfg: DictConfig) -> str:
+    return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True).encode()).hexdigest()
+
+
+def compose_stages(cfg: DictConfig, run_dir: Path, shared: list[str] = ()) -> dict[str, DictConfig]:
+    """Compose and validate every stage before any of them runs; report all problems at once."""
+    stages: dict[str, StageConfig] = OmegaConf.to_object(cfg.stages)
+    composed: dict[str, DictConfig] = {}
+    problems: list[Problem] = []
+    for name, stage in stages.items():
+        if stage.init_from and stage.init_from not in composed:
+            problems.append(Problem(f"stages.{name}.init_from", f"'{stage.init_from}' is not an earlier stage",
+                                    f"use one of: {', '.join(composed) or '(none: this is the first stage)'}"))
+            continue
+        try:
+            stage_cfg = compose_config(stage_overrides(name, stage, run_dir, cfg.seed, list(shared)))
+        except Exception as err:  # Hydra composition errors: name the stage, keep the message
+            from ptft_hf.config.errors import describe_compose_error
+
+            problems.append(Problem(f"stages.{name}", describe_compose_error(err), "fix the stage's options or overrides"))
+            continue
+        stage_cfg.overwrite = cfg.overwrite
+        for problem in collect_problems(stage_cfg):
+            if problem.field == "model.name_or_path" and stage.init_from:
+                continue  # filled from the earlier stage, which does not exist yet
+            problems.append(Problem(f"stages.{name}: {problem.field}", problem.what, problem.fix))
+        composed[name] = stage_cfg
+    if problems:
+        raise UserError(problems)
+    return composed
+
+
+def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -> dict[str, Any]:
+    """Run every stage of `cfg.stages` in order under `run_dir/<stage>`; returns all metrics.
+
+    `shared`: overrides applied to every stage (the CLI passes the command line's, less the
+    pipeline's own such as `experiment=` and `stages.*`)."""
+    from ptft_hf.recipe import run  # heavy imports only when something runs
+    from ptft_hf.training.report import write_pipeline_report
+
+    run_dir = Path(run_dir)
+    guard_run_dir(run_dir, bool(cfg.overwrite))
+    composed = compose_stages(cfg, run_dir, shared)
+    stages: dict[str, StageConfig] = OmegaConf.to_object(cfg.stages)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results: dict[str, Any] = {}
+    for name, stage_cfg in composed.items():
+        stage = stages[name]
+        references, lineage = {}, {}
+        if stage.init_from:
+            parent_cfg = composed[stage.init_from]
+            references = {parent_cfg.data.name: OmegaConf.to_object(parent_cfg).data}
+            lineage = {
+                "init_from_stage": stage.init_from,
+                "base_run_dir": str((run_dir / stage.init_from).resolve()),
+                "base_config_sha256": config_sha256(parent_cfg),
+                "base_model": str((run_dir / stage.init_from / "model").resolve()),
+            }
+        log.info("pipeline stage '%s' (%d of %d)", name, len(results) + 1, len(composed))
+        results[name] = run(stage_cfg, run_dir / name, references=references, lineage=lineage)
+    summary = {"stages": results, "wall_time_s": round(time.time() - started, 2),
+               "stage_order": list(composed)}
+    write_pipeline_report(run_dir, summary, stages)
+    (run_dir / FINISHED_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return summary

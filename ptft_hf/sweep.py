@@ -1,0 +1,72 @@
+"""A Hydra callback that compares the jobs of a multirun sweep in one table.
+
+`ptft-hf -m strategy=full,lora,qlora,dora ...` ends with `summary.md` and `summary.json` in the
+sweep folder: per job, its overrides, trainable parameters, train loss and eval perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from ptft_hf.run_dir import FINISHED_MARKER
+
+log = logging.getLogger(__name__)
+
+
+def _job_overrides(job_dir: Path) -> str:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return ""
+    return " ".join(yaml.safe_load(path.read_text()) or [])
+
+
+def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Finished jobs of a sweep folder, in job order."""
+    rows = []
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / FINISHED_MARKER).exists()),
+                  key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else p.name))
+    for job_dir in jobs:
+        metrics = json.loads((job_dir / FINISHED_MARKER).read_text())
+        if "stages" in metrics:  # a pipeline job: compare its last stage
+            metrics = list(metrics["stages"].values())[-1]
+        rows.append({"job": job_dir.name, "overrides": _job_overrides(job_dir), **{
+            k: metrics.get(k) for k in ("strategy", "parameters", "trainable_parameters", "trainable_percent",
+                                        "train_loss", "eval_perplexity_before", "eval_perplexity", "peak_memory_mb",
+                                        "saved_bytes", "wall_time_s")}})
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = ("| job | overrides | strategy | trainable parameters | train loss | eval perplexity before → after | "
+              "peak memory (MB) | saved (KB) | wall time (s) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['job']} | `{r['overrides']}` | {r['strategy']} | {r['trainable_parameters']:,} ({r['trainable_percent']:.2f}%) | "
+            f"{r['train_loss']:.4f} | {r['eval_perplexity_before']:.2f} → {r['eval_perplexity']:.2f} | "
+            f"{r['peak_memory_mb']} | {(r['saved_bytes'] or 0) / 1024:.0f} | {r['wall_time_s']} |"
+        )
+    return "\n".join(lines)
+
+
+class SweepSummary(Callback):
+    """Writes summary.md / summary.json into the sweep folder when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = collect_sweep(sweep_dir)
+        if not rows:
+            return
+        table = format_table(rows)
+        (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n{table}\n", encoding="utf-8")
+        (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        log.info("sweep summary (%s):\n%s", sweep_dir / "summary.md", table)
