@@ -1,0 +1,1 @@
+"""Publishing: merge/export of adapters (and, later, model cards and Hub pushes)."""

@@ -1,0 +1,137 @@
+"""Merge a LoRA/DoRA/QLoRA adapter into its base and prove the merged model computes the same.
+
+For QLoRA the base is loaded in 4-bit exactly as it was trained and dequantised before merging,
+so the merged full-precision weights are the 4-bit values plus the adapter's delta; merging into
+the 4-bit layers themselves would re-quantise the delta away.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+from peft import PeftConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers.pytorch_utils import Conv1D
+
+from ptft_hf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECK_TEXTS = (
+    "Permission is hereby granted, free of charge, to any person obtaining a copy",
+    "Return the number of items in the container.",
+    "The quick brown fox jumps over the lazy dog.",
+)
+
+
+@dataclass
+class MergeResult:
+    output_dir: Path
+    max_abs_diff: float
+    atol: float
+    quantized_base: bool
+
+
+def adapter_folder(path: Path) -> Path:
+    """The adapter folder of a run folder (`<run>/model`) or the folder itself."""
+    for candidate in (path / "model", path):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    if (path / "model" / "config.json").is_file() or (path / "config.json").is_file():
+        raise UserError.of("run_dir", f"'{path}' holds a full model, not an adapter", "nothing to merge: use its model/ folder as it is")
+    raise UserError.of("run_dir", f"no adapter_config.json under '{path}'", "give a run folder of strategy=lora, dora or qlora")
+
+
+def _run_quantization(adapter_dir: Path) -> dict[str, Any] | None:
+    """The BitsAndBytesConfig fields the run trained with (from the run's config.yaml), if any."""
+    config_path = adapter_dir.parent / "config.yaml"
+    if not config_path.is_file():
+        return None
+    strategy = (yaml.safe_load(config_path.read_text()) or {}).get("strategy", {})
+    return strategy.get("quantization") if strategy.get("name") == "qlora" else None
+
+
+def _load_base(base: str, quantization: dict[str, Any] | None) -> torch.nn.Module:
+    if quantization:
+        from ptft_hf.strategies.qlora import keep_cpu_weights_trainable
+
+        model = AutoModelForCausalLM.from_pretrained(
+            base, quantization_config=BitsAndBytesConfig(**quantization), device_map={"": "cpu"}
+        )
+        keep_cpu_weights_trainable(model)  # the same 4-bit code path the adapter was trained with
+        return model
+    return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+
+
+@torch.no_grad()
+def _into_original_architecture(merged: torch.nn.Module, base: str) -> torch.nn.Module:
+    """Copy dequantised, merged weights into a fresh float32 model of the base's own classes.
+
+    Quantisation swaps layers for `Linear4bit` and dequantisation gives back `nn.Linear`, which
+    for GPT-2's `Conv1D` layers holds the weight transposed; saved as is, it would not load.
+    """
+    target = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    source = merged.state_dict()
+    conv1d_weights = {f"{name}.weight" for name, module in target.named_modules() if isinstance(module, Conv1D)}
+    for name, tensor in target.state_dict().items():
+        value = source[name].to(torch.float32)
+        tensor.copy_(value.t() if name in conv1d_weights else value)  # Conv1D stores (in, out)
+    return target
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    return model(**inputs).logits.float()
+
+
+def merge_adapter(
+    path: str | Path, output_dir: str | Path | None = None, atol: float = 1e-3,
+    texts: Sequence[str] = CHECK_TEXTS, overwrite: bool = False,
+) -> MergeResult:
+    """Merge the adapter under `path` into its base; save to `output_dir` (default `<run>/merged`).
+
+    Raises UserError when the merged logits differ from the adapter model's by more than `atol`.
+    """
+    adapter_dir = adapter_folder(Path(path))
+    output_dir = Path(output_dir) if output_dir else adapter_dir.parent / "merged"
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise UserError.of("--output", f"'{output_dir}' is not empty", "choose another folder or add --overwrite")
+    base = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
+    quantization = _run_quantization(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    inputs = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    mask = inputs["attention_mask"].bool()
+
+    reference = PeftModel.from_pretrained(_load_base(base, quantization), str(adapter_dir))
+    expected = _logits(reference, inputs)[mask]
+    del reference
+
+    base_model = _load_base(base, quantization)
+    if quantization:
+        base_model = base_model.dequantize()  # 4-bit values -> float32, then merge in full precision
+    merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
+    if quantization:
+        merged = _into_original_architecture(merged, base)
+
+    # Save next to the destination, reload what was saved, and compare: the saved files are checked.
+    staging = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(str(staging), safe_serialization=True)
+    tokenizer.save_pretrained(str(staging))
+    got = _logits(AutoModelForCausalLM.from_pretrained(str(staging), dtype=torch.float32), inputs)[mask]
+    max_diff = float((expected - got).abs().max())
+    log.info("merged vs adapter model: largest logit difference %.3g (tolerance %.3g)", max_diff, atol)
+    if not max_diff <= atol:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError.of("--atol", f"merged logits differ from the adapter model's by {max_diff:.3g}",
+                           "nothing was saved; inspect the adapter, or raise --atol if the difference is expected")
+    shutil.rmtree(output_dir, ignore_errors=True)
+    staging.rename(output_dir)
+    return MergeResult(output_dir=output_dir, max_abs_diff=max_diff, atol=atol, quantized_base=bool(quantization))

@@ -1,0 +1,135 @@
+"""The strategies do what they claim: which parameters train, what stays frozen bit for bit, what
+is 4-bit, how small the adapter is, and that a merged model computes what the adapter model does."""
+
+from __future__ import annotations
+
+import json
+
+import bitsandbytes as bnb
+import pytest
+import torch
+import yaml
+from datasets import Dataset
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, TrainingArguments
+from transformers.pytorch_utils import Conv1D
+
+from ptft_hf.config.schema import ModelConfig, StrategyConfig
+from ptft_hf.data.builtin import iter_stdlib_docstrings
+from ptft_hf.data.collators import CausalLMCollator
+from ptft_hf.data.packing import block_array, pack_blocks, tokenize_dataset
+from ptft_hf.errors import UserError
+from ptft_hf.hub.merge import merge_adapter
+from ptft_hf.models.loading import count_parameters, load_causal_lm
+from ptft_hf.models.tokenizers import train_byte_bpe
+from ptft_hf.strategies import get_strategy
+from ptft_hf.strategies.lora import linear_layer_names
+from ptft_hf.training.trainer import PtftTrainer
+
+LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "auto", "bias": "none", "modules_to_save": None}
+QUANT = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+         "bnb_4bit_compute_dtype": "float32"}
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A small 'pretrained' GPT-2 (random weights) saved like a run's model/ folder."""
+    folder = tmp_path_factory.mktemp("base")
+    texts = [d for _, d in zip(range(300), iter_stdlib_docstrings())]
+    tokenizer = train_byte_bpe(texts, vocab_size=400)
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=64, vocab_size=len(tokenizer),
+                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    blocks, _ = pack_blocks(tokenize_dataset(Dataset.from_dict({"text": texts}), tokenizer, add_eos=True), 32)
+    return folder, tokenizer, blocks
+
+
+def _strategy(name: str) -> StrategyConfig:
+    lora = dict(LORA, use_dora=True) if name == "dora" else dict(LORA)
+    return StrategyConfig(name=name, lora=lora, quantization=dict(QUANT) if name == "qlora" else None)
+
+
+def _wrapped(base_dir, name: str):
+    folder, tokenizer, _ = base_dir
+    strategy = get_strategy(_strategy(name))
+    model = load_causal_lm(ModelConfig(name="base", name_or_path=str(folder)), tokenizer, **strategy.model_kwargs())
+    return strategy.wrap(model, task_type="CAUSAL_LM")
+
+
+def _train(model, blocks, tmp_path, steps: int = 4):
+    args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), max_steps=steps, per_device_train_batch_size=4,
+                             learning_rate=5e-3, report_to="none", use_cpu=True, save_strategy="no",
+                             disable_tqdm=True, logging_steps=1)
+    PtftTrainer(model=model, args=args, train_dataset=blocks, data_collator=CausalLMCollator()).train()
+
+
+def _frozen_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
+
+@pytest.mark.parametrize("name,expected_trainable", [("lora", 8192), ("dora", 8192 + 2 * (192 + 64 + 256 + 64)), ("qlora", 8192)])
+def test_only_adapters_train_and_the_base_stays_bit_for_bit(base_dir, tmp_path, name, expected_trainable):
+    model = _wrapped(base_dir, name)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)  # DoRA magnitudes live under lora_magnitude_vector
+    assert count_parameters(model)["trainable_parameters"] == expected_trainable
+    frozen_before = _frozen_state(model)
+    packed_before = {n: m.weight.data.clone() for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    adapters_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    _train(model, base_dir[2], tmp_path)
+    for n, p in model.named_parameters():
+        if n in frozen_before:
+            assert torch.equal(p.detach(), frozen_before[n]), f"{n} changed"
+    for n, m in model.named_modules():
+        if n in packed_before:
+            assert torch.equal(m.weight.data, packed_before[n]), f"4-bit {n} changed"
+    changed = [n for n, p in model.named_parameters() if n in adapters_before and not torch.equal(p.detach(), adapters_before[n])]
+    assert any("lora_B" in n for n in changed)
+
+
+def test_qlora_linear_layers_are_4bit_nf4(base_dir):
+    model = _wrapped(base_dir, "qlora")
+    four_bit = {n.rsplit(".", 1)[0].split("base_model.model.")[-1] for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    expected = {f"transformer.h.{i}.{layer}" for i in range(2) for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert {n.rsplit(".base_layer", 1)[0] for n in four_bit} == expected
+    layer = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert layer.weight.dtype == torch.uint8 and layer.weight.quant_state.quant_type == "nf4"
+    assert layer.weight.quant_state.nested  # double quantisation
+    assert not any(isinstance(m, Conv1D) for m in model.modules())
+
+
+def test_adapter_file_is_small(base_dir, tmp_path):
+    model = _wrapped(base_dir, "lora")
+    model.save_pretrained(tmp_path / "adapter")
+    adapter = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
+    full = (base_dir[0] / "model.safetensors").stat().st_size
+    assert adapter < 0.1 * full
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_unknown_target_module_lists_the_linear_layers(base_dir):
+    folder, tokenizer, _ = base_dir
+    strategy = get_strategy(StrategyConfig(name="lora", lora=dict(LORA, target_modules=["q_proj", "c_attn"])))
+    model = load_causal_lm(ModelConfig(name="base", name_or_path=str(folder)), tokenizer)
+    assert linear_layer_names(model) == ["c_attn", "c_fc", "c_proj", "lm_head"]
+    with pytest.raises(UserError, match=r"strategy.lora.target_modules: q_proj match no linear layer .* c_attn, c_fc, c_proj, lm_head"):
+        strategy.wrap(model)
+
+
+@pytest.mark.parametrize("name", ["lora", "dora", "qlora"])
+def test_merged_model_matches_the_adapter_model(base_dir, tmp_path, name):
+    model = _wrapped(base_dir, name)
+    _train(model, base_dir[2], tmp_path, steps=3)
+    run_dir = tmp_path / "run"
+    model.save_pretrained(run_dir / "model")
+    base_dir[1].save_pretrained(run_dir / "model")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"strategy": OmegaConf.to_container(OmegaConf.structured(_strategy(name)))}))
+    result = merge_adapter(run_dir, atol=1e-4)
+    assert result.max_abs_diff <= 1e-4 and result.quantized_base == (name == "qlora")
+    merged = AutoModelForCausalLM.from_pretrained(result.output_dir)
+    assert isinstance(merged.transformer.h[0].attn.c_attn, Conv1D)  # the base's own architecture
+    assert not (tmp_path / "run" / "merged.partial").exists()
+    assert not hasattr(merged.config, "quantization_config")
