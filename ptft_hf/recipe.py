@@ -14,22 +14,18 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from ptft_hf.config.schema import DataConfig, PtftConfig, set_trainer_fields
 from ptft_hf.config.validate import validate
-from ptft_hf.data.collators import CausalLMCollator
-from ptft_hf.data.packing import PackingStats, block_array, pack_blocks, tokenize_dataset
 from ptft_hf.data.sources import load_text_splits
-from ptft_hf.errors import UserError
-from ptft_hf.models.loading import count_parameters, load_causal_lm, load_tokenizer, max_positions
+from ptft_hf.models.loading import count_parameters, load_tokenizer
+from ptft_hf.objectives import OBJECTIVES, Prepared
 from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
 from ptft_hf.strategies import get_strategy
 from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples
 from ptft_hf.training.cost import estimate_training_flops, peak_memory_mb, reset_peak_memory
-from ptft_hf.training.metrics import unigram_perplexity
 from ptft_hf.training.report import plot_loss, write_report
 from ptft_hf.training.trainer import PtftTrainer
 
@@ -47,28 +43,14 @@ def _save_resolved_config(cfg: DictConfig, path: Path) -> None:
     OmegaConf.save(OmegaConf.create(resolved), path)
 
 
-def _training_arguments(cfg: PtftConfig, run_dir: Path) -> TrainingArguments:
-    trainer = set_trainer_fields(vars(cfg.trainer))
+def _training_arguments(cfg: PtftConfig, run_dir: Path, objective_defaults: dict[str, Any]) -> TrainingArguments:
+    """The trainer group's fields; an objective's needs (e.g. length grouping) unless set there."""
+    trainer = {**objective_defaults, **set_trainer_fields(vars(cfg.trainer))}
     return TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, **trainer)
 
 
 def _tokens_per_step(args: TrainingArguments, block_size: int) -> int:
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * block_size
-
-
-def _pack(texts: Dataset, tokenizer: Any, conf: PtftConfig, field: str) -> tuple[Dataset, PackingStats]:
-    block = conf.objective.block_size
-    blocks, stats = pack_blocks(tokenize_dataset(texts, tokenizer, conf.objective.add_eos, conf.objective.num_proc), block)
-    if stats.blocks == 0:
-        raise UserError.of(field, f"{stats.tokens} tokens make no block of objective.block_size={block}",
-                           "give more text or lower objective.block_size")
-    return blocks, stats
-
-
-def _reference_eval_sets(references: Mapping[str, DataConfig], tokenizer: Any, conf: PtftConfig) -> dict[str, Dataset]:
-    """Eval splits of other data sets (e.g. the general corpus during domain fine-tuning)."""
-    return {name: _pack(load_text_splits(data, conf.seed)["eval"], tokenizer, conf, f"{name}.eval")[0]
-            for name, data in references.items()}
 
 
 def run(
@@ -97,44 +79,37 @@ def run(
     log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
     tokenizer = load_tokenizer(conf.model, (t for t in splits["train"]["text"]))
     strategy = get_strategy(conf.strategy)
-    model = load_causal_lm(conf.model, tokenizer, **strategy.model_kwargs())
-    positions = max_positions(model)
-    if positions is not None and conf.objective.block_size > positions:
-        raise UserError.of("objective.block_size", f"{conf.objective.block_size} is longer than the model's {positions} positions",
-                           f"use objective.block_size={positions} or less")
-    model = strategy.wrap(model, task_type="CAUSAL_LM")
-    params = count_parameters(model)
-    log.info("model %s, strategy %s: %d parameters, %d trainable (%.4f%%)", conf.model.name, conf.strategy.name,
-             params["parameters"], params["trainable_parameters"], params["trainable_percent"])
+    prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, dict(references or {}))
+    params = count_parameters(prepared.model)
+    log.info("model %s, objective %s, strategy %s: %d parameters, %d trainable (%.4f%%)", conf.model.name,
+             conf.objective.name, conf.strategy.name, params["parameters"], params["trainable_parameters"],
+             params["trainable_percent"])
+    log.info("data: %s", {k: v for k, v in prepared.metrics.items() if k.startswith("data_")})
 
-    train_blocks, train_stats = _pack(splits["train"], tokenizer, conf, "data.path")
-    eval_blocks, eval_stats = _pack(splits["eval"], tokenizer, conf, "data.eval_path")
-    log.info("packed train: %s; eval: %s", train_stats.as_dict(), eval_stats.as_dict())
-    unigram = unigram_perplexity(block_array(train_blocks).ravel(), block_array(eval_blocks)[:, 1:].ravel(), len(tokenizer))
-    reference_sets = _reference_eval_sets(references or {}, tokenizer, conf)
-
-    args = _training_arguments(conf, run_dir)
-    tokens_per_step = _tokens_per_step(args, conf.objective.block_size)
-    log.info("%d tokens per optimiser step, %d steps", tokens_per_step, args.max_steps)
+    args = _training_arguments(conf, run_dir, prepared.training_overrides)
     trainer = PtftTrainer(
-        model=model,
+        model=prepared.model,
         args=args,
-        train_dataset=train_blocks,
-        eval_dataset=eval_blocks,
-        data_collator=CausalLMCollator(),
+        train_dataset=prepared.train_dataset,
+        eval_dataset=prepared.eval_dataset,
+        data_collator=prepared.collator,
+        eval_data_collator=prepared.eval_collator,
         processing_class=tokenizer,
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), SampleCallback(tokenizer, conf.samples, run_dir / "samples.jsonl")],
-        shift_labels=True,
+        compute_metrics=prepared.compute_metrics,
+        callbacks=_callbacks(run_dir, tokenizer, conf, prepared),
+        shift_labels=prepared.shift_labels,
+        token_metrics=prepared.token_metrics,
     )
     before = trainer.evaluate()
-    before_refs = trainer.evaluate(reference_sets) if reference_sets else {}
+    before_refs = trainer.evaluate(prepared.references) if prepared.references else {}
     train_start = time.time()
     train_result = trainer.train()
     train_wall = time.time() - train_start
     after = trainer.evaluate()
-    after_refs = trainer.evaluate(reference_sets) if reference_sets else {}
+    after_refs = trainer.evaluate(prepared.references) if prepared.references else {}
 
-    train_tokens = train_result.global_step * tokens_per_step
+    steps = train_result.global_step
+    train_tokens = _train_tokens(prepared, args, steps)
     metrics: dict[str, Any] = {
         "run_name": run_dir.name,
         "objective": conf.objective.name,
@@ -142,25 +117,21 @@ def run(
         "base_model": conf.model.name_or_path,
         "data": conf.data.name,
         "strategy": conf.strategy.name,
-        "eval_loss_before": before["eval_loss"],
-        "eval_perplexity_before": before["eval_perplexity"],
+        **{f"{k}_before": v for k, v in before.items() if _is_quality_metric(k)},
         **{k: v for k, v in after.items() if k.startswith("eval_")},
         **{f"{k}_before": v for k, v in before_refs.items() if k.endswith(("_loss", "_perplexity"))},
         **{k: v for k, v in after_refs.items() if k.endswith(("_loss", "_perplexity"))},
-        "unigram_perplexity": unigram,
         "train_loss": train_result.training_loss,
-        "train_steps": train_result.global_step,
+        "train_steps": steps,
         "train_runtime_s": train_result.metrics.get("train_runtime"),
         "train_wall_time_s": round(train_wall, 2),
         "train_tokens": train_tokens,
         "train_tokens_per_second": train_tokens / max(train_result.metrics.get("train_runtime", 0.0), 1e-9),
         "train_flops_estimate": estimate_training_flops(params, train_tokens),
         "peak_memory_mb": peak_memory_mb(),
-        "tokens_per_step": tokens_per_step,
-        "data_train": train_stats.as_dict(),
-        "data_eval": eval_stats.as_dict(),
         "vocab_size": len(tokenizer),
         "lineage": dict(lineage or {}),
+        **prepared.metrics,
         **params,
     }
     if trainer.is_world_process_zero():
@@ -169,12 +140,32 @@ def run(
         tokenizer.save_pretrained(str(model_dir))
         (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in config.yaml
         metrics["saved_bytes"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-        samples = generate_samples(model, tokenizer, conf.samples)
+        samples = generate_samples(prepared.model, tokenizer, conf.samples) if prepared.generates else []
         metrics["sample"] = samples[0] if samples else None
         metrics["wall_time_s"] = round(time.time() - started, 2)
         plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}")
         write_report(run_dir, metrics, samples)
         _write_json(run_dir / FINISHED_MARKER, metrics)  # last: its presence marks a finished run
-    log.info("eval perplexity %.2f -> %.2f (unigram %.2f); run folder %s",
-             metrics["eval_perplexity_before"], metrics["eval_perplexity"], unigram, run_dir)
+    log.info("%s; run folder %s", ", ".join(f"{k} {metrics[k + '_before']:.4g} -> {metrics[k]:.4g}"
+                                            for k in ("eval_perplexity", "eval_accuracy", "eval_f1") if k + "_before" in metrics), run_dir)
     return metrics
+
+
+def _is_quality_metric(key: str) -> bool:
+    return key.startswith("eval_") and not key.endswith(("_runtime", "_per_second", "_tokens", "_preparation_time"))
+
+
+def _train_tokens(prepared: Prepared, args: TrainingArguments, steps: int) -> int:
+    """Tokens the optimiser saw: fixed blocks for LM objectives, counted real tokens otherwise."""
+    padding = prepared.metrics.get("padding")
+    if padding is not None:
+        return int(padding["tokens"])
+    block = len(prepared.train_dataset[0]["input_ids"])
+    return steps * _tokens_per_step(args, block)
+
+
+def _callbacks(run_dir: Path, tokenizer: Any, conf: PtftConfig, prepared: Prepared) -> list[Any]:
+    callbacks: list[Any] = [JsonlLogCallback(run_dir / "train_log.jsonl")]
+    if prepared.generates:
+        callbacks.append(SampleCallback(tokenizer, conf.samples, run_dir / "samples.jsonl"))
+    return callbacks

@@ -20,7 +20,7 @@ from ptft_hf.config.trainer_fields import training_argument_names
 class TokenizerConfig:
     name_or_path: Optional[str] = None  # defaults to the model's name_or_path
     train: bool = False  # train a new tokenizer on the run's training texts
-    kind: str = "byte_bpe"  # byte_bpe (GPT-2 style)
+    kind: str = "byte_bpe"  # byte_bpe (GPT-2 style) or wordpiece (BERT style)
     vocab_size: int = 8000
     min_frequency: int = 2
 
@@ -32,6 +32,7 @@ class ModelConfig:
     architecture: Optional[str] = None  # model_type used to build from scratch, e.g. gpt2
     config: Dict[str, Any] = field(default_factory=dict)  # sizes / config overrides
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    random_init: bool = False  # use name_or_path's architecture and tokenizer, but fresh weights (a control)
     revision: Optional[str] = None
     trust_remote_code: bool = False
     dtype: Optional[str] = None  # float32, bfloat16, float16 or auto; null keeps float32
@@ -50,18 +51,28 @@ class DataConfig:
     train_split: str = "train"
     eval_split: Optional[str] = None
     text_column: str = "text"
+    label_column: Optional[str] = None  # classification: the column holding the label
     sample_by: str = "line"  # text files: line, paragraph or document
     eval_fraction: float = 0.05  # carved off the training data when no eval data is given
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
+    # more training text mixed in: a list of {path, format, text_column} (e.g. a domain corpus)
+    extra_train: List[Dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "clm"
-    block_size: int = 128  # tokens per packed training block
-    add_eos: bool = True  # put EOS after every document before packing
+    name: str = "clm"  # clm, mlm or classification
+    block_size: int = 128  # tokens per packed block (clm, mlm)
+    add_eos: bool = True  # put EOS ([SEP] for BERT) after every document before packing
     num_proc: Optional[int] = None  # datasets.map workers
+    mlm_probability: float = 0.15  # mlm: share of tokens (or words) to predict
+    whole_word_mask: bool = False  # mlm: mask all tokens of a chosen word together
+    eval_mask_seed: int = 1234  # mlm: eval masks depend only on this seed and the text
+    max_length: int = 128  # classification: longer texts are truncated (and counted)
+    group_by_length: bool = True  # classification: batches of similar length, little padding
+    metrics: List[str] = field(default_factory=lambda: ["accuracy", "f1"])  # classification: evaluate ids
+    f1_average: str = "macro"
 
 
 LORA_DEFAULTS: Dict[str, Any] = {

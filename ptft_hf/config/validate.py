@@ -17,7 +17,7 @@ from ptft_hf.data.builtin import BUILTIN_CORPORA
 from ptft_hf.data.sources import resolve_files
 from ptft_hf.errors import Problem, UserError
 
-SUPPORTED_OBJECTIVES = ("clm",)
+SUPPORTED_OBJECTIVES = ("clm", "mlm", "classification")
 SUPPORTED_STRATEGIES = ("full", "lora", "dora", "qlora")
 PEFT_STRATEGIES = ("lora", "dora", "qlora")
 # TrainingArguments fields the run sets itself from other groups.
@@ -121,6 +121,20 @@ def _check_strategy(cfg: DictConfig) -> list[Problem]:
     return problems
 
 
+def _check_objective(cfg: DictConfig) -> list[Problem]:
+    objective, model = cfg.objective, cfg.model
+    problems = []
+    if objective.name == "mlm" and model.tokenizer.train and model.tokenizer.kind != "wordpiece":
+        problems.append(Problem("model.tokenizer.kind", f"a {model.tokenizer.kind} tokenizer has no mask token, which objective=mlm needs",
+                                "use model=tiny_bert (model.tokenizer.kind=wordpiece) or objective=clm"))
+    if objective.name == "classification" and not cfg.data.label_column:
+        problems.append(Problem("data.label_column", "is not set, but objective=classification needs labels",
+                                "set data.label_column= to the column holding the label (e.g. category)"))
+    if not 0.0 < objective.mlm_probability < 1.0:
+        problems.append(Problem("objective.mlm_probability", f"{objective.mlm_probability} is not a probability", "use a value such as 0.15"))
+    return problems
+
+
 def collect_problems(cfg: DictConfig) -> list[Problem]:
     """Every problem found in the composed config, in group order."""
     problems: list[Problem] = []
@@ -130,6 +144,7 @@ def collect_problems(cfg: DictConfig) -> list[Problem]:
         problems.append(Problem("strategy.name", f"'{cfg.strategy.name}' is not supported", f"use one of: {', '.join(SUPPORTED_STRATEGIES)}"))
     if cfg.objective.block_size < 2:
         problems.append(Problem("objective.block_size", f"{cfg.objective.block_size} is too short", "use at least 2 (128 or more is usual)"))
+    problems += _check_objective(cfg)
     problems += _check_strategy(cfg)
     problems += _check_model(cfg)
     problems += _check_data(cfg.data)

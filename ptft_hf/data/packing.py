@@ -20,18 +20,24 @@ log = logging.getLogger(__name__)
 
 
 def tokenize_batch(batch: dict[str, list], tokenizer: Any, eos_token_id: int | None) -> dict[str, list]:
-    """Tokenise a batch of texts without special tokens, appending EOS to each when given."""
+    """Tokenise a batch of texts without special tokens, appending a separator (EOS, or [SEP]
+    for BERT-style tokenizers) to each when given."""
     ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
     if eos_token_id is not None:
         ids = [seq + [eos_token_id] for seq in ids]
     return {"input_ids": ids}
 
 
+def document_separator(tokenizer: Any) -> int | None:
+    """EOS for causal tokenizers, [SEP] for BERT-style ones that have no EOS."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
 def tokenize_dataset(ds: Dataset, tokenizer: Any, add_eos: bool, num_proc: int | None = None) -> Dataset:
     """Batched, cached `datasets.map` tokenisation; keeps only `input_ids` (int32)."""
-    eos = tokenizer.eos_token_id if add_eos else None
+    eos = document_separator(tokenizer) if add_eos else None
     if add_eos and eos is None:
-        raise ValueError("the tokenizer has no eos_token; set objective.add_eos=false or give it one")
+        raise ValueError("the tokenizer has no eos or sep token; set objective.add_eos=false or give it one")
     return ds.map(
         tokenize_batch,
         batched=True,
@@ -67,14 +73,22 @@ def flat_token_ids(tokenized: Dataset) -> np.ndarray:
     return pa.concat_arrays(chunks).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
 
 
-def pack_blocks(tokenized: Dataset, block_size: int) -> tuple[Dataset, PackingStats]:
-    """Cut the concatenated token stream into `block_size` blocks; drop only the final remainder."""
+def pack_blocks(tokenized: Dataset, block_size: int, prefix_id: int | None = None) -> tuple[Dataset, PackingStats]:
+    """Cut the concatenated token stream into `block_size` blocks; drop only the final remainder.
+
+    With `prefix_id` (BERT's [CLS]) every block starts with that token and holds
+    `block_size - 1` tokens of the stream.
+    """
     if block_size < 2:
         raise ValueError("block_size must be at least 2")
     flat = flat_token_ids(tokenized)
-    n_blocks = len(flat) // block_size
-    kept = n_blocks * block_size
-    values = pa.array(flat[:kept], type=pa.int32())
+    body = block_size - (prefix_id is not None)
+    n_blocks = len(flat) // body
+    kept = n_blocks * body
+    grid = flat[:kept].reshape(n_blocks, body)
+    if prefix_id is not None:
+        grid = np.concatenate([np.full((n_blocks, 1), prefix_id, dtype=np.int32), grid], axis=1)
+    values = pa.array(grid.ravel(), type=pa.int32())
     blocks = pa.FixedSizeListArray.from_arrays(values, block_size)
     table = InMemoryTable(pa.table({"input_ids": blocks}))
     packed = Dataset(table)

@@ -104,15 +104,29 @@ def _pick_split(loaded: DatasetDict, split: str, field: str) -> Dataset:
     return loaded[split]
 
 
-def _select_text(ds: Dataset, cfg: DataConfig, field: str) -> Dataset:
-    if cfg.text_column not in ds.column_names:
-        raise UserError.of(
-            "data.text_column", f"column '{cfg.text_column}' not in {field}",
-            f"set data.text_column= to one of: {', '.join(ds.column_names)}",
-        )
-    ds = ds.select_columns([cfg.text_column])
-    if cfg.text_column != "text":
-        ds = ds.rename_column(cfg.text_column, "text")
+def _labels_as_strings(ds: Dataset, column: str) -> Dataset:
+    """Hub data sets often store labels as ClassLabel ids: turn them into their names."""
+    feature = ds.features[column]
+    if hasattr(feature, "int2str"):
+        return ds.map(lambda b: {column: feature.int2str(b[column])}, batched=True,
+                      features=ds.features.copy() | {column: datasets.Value("string")}, desc="label names")
+    if feature.dtype != "string":
+        return ds.cast_column(column, datasets.Value("string"))
+    return ds
+
+
+def _select_text(ds: Dataset, cfg: DataConfig, field: str, text_column: str | None = None) -> Dataset:
+    text_column = text_column or cfg.text_column
+    wanted = [(text_column, "text", "data.text_column")]
+    if cfg.label_column:
+        wanted.append((cfg.label_column, "label", "data.label_column"))
+    for column, _, key in wanted:
+        if column not in ds.column_names:
+            raise UserError.of(key, f"column '{column}' not in {field}", f"set {key}= to one of: {', '.join(ds.column_names)}")
+    if cfg.label_column:
+        ds = _labels_as_strings(ds, cfg.label_column)
+    ds = ds.select_columns([c for c, _, _ in wanted])
+    ds = ds.rename_columns({c: new for c, new, _ in wanted if c != new})
     return ds.filter(
         lambda batch: [t is not None and t.strip() != "" for t in batch["text"]],
         batched=True, desc="dropping empty texts",
@@ -141,6 +155,12 @@ def load_text_splits(cfg: DataConfig, seed: int) -> DatasetDict:
         raise UserError.of("data.path", "no data source is set", "set data.path=FILE, data.hub_id=ID or pick data=builtin_docs")
 
     train_ds = _select_text(train_ds, cfg, "the training data")
+    for i, extra in enumerate(cfg.extra_train):
+        field = f"data.extra_train[{i}].path"
+        extra_cfg = DataConfig(path=extra["path"], format=extra.get("format"), sample_by=extra.get("sample_by", cfg.sample_by))
+        extra_ds = _select_text(_load_files(field, extra["path"], extra_cfg), cfg, field, extra.get("text_column", "text"))
+        train_ds = datasets.concatenate_datasets([train_ds, extra_ds])
+        log.info("mixed in %d training documents from %s", len(extra_ds), extra["path"])
     if cfg.eval_path:
         eval_ds = _select_text(_load_files("data.eval_path", cfg.eval_path, cfg), cfg, "the eval data")
     elif eval_ds is not None:
@@ -160,8 +180,9 @@ def load_text_splits(cfg: DataConfig, seed: int) -> DatasetDict:
     if len(eval_ds) == 0:
         raise UserError.of("data.eval_path", "the eval data holds no text", "point it at a file with text in it")
 
-    if cfg.max_train_samples:
-        train_ds = train_ds.select(range(min(cfg.max_train_samples, len(train_ds))))
-    if cfg.max_eval_samples:
-        eval_ds = eval_ds.select(range(min(cfg.max_eval_samples, len(eval_ds))))
+    # a seeded random subset, not the head: files are often sorted (by label, by date)
+    if cfg.max_train_samples and cfg.max_train_samples < len(train_ds):
+        train_ds = train_ds.shuffle(seed=seed).select(range(cfg.max_train_samples)).flatten_indices()
+    if cfg.max_eval_samples and cfg.max_eval_samples < len(eval_ds):
+        eval_ds = eval_ds.shuffle(seed=seed).select(range(cfg.max_eval_samples)).flatten_indices()
     return DatasetDict({"train": train_ds, "eval": eval_ds})

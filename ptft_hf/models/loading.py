@@ -54,45 +54,57 @@ def build_config(cfg: ModelConfig, tokenizer: Any) -> Any:
             "model.architecture", f"unknown architecture '{cfg.architecture}'",
             "use a transformers model_type such as gpt2, llama, qwen2, bert",
         )
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
     return AutoConfig.for_model(
-        cfg.architecture,
-        **dict(cfg.config),
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        cfg.architecture, **dict(cfg.config), vocab_size=len(tokenizer), **{k: v for k, v in ids.items() if v is not None}
     )
 
 
-def load_causal_lm(cfg: ModelConfig, tokenizer: Any, **extra: Any) -> PreTrainedModel:
-    """`AutoModelForCausalLM`: `from_pretrained(name_or_path)` or `from_config` for scratch models.
+def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForCausalLM, **extra: Any) -> PreTrainedModel:
+    """`auto_class.from_pretrained(name_or_path)`, or `from_config` for models built from sizes
+    (and for `random_init` controls, from the checkpoint's own config).
 
-    `extra` carries strategy-specific keyword arguments such as a quantisation config.
+    `extra` carries objective- and strategy-specific keyword arguments (labels, quantisation).
     """
     dtype = _DTYPES[cfg.dtype] if cfg.dtype else torch.float32
-    if cfg.name_or_path:
+    head_kwargs = {k: extra.pop(k) for k in ("num_labels", "id2label", "label2id", "problem_type") if k in extra}
+    if cfg.name_or_path and cfg.random_init:
+        try:
+            config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision,
+                                                trust_remote_code=cfg.trust_remote_code, **dict(cfg.config), **head_kwargs)
+        except (OSError, ValueError) as err:
+            raise _hub_error("model.name_or_path", cfg.name_or_path, err) from err
+        model = auto_class.from_config(config, dtype=dtype)
+    elif cfg.name_or_path:
         kwargs: dict[str, Any] = dict(
-            revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype, **extra
+            revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype, **head_kwargs, **extra
         )
         if cfg.attn_implementation:
             kwargs["attn_implementation"] = cfg.attn_implementation
         if cfg.config:
             kwargs.update(dict(cfg.config))  # config overrides, e.g. dropout
         try:
-            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+            model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
         except (OSError, ValueError) as err:
             raise _hub_error("model.name_or_path", cfg.name_or_path, err) from err
     else:
         config = build_config(cfg, tokenizer)
+        for key, value in head_kwargs.items():
+            setattr(config, key, value)
         if cfg.attn_implementation:
             config._attn_implementation = cfg.attn_implementation
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = auto_class.from_config(config, dtype=dtype)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         log.info("resizing token embeddings to the tokenizer's %d tokens", len(tokenizer))
         model.resize_token_embeddings(len(tokenizer))
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def load_causal_lm(cfg: ModelConfig, tokenizer: Any, **extra: Any) -> PreTrainedModel:
+    return load_model(cfg, tokenizer, AutoModelForCausalLM, **extra)
 
 
 def max_positions(model: PreTrainedModel) -> int | None:

@@ -19,7 +19,7 @@ class FullStrategy:
         """Extra `from_pretrained` keyword arguments (quantisation configs for other strategies)."""
         return {}
 
-    def wrap(self, model: PreTrainedModel, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
+    def wrap(self, model: PreTrainedModel, task_type: str | None = "CAUSAL_LM") -> PreTrainedModel:
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False

@@ -69,12 +69,12 @@ class LoraStrategy:
             model.config.use_cache = False
         return model
 
-    def lora_config(self, model: PreTrainedModel, task_type: str) -> LoraConfig:
+    def lora_config(self, model: PreTrainedModel, task_type: str | None) -> LoraConfig:
         fields = dict(self.cfg.lora or {})
         fields["target_modules"] = resolve_target_modules(model, fields.get("target_modules", AUTO_TARGETS))
-        return LoraConfig(task_type=TaskType[task_type], **fields)
+        return LoraConfig(task_type=TaskType[task_type] if task_type else None, **fields)
 
-    def wrap(self, model: PreTrainedModel, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
+    def wrap(self, model: PreTrainedModel, task_type: str | None = "CAUSAL_LM") -> PreTrainedModel:
         model = self.prepare(model)
         config = self.lora_config(model, task_type)
         peft_model = get_peft_model(model, config)

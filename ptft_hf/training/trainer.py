@@ -21,9 +21,22 @@ class PtftTrainer(Trainer):
     `shift_labels=True` for causal LMs (position t predicts t+1); False for masked LMs.
     """
 
-    def __init__(self, *args: Any, shift_labels: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, shift_labels: bool = True, token_metrics: bool = True,
+                 eval_data_collator: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.shift_labels = shift_labels
+        self.token_metrics = token_metrics
+        self.eval_data_collator = eval_data_collator
+
+    def get_eval_dataloader(self, eval_dataset: Any = None):
+        """Evaluation may batch differently from training (fixed MLM masks, no padding counter)."""
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
 
     def evaluate(
         self,
@@ -32,7 +45,7 @@ class PtftTrainer(Trainer):
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
         target = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if isinstance(target, dict):  # one evaluation per named data set, handled upstream
+        if isinstance(target, dict) or not self.token_metrics:  # per-name sets / stock metrics loop
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         dataloader = self.get_eval_dataloader(eval_dataset)
         model = self.model

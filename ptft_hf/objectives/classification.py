@@ -1,0 +1,100 @@
+"""Sequence classification: string labels, dynamic padding, length-grouped batches, evaluate metrics.
+
+Short, uneven texts waste most of a padded-to-128 batch on padding. Each batch is padded only to
+its longest text (`DataCollatorWithPadding`), and with `objective.group_by_length` the Trainer's
+length-grouped sampler puts texts of similar length together; the padded share is measured.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+from ptft_hf.config.schema import DataConfig, PtftConfig
+from ptft_hf.data.collators import PaddingCounter
+from ptft_hf.errors import UserError
+from ptft_hf.evaluate_metrics import load_metric
+from ptft_hf.models.loading import load_model, max_positions
+from ptft_hf.objectives.base import Prepared
+
+log = logging.getLogger(__name__)
+
+
+def label_maps(train: Dataset, eval_: Dataset) -> tuple[dict[int, str], dict[str, int]]:
+    """id2label/label2id from the training labels (sorted); unseen eval labels are an error."""
+    labels = sorted(set(train["label"]))
+    unseen = sorted(set(eval_["label"]) - set(labels))
+    if unseen:
+        shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+        raise UserError.of("data.eval_path", f"eval labels never seen in training: {shown}",
+                           "train on data that covers every eval label, or drop those eval rows")
+    return dict(enumerate(labels)), {label: i for i, label in enumerate(labels)}
+
+
+def _tokenize(batch: dict[str, list], tokenizer: Any, label2id: dict[str, int], max_length: int) -> dict[str, list]:
+    encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+    full = tokenizer(batch["text"], truncation=False)["input_ids"]
+    return {
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+        "labels": [label2id[label] for label in batch["label"]],
+        "length": [len(ids) for ids in encoded["input_ids"]],
+        "truncated": [len(f) > max_length for f in full],
+    }
+
+
+def tokenize_labelled(ds: Dataset, tokenizer: Any, label2id: dict[str, int], max_length: int) -> Dataset:
+    return ds.map(_tokenize, batched=True, remove_columns=ds.column_names, desc="tokenising",
+                  fn_kwargs={"tokenizer": tokenizer, "label2id": label2id, "max_length": max_length})
+
+
+def metrics_fn(names: list[str], f1_average: str):
+    """compute_metrics for the Trainer through `evaluate` (local modules for accuracy and f1)."""
+    loaded = {name: load_metric(name) for name in names}
+
+    def compute(eval_pred) -> dict[str, float]:
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        predictions = np.argmax(logits, axis=-1)
+        results: dict[str, float] = {}
+        for name, metric in loaded.items():
+            kwargs = {"average": f1_average} if name in ("f1", "precision", "recall") else {}
+            results.update(metric.compute(predictions=predictions, references=labels, **kwargs))
+        return results
+
+    return compute
+
+
+def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
+                           references: dict[str, DataConfig]) -> Prepared:
+    if "label" not in splits["train"].column_names:
+        raise UserError.of("data.label_column", "is not set, but classification needs labels",
+                           "set data.label_column= to the column holding the label (e.g. category)")
+    obj = conf.objective
+    id2label, label2id = label_maps(splits["train"], splits["eval"])
+    model = load_model(conf.model, tokenizer, AutoModelForSequenceClassification, num_labels=len(id2label),
+                       id2label=id2label, label2id=label2id, **strategy.model_kwargs())
+    positions = max_positions(model)
+    max_length = min(obj.max_length, positions) if positions else obj.max_length
+    model = strategy.wrap(model, task_type="SEQ_CLS")
+    train = tokenize_labelled(splits["train"], tokenizer, label2id, max_length)
+    eval_ = tokenize_labelled(splits["eval"], tokenizer, label2id, max_length)
+    truncated = {"train": int(sum(train["truncated"])), "eval": int(sum(eval_["truncated"]))}
+    if any(truncated.values()):
+        log.warning("texts longer than %d tokens were truncated: %s", max_length, truncated)
+    train, eval_ = train.remove_columns("truncated"), eval_.remove_columns("truncated")
+    counter = PaddingCounter(DataCollatorWithPadding(tokenizer))
+    overrides = {"train_sampling_strategy": "group_by_length"} if obj.group_by_length else {}
+    return Prepared(
+        model=model, train_dataset=train, eval_dataset=eval_, collator=counter,
+        eval_collator=DataCollatorWithPadding(tokenizer), task_type="SEQ_CLS", token_metrics=False,
+        compute_metrics=metrics_fn(list(obj.metrics), obj.f1_average), training_overrides=overrides,
+        metrics={"num_labels": len(id2label), "max_length": max_length, "truncated": truncated,
+                 "data_train": {"documents": len(train), "tokens": int(sum(train["length"]))},
+                 "data_eval": {"documents": len(eval_), "tokens": int(sum(eval_["length"]))},
+                 "padding": counter.stats},
+    )

@@ -1,0 +1,41 @@
+"""Masked language modelling on packed blocks ([CLS] + text with [SEP] between documents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import DatasetDict
+
+from ptft_hf.config.schema import DataConfig, PtftConfig
+from ptft_hf.data.collators import MaskedLMCollator
+from ptft_hf.data.words import tokenizer_family, word_start_table
+from ptft_hf.errors import UserError
+from ptft_hf.models.loading import load_model
+from ptft_hf.objectives.base import Prepared, check_block_fits, pack_texts, reference_blocks
+
+
+def prepare_mlm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
+                references: dict[str, DataConfig]) -> Prepared:
+    from transformers import AutoModelForMaskedLM
+
+    if tokenizer.mask_token_id is None:
+        raise UserError.of("model.tokenizer", "the tokenizer has no mask token, which masked-LM training needs",
+                           "use a BERT-style model/tokenizer (e.g. model=tiny_bert) or objective=clm")
+    obj = conf.objective
+    model = load_model(conf.model, tokenizer, AutoModelForMaskedLM, **strategy.model_kwargs())
+    check_block_fits(model, obj.block_size)
+    model = strategy.wrap(model, task_type=None)  # peft has no masked-LM task type: a plain PeftModel
+    prefix = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    train_blocks, train_stats = pack_texts(splits["train"], tokenizer, conf, "data.path", prefix)
+    eval_blocks, eval_stats = pack_texts(splits["eval"], tokenizer, conf, "data.eval_path", prefix)
+    starts = word_start_table(tokenizer) if obj.whole_word_mask else None
+    common = dict(mlm_probability=obj.mlm_probability, whole_word=obj.whole_word_mask, word_starts=starts)
+    return Prepared(
+        model=model, train_dataset=train_blocks, eval_dataset=eval_blocks,
+        collator=MaskedLMCollator.for_tokenizer(tokenizer, **common),
+        eval_collator=MaskedLMCollator.for_tokenizer(tokenizer, seed=obj.eval_mask_seed, **common),
+        task_type=None, shift_labels=False,
+        references=reference_blocks(references, tokenizer, conf, prefix),
+        metrics={"data_train": train_stats.as_dict(), "data_eval": eval_stats.as_dict(),
+                 "tokenizer_family": tokenizer_family(tokenizer), "whole_word_mask": obj.whole_word_mask},
+    )
