@@ -115,6 +115,7 @@ def run(
         "objective": conf.objective.name,
         "model": conf.model.name,
         "base_model": conf.model.name_or_path,
+        "random_init": conf.model.random_init,
         "data": conf.data.name,
         "strategy": conf.strategy.name,
         **{f"{k}_before": v for k, v in before.items() if _is_quality_metric(k)},

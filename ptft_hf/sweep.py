@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ptft_hf.run_dir import FINISHED_MARKER
+from ptft_hf.training.report import quality_summary
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,20 @@ def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
             metrics = list(metrics["stages"].values())[-1]
         rows.append({"job": job_dir.name, "overrides": _job_overrides(job_dir), **{
             k: metrics.get(k) for k in ("strategy", "parameters", "trainable_parameters", "trainable_percent",
-                                        "train_loss", "eval_perplexity_before", "eval_perplexity", "peak_memory_mb",
-                                        "saved_bytes", "wall_time_s")}})
+                                        "train_loss", "eval_perplexity_before", "eval_perplexity", "eval_accuracy_before",
+                                        "eval_accuracy", "eval_f1_before", "eval_f1", "peak_memory_mb",
+                                        "saved_bytes", "wall_time_s") if k in metrics}})
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("| job | overrides | strategy | trainable parameters | train loss | eval perplexity before → after | "
+    header = ("| job | overrides | strategy | trainable parameters | train loss | eval before → after | "
               "peak memory (MB) | saved (KB) | wall time (s) |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['job']} | `{r['overrides']}` | {r['strategy']} | {r['trainable_parameters']:,} ({r['trainable_percent']:.2f}%) | "
-            f"{r['train_loss']:.4f} | {r['eval_perplexity_before']:.2f} → {r['eval_perplexity']:.2f} | "
+            f"{r['train_loss']:.4f} | {quality_summary(r)} | "
             f"{r['peak_memory_mb']} | {(r['saved_bytes'] or 0) / 1024:.0f} | {r['wall_time_s']} |"
         )
     return "\n".join(lines)

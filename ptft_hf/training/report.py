@@ -81,38 +81,63 @@ def _reference_pairs(metrics: dict[str, Any]) -> list[tuple[str, float, float]]:
     return pairs
 
 
+def quality_summary(m: dict[str, Any]) -> str:
+    """The stage's headline eval figure, before → after: perplexity for LMs, accuracy/F1 otherwise."""
+    if "eval_perplexity" in m:
+        return f"perplexity {_fmt(m.get('eval_perplexity_before'))} → {_fmt(m['eval_perplexity'])}"
+    parts = [f"{name} {_fmt(m.get(f'eval_{name}_before'))} → {_fmt(m.get(f'eval_{name}'))}"
+             for name in ("accuracy", "f1") if f"eval_{name}" in m]
+    return "; ".join(parts) or "–"
+
+
 def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any]) -> Path:
     """The seed's comparison table: one row per stage, with what it cost and what it changed."""
+    order = summary.get("stage_order") or list(summary["stages"])
+    summary = {**summary, "stages": {name: summary["stages"][name] for name in order}}
     lines = [
         f"# Pipeline report: {run_dir.name}", "",
         f"{len(summary['stages'])} stages in {summary['wall_time_s']:.0f} s.", "",
-        "| stage | strategy | data | documents | tokens | wall time (s) | est. training FLOPs | parameters updated | "
-        "peak memory (MB) | eval perplexity before → after | general perplexity before → after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| stage | objective | strategy | data | documents | tokens | wall time (s) | est. training FLOPs | "
+        "parameters updated | peak memory (MB) | eval before → after | general perplexity before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in summary["stages"].items():
         refs = _reference_pairs(m)
         general = "; ".join(f"{n}: {_fmt(b)} → {_fmt(a)}" for n, b, a in refs) or "–"
+        init = " (random init)" if m.get("random_init") else ""
         lines.append(
-            f"| {name} | {m['strategy']} | {m['data']} | {m['data_train']['documents']} | {m['data_train']['tokens']} | "
-            f"{_fmt(m.get('wall_time_s'))} | {m['train_flops_estimate']:.3g} | "
+            f"| {name} | {m['objective']} | {m['strategy']}{init} | {m['data']} | {m['data_train']['documents']} | "
+            f"{m['data_train']['tokens']} | {_fmt(m.get('wall_time_s'))} | {m['train_flops_estimate']:.3g} | "
             f"{m['trainable_parameters']:,} ({m['trainable_percent']:.2f}%) | {_fmt(m.get('peak_memory_mb'))} | "
-            f"{_fmt(m['eval_perplexity_before'])} → {_fmt(m['eval_perplexity'])} | {general} |"
+            f"{quality_summary(m)} | {general} |"
         )
+    lines.append("")
+    controls = {n: m for n, m in summary["stages"].items() if m.get("random_init")}
+    for control_name, control in controls.items():
+        for name, m in summary["stages"].items():
+            if name == control_name or m.get("random_init") or m["objective"] != control["objective"] or m["data"] != control["data"]:
+                continue
+            for metric in ("accuracy", "f1", "perplexity"):
+                key = f"eval_{metric}"
+                if key in m and key in control:
+                    lines.append(f"- value of pretraining, {metric}: `{name}` {_fmt(m[key])} vs `{control_name}` "
+                                 f"(same fine-tuning from random weights) {_fmt(control[key])}: {m[key] - control[key]:+.4f}")
     lines.append("")
     for name, m in summary["stages"].items():
         lines.append(f"## {name}")
         lines.append("")
-        domain_change = 100.0 * (m["eval_perplexity"] / m["eval_perplexity_before"] - 1.0)
-        lines.append(f"- eval perplexity on {m['data']}: {_fmt(m['eval_perplexity_before'])} → "
-                     f"{_fmt(m['eval_perplexity'])} ({domain_change:+.1f}%)")
+        lines.append(f"- eval on {m['data']}: {quality_summary(m)}")
+        if "eval_perplexity" in m and m.get("eval_perplexity_before"):
+            change = 100.0 * (m["eval_perplexity"] / m["eval_perplexity_before"] - 1.0)
+            lines.append(f"- eval perplexity change: {change:+.1f}%")
         for ref, before, after in _reference_pairs(m):
             lines.append(f"- general perplexity on {ref}: {_fmt(before)} → {_fmt(after)} "
                          f"({100.0 * (after / before - 1.0):+.1f}%)")
         if m.get("lineage"):
             lineage = m["lineage"]
             lines.append(f"- base: stage `{lineage['init_from_stage']}` ({lineage['base_run_dir']}), "
-                         f"config sha256 `{lineage['base_config_sha256'][:16]}…`")
+                         f"config sha256 `{lineage['base_config_sha256'][:16]}…`"
+                         + (" (architecture and tokenizer only: random weights)" if m.get("random_init") else ""))
         if m.get("sample"):
             completion = " ".join(m["sample"]["completion"].split())
             lines.append(f"- sample: **{m['sample']['prompt']}**{completion}")

@@ -55,7 +55,7 @@ def test_stage_two_starts_from_stage_one_and_records_its_lineage(pipeline_run):
 def test_pipeline_report_has_the_per_stage_table(pipeline_run):
     _, run_dir = pipeline_run
     report = (run_dir / "report.md").read_text()
-    assert "| stage | strategy | data | documents | tokens | wall time (s) | est. training FLOPs | parameters updated |" in report
+    assert "| stage | objective | strategy | data | documents | tokens | wall time (s) | est. training FLOPs | parameters updated |" in report
     rows = [line for line in report.splitlines() if line.startswith("| pretrain |") or line.startswith("| finetune |")]
     assert len(rows) == 2 and "100.00%" in rows[0] and "builtin_docs:" in rows[1]
     assert "general perplexity on builtin_docs" in report
