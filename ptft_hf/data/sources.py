@@ -159,7 +159,7 @@ def load_text_splits(cfg: DataConfig, seed: int) -> DatasetDict:
         field = f"data.extra_train[{i}].path"
         extra_cfg = DataConfig(path=extra["path"], format=extra.get("format"), sample_by=extra.get("sample_by", cfg.sample_by))
         extra_ds = _select_text(_load_files(field, extra["path"], extra_cfg), cfg, field, extra.get("text_column", "text"))
-        train_ds = datasets.concatenate_datasets([train_ds, extra_ds])
+        train_ds = datasets.concatenate_datasets([train_ds, extra_ds.cast(train_ds.features)])  # e.g. large_string -> string
         log.info("mixed in %d training documents from %s", len(extra_ds), extra["path"])
     if cfg.eval_path:
         eval_ds = _select_text(_load_files("data.eval_path", cfg.eval_path, cfg), cfg, "the eval data")

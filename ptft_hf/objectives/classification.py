@@ -23,6 +23,9 @@ from ptft_hf.objectives.base import Prepared
 
 log = logging.getLogger(__name__)
 
+# Classification heads (and BERT's pooler) that an LM checkpoint lacks: kept in full precision.
+HEAD_MODULES = ("classifier", "score", "pooler.dense")
+
 
 def label_maps(train: Dataset, eval_: Dataset) -> tuple[dict[int, str], dict[str, int]]:
     """id2label/label2id from the training labels (sorted); unseen eval labels are an error."""
@@ -77,7 +80,7 @@ def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any
     obj = conf.objective
     id2label, label2id = label_maps(splits["train"], splits["eval"])
     model = load_model(conf.model, tokenizer, AutoModelForSequenceClassification, num_labels=len(id2label),
-                       id2label=id2label, label2id=label2id, **strategy.model_kwargs())
+                       id2label=id2label, label2id=label2id, **strategy.model_kwargs(HEAD_MODULES))
     positions = max_positions(model)
     max_length = min(obj.max_length, positions) if positions else obj.max_length
     model = strategy.wrap(model, task_type="SEQ_CLS")

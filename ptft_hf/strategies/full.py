@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from transformers import PreTrainedModel
 
@@ -15,7 +15,7 @@ class FullStrategy:
     def __init__(self, cfg: StrategyConfig):
         self.cfg = cfg
 
-    def model_kwargs(self) -> dict[str, Any]:
+    def model_kwargs(self, full_precision_modules: Sequence[str] = ()) -> dict[str, Any]:
         """Extra `from_pretrained` keyword arguments (quantisation configs for other strategies)."""
         return {}
 

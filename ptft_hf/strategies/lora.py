@@ -10,7 +10,7 @@ the model's linear layers instead of failing deep inside peft.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
@@ -58,7 +58,7 @@ class LoraStrategy:
     def __init__(self, cfg: StrategyConfig):
         self.cfg = cfg
 
-    def model_kwargs(self) -> dict[str, Any]:
+    def model_kwargs(self, full_precision_modules: Sequence[str] = ()) -> dict[str, Any]:
         return {}
 
     def prepare(self, model: PreTrainedModel) -> PreTrainedModel:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from peft import prepare_model_for_kbit_training
@@ -32,12 +32,17 @@ def keep_cpu_weights_trainable(model: torch.nn.Module) -> int:
 
 
 class QLoraStrategy(LoraStrategy):
-    def quantization_config(self) -> BitsAndBytesConfig:
-        return BitsAndBytesConfig(**dict(self.cfg.quantization or {}))
+    def quantization_config(self, full_precision_modules: Sequence[str] = ()) -> BitsAndBytesConfig:
+        fields = dict(self.cfg.quantization or {})
+        if full_precision_modules:
+            fields["llm_int8_skip_modules"] = [*(fields.get("llm_int8_skip_modules") or []), *full_precision_modules]
+        return BitsAndBytesConfig(**fields)
 
-    def model_kwargs(self) -> dict[str, Any]:
+    def model_kwargs(self, full_precision_modules: Sequence[str] = ()) -> dict[str, Any]:
+        """`full_precision_modules`: layers kept out of 4-bit, such as a classification head that the
+        checkpoint lacks (newly initialised layers are not quantised properly, and train in full)."""
         device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
-        return {"quantization_config": self.quantization_config(), "device_map": {"": device}}
+        return {"quantization_config": self.quantization_config(full_precision_modules), "device_map": {"": device}}
 
     def prepare(self, model: PreTrainedModel) -> PreTrainedModel:
         keep_cpu_weights_trainable(model)

@@ -101,3 +101,11 @@ def test_tokenising_is_cached_by_fingerprint(tmp_path):
     second = tokenize_dataset(train, tokenizer, add_eos=True)
     assert first.cache_files and first.cache_files == second.cache_files
     assert first._fingerprint == second._fingerprint
+
+
+def test_extra_training_text_is_mixed_in_across_formats(tmp_path):
+    txt = _write(tmp_path / "general.txt", "general one\ngeneral two\n")
+    csv = _write(tmp_path / "domain.csv", "text,category\ndomain one,a\ndomain two,b\n")
+    cfg = DataConfig(path=txt, eval_path=txt, extra_train=[{"path": csv, "text_column": "text"}])
+    splits = load_text_splits(cfg, seed=0)
+    assert splits["train"]["text"] == ["general one", "general two", "domain one", "domain two"]

@@ -133,3 +133,38 @@ def test_merged_model_matches_the_adapter_model(base_dir, tmp_path, name):
     assert isinstance(merged.transformer.h[0].attn.c_attn, Conv1D)  # the base's own architecture
     assert not (tmp_path / "run" / "merged.partial").exists()
     assert not hasattr(merged.config, "quantization_config")
+
+
+@pytest.mark.parametrize("name", ["lora", "dora", "qlora"])
+def test_encoder_classification_trains_adapters_and_the_whole_head(tmp_path, name):
+    """LoRA/DoRA/QLoRA on a BERT classifier: adapters on the encoder's linear layers, the
+    classifier head trained in full (peft's modules_to_save for SEQ_CLS)."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
+
+    from ptft_hf.models.tokenizers import train_wordpiece
+
+    texts = [d for _, d in zip(range(200), iter_stdlib_docstrings())]
+    tokenizer = train_wordpiece(texts, vocab_size=400)
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=128, max_position_embeddings=64)).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    strategy = get_strategy(_strategy(name))
+    from ptft_hf.models.loading import load_model
+    from ptft_hf.objectives.classification import HEAD_MODULES
+
+    model = load_model(ModelConfig(name="bert", name_or_path=str(tmp_path / "bert")), tokenizer,
+                       AutoModelForSequenceClassification, num_labels=5, **strategy.model_kwargs(HEAD_MODULES))
+    model = strategy.wrap(model, task_type="SEQ_CLS")
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    head = [n for n in trainable if "classifier" in n]
+    assert head == ["base_model.model.classifier.modules_to_save.default.bias",
+                    "base_model.model.classifier.modules_to_save.default.weight"]
+    assert all("lora_" in n for n in trainable if n not in head)
+    assert {n.split(".")[-4] for n in trainable if "lora_A" in n} == {"query", "key", "value", "dense"}
+    if name == "qlora":
+        assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 2 * 6  # q, k, v, out, up, down per layer; head and pooler stay float
+    batch = tokenizer(["one text", "another text here"], return_tensors="pt", padding=True)
+    out = model(**batch, labels=torch.tensor([0, 4]))
+    out.loss.backward()
+    assert model.base_model.model.classifier.modules_to_save["default"].weight.grad is not None
