@@ -12,19 +12,21 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from ptft_hf.config.schema import DataConfig, PtftConfig, set_trainer_fields
 from ptft_hf.config.validate import validate
+from ptft_hf.data.chat import as_messages, prompt_text
 from ptft_hf.data.sources import load_text_splits
 from ptft_hf.models.loading import count_parameters, load_tokenizer
 from ptft_hf.objectives import OBJECTIVES, Prepared
 from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
 from ptft_hf.strategies import get_strategy
 from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples
+from ptft_hf.training.generation import exact_match_eval
 from ptft_hf.training.cost import estimate_training_flops, peak_memory_mb, reset_peak_memory
 from ptft_hf.training.report import plot_loss, write_report
 from ptft_hf.training.trainer import PtftTrainer
@@ -75,9 +77,9 @@ def run(
     conf: PtftConfig = OmegaConf.to_object(cfg)
     set_seed(conf.seed)
 
-    splits = load_text_splits(conf.data, conf.seed)
+    splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
     log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
-    tokenizer = load_tokenizer(conf.model, (t for t in splits["train"]["text"]))
+    tokenizer = load_tokenizer(conf.model, training_texts(splits["train"]))
     strategy = get_strategy(conf.strategy)
     prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, dict(references or {}))
     params = count_parameters(prepared.model)
@@ -107,6 +109,10 @@ def run(
     train_wall = time.time() - train_start
     after = trainer.evaluate()
     after_refs = trainer.evaluate(prepared.references) if prepared.references else {}
+    if conf.objective.name == "sft" and conf.objective.exact_match and trainer.is_world_process_zero():
+        after.update(exact_match_eval(prepared.model, tokenizer, list(prepared.extras["eval_rows"]),
+                                      prepared.extras["template"], conf.objective.max_new_tokens,
+                                      run_dir / "predictions.jsonl"))
 
     steps = train_result.global_step
     train_tokens = _train_tokens(prepared, args, steps)
@@ -141,7 +147,7 @@ def run(
         tokenizer.save_pretrained(str(model_dir))
         (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in config.yaml
         metrics["saved_bytes"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-        samples = generate_samples(prepared.model, tokenizer, conf.samples) if prepared.generates else []
+        samples = generate_samples(prepared.model, tokenizer, conf.samples, _prompt_formatter(prepared, tokenizer)) if prepared.generates else []
         metrics["sample"] = samples[0] if samples else None
         metrics["wall_time_s"] = round(time.time() - started, 2)
         plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}")
@@ -165,8 +171,23 @@ def _train_tokens(prepared: Prepared, args: TrainingArguments, steps: int) -> in
     return steps * _tokens_per_step(args, block)
 
 
+def training_texts(train: Any) -> Any:
+    """Texts to train a tokenizer on: the text column, or the turns of chat data."""
+    if "text" in train.column_names:
+        return (t for t in train["text"])
+    return (m["content"] for row in train for m in as_messages(row))
+
+
+def _prompt_formatter(prepared: Prepared, tokenizer: Any) -> Callable[[str], str] | None:
+    """SFT samples: each configured prompt is a user turn, rendered with the chat template."""
+    if "template" not in prepared.extras:
+        return None
+    template = prepared.extras["template"]
+    return lambda prompt: prompt_text([{"role": "user", "content": prompt}], tokenizer, template)
+
+
 def _callbacks(run_dir: Path, tokenizer: Any, conf: PtftConfig, prepared: Prepared) -> list[Any]:
     callbacks: list[Any] = [JsonlLogCallback(run_dir / "train_log.jsonl")]
     if prepared.generates:
-        callbacks.append(SampleCallback(tokenizer, conf.samples, run_dir / "samples.jsonl"))
+        callbacks.append(SampleCallback(tokenizer, conf.samples, run_dir / "samples.jsonl", _prompt_formatter(prepared, tokenizer)))
     return callbacks

@@ -52,6 +52,9 @@ class DataConfig:
     eval_split: Optional[str] = None
     text_column: str = "text"
     label_column: Optional[str] = None  # classification: the column holding the label
+    prompt_column: str = "prompt"  # sft: prompt/response pairs ...
+    response_column: str = "response"
+    messages_column: str = "messages"  # ... or a list of {role, content} (used when present)
     sample_by: str = "line"  # text files: line, paragraph or document
     eval_fraction: float = 0.05  # carved off the training data when no eval data is given
     max_train_samples: Optional[int] = None
@@ -60,9 +63,17 @@ class DataConfig:
     extra_train: List[Dict[str, Any]] = field(default_factory=list)
 
 
+PLAIN_CHAT_TEMPLATE: Dict[str, str] = {
+    "system": "### System:\n{content}\n",
+    "user": "### User:\n{content}\n",
+    "assistant": "### Assistant:\n{content}{eos}\n",
+    "generation_prompt": "### Assistant:\n",
+}
+
+
 @dataclass
 class ObjectiveConfig:
-    name: str = "clm"  # clm, mlm or classification
+    name: str = "clm"  # clm, mlm, classification or sft
     block_size: int = 128  # tokens per packed block (clm, mlm)
     add_eos: bool = True  # put EOS ([SEP] for BERT) after every document before packing
     num_proc: Optional[int] = None  # datasets.map workers
@@ -73,6 +84,13 @@ class ObjectiveConfig:
     group_by_length: bool = True  # classification: batches of similar length, little padding
     metrics: List[str] = field(default_factory=lambda: ["accuracy", "f1"])  # classification: evaluate ids
     f1_average: str = "macro"
+    # sft: chat formatting, loss masking, batching, generation-based evaluation
+    template: Dict[str, str] = field(default_factory=lambda: dict(PLAIN_CHAT_TEMPLATE))
+    use_tokenizer_template: bool = True  # the tokenizer's chat template when it has one
+    train_on_prompt: bool = False  # true: loss on every token, not only the assistant's
+    packing: bool = False  # padding-free packing (position_ids restart per example)
+    exact_match: bool = False  # generate an answer for every eval example and compare
+    max_new_tokens: int = 16  # exact_match generation budget
 
 
 LORA_DEFAULTS: Dict[str, Any] = {

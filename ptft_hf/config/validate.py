@@ -17,7 +17,7 @@ from ptft_hf.data.builtin import BUILTIN_CORPORA
 from ptft_hf.data.sources import resolve_files
 from ptft_hf.errors import Problem, UserError
 
-SUPPORTED_OBJECTIVES = ("clm", "mlm", "classification")
+SUPPORTED_OBJECTIVES = ("clm", "mlm", "classification", "sft")
 SUPPORTED_STRATEGIES = ("full", "lora", "dora", "qlora")
 PEFT_STRATEGIES = ("lora", "dora", "qlora")
 # TrainingArguments fields the run sets itself from other groups.

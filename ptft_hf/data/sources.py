@@ -115,6 +115,21 @@ def _labels_as_strings(ds: Dataset, column: str) -> Dataset:
     return ds
 
 
+def _select_chat(ds: Dataset, cfg: DataConfig, field: str) -> Dataset:
+    """SFT rows: a `messages` column, or `prompt` and `response` columns (renamed from the config's)."""
+    if cfg.messages_column in ds.column_names:
+        return ds.select_columns([cfg.messages_column]).rename_columns(
+            {cfg.messages_column: "messages"} if cfg.messages_column != "messages" else {})
+    for column, key in ((cfg.prompt_column, "data.prompt_column"), (cfg.response_column, "data.response_column")):
+        if column not in ds.column_names:
+            raise UserError.of(key, f"column '{column}' not in {field} (nor a '{cfg.messages_column}' column)",
+                               f"set {key}= (or data.messages_column=) to one of: {', '.join(ds.column_names)}")
+    ds = ds.select_columns([cfg.prompt_column, cfg.response_column])
+    ds = ds.rename_columns({c: new for c, new in ((cfg.prompt_column, "prompt"), (cfg.response_column, "response")) if c != new})
+    return ds.filter(lambda b: [bool(p and r and str(p).strip() and str(r).strip()) for p, r in zip(b["prompt"], b["response"])],
+                     batched=True, desc="dropping empty pairs")
+
+
 def _select_text(ds: Dataset, cfg: DataConfig, field: str, text_column: str | None = None) -> Dataset:
     text_column = text_column or cfg.text_column
     wanted = [(text_column, "text", "data.text_column")]
@@ -133,8 +148,10 @@ def _select_text(ds: Dataset, cfg: DataConfig, field: str, text_column: str | No
     )
 
 
-def load_text_splits(cfg: DataConfig, seed: int) -> DatasetDict:
-    """Load the configured source as a DatasetDict with `train` and `eval`, each with `text`."""
+def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> DatasetDict:
+    """Load the configured source as a DatasetDict with `train` and `eval`, each with `text`
+    (and `label` when `data.label_column` is set), or with chat columns when `chat` (SFT)."""
+    select = (lambda ds, _cfg, field: _select_chat(ds, _cfg, field)) if chat else _select_text
     eval_ds: Dataset | None = None
     if cfg.path:
         train_ds = _load_files("data.path", cfg.path, cfg)
@@ -154,7 +171,7 @@ def load_text_splits(cfg: DataConfig, seed: int) -> DatasetDict:
     else:
         raise UserError.of("data.path", "no data source is set", "set data.path=FILE, data.hub_id=ID or pick data=builtin_docs")
 
-    train_ds = _select_text(train_ds, cfg, "the training data")
+    train_ds = select(train_ds, cfg, "the training data")
     for i, extra in enumerate(cfg.extra_train):
         field = f"data.extra_train[{i}].path"
         extra_cfg = DataConfig(path=extra["path"], format=extra.get("format"), sample_by=extra.get("sample_by", cfg.sample_by))
@@ -162,9 +179,9 @@ def load_text_splits(cfg: DataConfig, seed: int) -> DatasetDict:
         train_ds = datasets.concatenate_datasets([train_ds, extra_ds.cast(train_ds.features)])  # e.g. large_string -> string
         log.info("mixed in %d training documents from %s", len(extra_ds), extra["path"])
     if cfg.eval_path:
-        eval_ds = _select_text(_load_files("data.eval_path", cfg.eval_path, cfg), cfg, "the eval data")
+        eval_ds = select(_load_files("data.eval_path", cfg.eval_path, cfg), cfg, "the eval data")
     elif eval_ds is not None:
-        eval_ds = _select_text(eval_ds, cfg, "the eval data")
+        eval_ds = select(eval_ds, cfg, "the eval data")
 
     if len(train_ds) == 0:
         raise UserError.of("data.path", "the training data holds no text (every row is empty)", "point it at a file with text in it")

@@ -29,6 +29,7 @@ class Prepared:
     references: dict[str, Dataset] = field(default_factory=dict)  # other eval sets (general text)
     metrics: dict[str, Any] = field(default_factory=dict)  # data accounting and the like
     generates: bool = False  # whether generated samples make sense
+    extras: dict[str, Any] = field(default_factory=dict)  # objective-specific (chat template, raw eval rows)
 
 
 def check_block_fits(model: Any, block_size: int) -> None:

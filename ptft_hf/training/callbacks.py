@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback
@@ -40,14 +40,17 @@ class JsonlLogCallback(TrainerCallback):
 
 
 @torch.no_grad()
-def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig) -> list[dict[str, str]]:
-    """Continue each configured prompt; greedy unless `samples.do_sample`."""
+def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig,
+                     format_prompt: Callable[[str], str] | None = None) -> list[dict[str, str]]:
+    """Continue each configured prompt (rendered by `format_prompt`, e.g. a chat template);
+    greedy unless `samples.do_sample`. Generation stops at EOS."""
     was_training = model.training
     model.eval()
     results = []
     device = next(model.parameters()).device
     for prompt in cfg.prompts:
-        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+        text = format_prompt(prompt) if format_prompt else prompt
+        inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
         output = model.generate(
             **inputs,
             max_new_tokens=cfg.max_new_tokens,
@@ -68,15 +71,17 @@ def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig) -> list[dic
 class SampleCallback(TrainerCallback):
     """Writes continuations of fixed prompts to `samples.jsonl` at every evaluation."""
 
-    def __init__(self, tokenizer: Any, cfg: SamplesConfig, path: str | Path):
+    def __init__(self, tokenizer: Any, cfg: SamplesConfig, path: str | Path,
+                 format_prompt: Callable[[str], str] | None = None):
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.path = Path(path)
+        self.format_prompt = format_prompt
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):  # noqa: D102 (Trainer hook)
         if not state.is_world_process_zero or model is None or not self.cfg.prompts:
             return
-        samples = generate_samples(model, self.tokenizer, self.cfg)
+        samples = generate_samples(model, self.tokenizer, self.cfg, self.format_prompt)
         with self.path.open("a", encoding="utf-8") as f:
             for sample in samples:
                 f.write(json.dumps({"step": state.global_step, **sample}) + "\n")

@@ -45,15 +45,20 @@ def plot_loss(log_path: str | Path, out_path: str | Path, title: str = "") -> Pa
 def write_report(run_dir: Path, metrics: dict[str, Any], samples: list[dict[str, str]]) -> Path:
     """A short markdown summary of the run beside `metrics.json`."""
     keys = [
-        "eval_perplexity_before", "eval_perplexity", "unigram_perplexity", "train_loss",
-        "train_tokens_per_second", "parameters", "trainable_parameters", "wall_time_s",
+        "eval_perplexity_before", "eval_perplexity", "unigram_perplexity", "eval_accuracy_before", "eval_accuracy",
+        "eval_f1_before", "eval_f1", "train_loss", "train_tokens_per_second", "parameters", "trainable_parameters",
+        "wall_time_s",
     ]
     lines = [f"# Run report: {metrics.get('run_name', run_dir.name)}", "", "| metric | value |", "|---|---|"]
     for key in keys:
         if key in metrics:
             value = metrics[key]
             lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
-    lines += ["", "![loss](loss.png)", "", "## Samples after training", ""]
+    if metrics.get("padding"):
+        lines.append(f"| padded share of training tokens | {metrics['padding']['padded_share']:.2%} |")
+    lines += ["", "![loss](loss.png)", ""]
+    if samples:
+        lines += ["## Samples after training", ""]
     for s in samples:
         completion = " ".join(s["completion"].split())  # one line per sample in the table
         lines.append(f"- **{s['prompt']}**{completion}")

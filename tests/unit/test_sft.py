@@ -1,0 +1,102 @@
+"""SFT pinned down: label masks for prompt/response and multi-turn chat, EOS placement, left
+truncation accounting, chat templates, and packing that keeps examples apart."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DataCollatorWithFlattening, GPT2Config, GPT2LMHeadModel
+
+from ptft_hf.config.schema import PLAIN_CHAT_TEMPLATE
+from ptft_hf.data.builtin import iter_stdlib_docstrings
+from ptft_hf.data.chat import IGNORE_INDEX, PlainTemplate, encode_conversation, prompt_text, render_with_spans
+from ptft_hf.models.tokenizers import train_byte_bpe
+from ptft_hf.objectives.sft import configure_for_packing
+
+TEMPLATE = PlainTemplate(**PLAIN_CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_byte_bpe([d for _, d in zip(range(300), iter_stdlib_docstrings())], vocab_size=500)
+
+
+def _labelled_text(tokenizer, encoded) -> str:
+    return tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX])
+
+
+def test_prompt_response_labels_only_the_answer_and_its_eos(tokenizer):
+    messages = [{"role": "user", "content": "Where is my card?"}, {"role": "assistant", "content": "card_arrival"}]
+    encoded = encode_conversation(messages, tokenizer, TEMPLATE, max_length=512)
+    text = tokenizer.decode(encoded.input_ids)
+    assert text == "### User:\nWhere is my card?\n### Assistant:\ncard_arrival<|endoftext|>\n"
+    assert _labelled_text(tokenizer, encoded) == "card_arrival<|endoftext|>"
+    eos_positions = [i for i, t in enumerate(encoded.input_ids) if t == tokenizer.eos_token_id]
+    assert len(eos_positions) == 1 and encoded.labels[eos_positions[0]] == tokenizer.eos_token_id
+    assert encoded.labels[-1] == IGNORE_INDEX  # the newline after EOS does not train
+    n_prompt = len(tokenizer("### User:\nWhere is my card?\n### Assistant:\n", add_special_tokens=False)["input_ids"])
+    assert encoded.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+
+
+def test_multi_turn_labels_every_assistant_turn_and_nothing_else(tokenizer):
+    messages = [
+        {"role": "system", "content": "You route banking questions."},
+        {"role": "user", "content": "I lost my card"},
+        {"role": "assistant", "content": "lost_or_stolen_card"},
+        {"role": "user", "content": "and my phone too"},
+        {"role": "assistant", "content": "lost_or_stolen_phone"},
+    ]
+    encoded = encode_conversation(messages, tokenizer, TEMPLATE, max_length=512)
+    assert _labelled_text(tokenizer, encoded) == "lost_or_stolen_card<|endoftext|>lost_or_stolen_phone<|endoftext|>"
+    everything = encode_conversation(messages, tokenizer, TEMPLATE, max_length=512, train_on_prompt=True)
+    assert everything.labels == everything.input_ids
+
+
+def test_long_examples_are_cut_from_the_left_and_counted(tokenizer):
+    messages = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "short_answer"}]
+    full = encode_conversation(messages, tokenizer, TEMPLATE, max_length=10_000)
+    cut = encode_conversation(messages, tokenizer, TEMPLATE, max_length=40)
+    assert len(cut.input_ids) == 40 and cut.truncated and not cut.response_truncated
+    assert cut.input_ids == full.input_ids[-40:] and cut.labels == full.labels[-40:]
+    assert _labelled_text(tokenizer, cut) == "short_answer<|endoftext|>"
+    tiny = encode_conversation(messages, tokenizer, TEMPLATE, max_length=3)
+    assert tiny.truncated and tiny.response_truncated
+
+
+def test_tokenizer_chat_template_is_used_when_present(tokenizer):
+    tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path) if tokenizer.name_or_path else tokenizer
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m['role'] == 'assistant' %}"
+        "{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "greeting"}]
+    text, spans = render_with_spans(messages, tokenizer, None)
+    assert text == "<user>hi<assistant>greeting<|endoftext|>"
+    assert [text[s:e] for s, e in spans] == ["greeting<|endoftext|>"]
+    assert prompt_text(messages[:1], tokenizer, None) == "<user>hi<assistant>"
+
+
+def test_packing_keeps_examples_apart(tokenizer):
+    """Padding-free packing: logits of each example inside a packed row equal its logits alone."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128, vocab_size=len(tokenizer))).eval()
+    configure_for_packing(model)  # what prepare_sft does when objective.packing
+    conversations = [
+        [{"role": "user", "content": "first question"}, {"role": "assistant", "content": "alpha"}],
+        [{"role": "user", "content": "a second, longer question here"}, {"role": "assistant", "content": "beta_gamma"}],
+    ]
+    examples = [encode_conversation(c, tokenizer, TEMPLATE, max_length=128) for c in conversations]
+    features = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+    batch = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)(features)
+    lengths = [len(e.input_ids) for e in examples]
+    assert batch["input_ids"].shape == (1, sum(lengths))
+    assert batch["position_ids"][0].tolist() == list(range(lengths[0])) + list(range(lengths[1]))
+    assert batch["labels"][0, lengths[0]].item() == -100  # no target across the boundary
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        alone = [model(input_ids=torch.tensor([e.input_ids])).logits[0] for e in examples]
+    torch.testing.assert_close(packed[: lengths[0]], alone[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(packed[lengths[0]:], alone[1], rtol=1e-4, atol=1e-4)  # never saw example one
+    model.config.use_cache = True  # the pitfall configure_for_packing avoids: with a cache, examples mix
+    with torch.no_grad():
+        leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+    assert not torch.allclose(leaky[lengths[0]:], alone[1], atol=1e-3)
