@@ -17,7 +17,7 @@ from transformers.pytorch_utils import Conv1D
 from ptft_hf.config.schema import ModelConfig, StrategyConfig
 from ptft_hf.data.builtin import iter_stdlib_docstrings
 from ptft_hf.data.collators import CausalLMCollator
-from ptft_hf.data.packing import block_array, pack_blocks, tokenize_dataset
+from ptft_hf.data.packing import pack_blocks, tokenize_dataset
 from ptft_hf.errors import UserError
 from ptft_hf.hub.merge import merge_adapter
 from ptft_hf.models.loading import count_parameters, load_causal_lm
