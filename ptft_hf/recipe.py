@@ -101,6 +101,7 @@ def run(
         callbacks=_callbacks(run_dir, tokenizer, conf, prepared),
         shift_labels=prepared.shift_labels,
         token_metrics=prepared.token_metrics,
+        labelled_positions_only=prepared.labelled_positions_only,
     )
     before = trainer.evaluate()
     before_refs = trainer.evaluate(prepared.references) if prepared.references else {}

@@ -24,6 +24,7 @@ class Prepared:
     task_type: str = "CAUSAL_LM"  # peft TaskType name
     token_metrics: bool = True  # token-weighted loss/perplexity/accuracy without logits
     shift_labels: bool = True  # causal: position t predicts t+1
+    labelled_positions_only: bool = False  # run the vocabulary projection only where labels are
     compute_metrics: Callable | None = None  # for the stock evaluation loop (classification)
     training_overrides: dict[str, Any] = field(default_factory=dict)  # TrainingArguments the objective needs
     references: dict[str, Dataset] = field(default_factory=dict)  # other eval sets (general text)

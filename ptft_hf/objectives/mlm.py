@@ -34,7 +34,7 @@ def prepare_mlm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
         model=model, train_dataset=train_blocks, eval_dataset=eval_blocks,
         collator=MaskedLMCollator.for_tokenizer(tokenizer, **common),
         eval_collator=MaskedLMCollator.for_tokenizer(tokenizer, seed=obj.eval_mask_seed, **common),
-        task_type=None, shift_labels=False,
+        task_type=None, shift_labels=False, labelled_positions_only=obj.predict_masked_only,
         references=reference_blocks(references, tokenizer, conf, prefix),
         metrics={"data_train": train_stats.as_dict(), "data_eval": eval_stats.as_dict(),
                  "tokenizer_family": tokenizer_family(tokenizer), "whole_word_mask": obj.whole_word_mask},
