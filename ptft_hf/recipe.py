@@ -25,7 +25,7 @@ from ptft_hf.models.loading import count_parameters, load_tokenizer
 from ptft_hf.objectives import OBJECTIVES, Prepared
 from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
 from ptft_hf.strategies import get_strategy
-from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples
+from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples, tensorboard_callback
 from ptft_hf.training.generation import exact_match_eval
 from ptft_hf.training.cost import estimate_training_flops, peak_memory_mb, reset_peak_memory
 from ptft_hf.training.report import plot_loss, write_report
@@ -89,6 +89,10 @@ def run(
     log.info("data: %s", {k: v for k, v in prepared.metrics.items() if k.startswith("data_")})
 
     args = _training_arguments(conf, run_dir, prepared.training_overrides)
+    callbacks = _callbacks(run_dir, tokenizer, conf, prepared)
+    if "tensorboard" in args.report_to:  # events in <run>/tensorboard, not inside checkpoints/
+        args.report_to = [r for r in args.report_to if r != "tensorboard"]
+        callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
     trainer = PtftTrainer(
         model=prepared.model,
         args=args,
@@ -98,7 +102,7 @@ def run(
         eval_data_collator=prepared.eval_collator,
         processing_class=tokenizer,
         compute_metrics=prepared.compute_metrics,
-        callbacks=_callbacks(run_dir, tokenizer, conf, prepared),
+        callbacks=callbacks,
         shift_labels=prepared.shift_labels,
         token_metrics=prepared.token_metrics,
         labelled_positions_only=prepared.labelled_positions_only,

@@ -46,7 +46,16 @@ def _check_trainer(trainer: Any) -> list[Problem]:
             problems.append(Problem(f"trainer.{key}", "is set by the run", f"use {RUN_OWNED_TRAINER_FIELDS[key]} instead"))
         elif key not in valid:
             problems.append(Problem(f"trainer.{key}", "is not a TrainingArguments field", _suggest(key, valid)))
+    report_to = trainer.get("report_to")
+    report_to = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for integration, module in REPORT_TO_MODULES.items():
+        if integration in report_to and importlib.util.find_spec(module) is None:
+            problems.append(Problem("trainer.report_to", f"{integration} is not installed",
+                                    f"pip install {module} (or drop it from trainer.report_to)"))
     return problems
+
+
+REPORT_TO_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def _check_data(data: DictConfig) -> list[Problem]:
@@ -65,6 +74,26 @@ def _check_data(data: DictConfig) -> list[Problem]:
         problems.append(Problem("data.builtin", f"no builtin corpus '{data.builtin}'", f"use one of: {', '.join(BUILTIN_CORPORA)}"))
     if data.sample_by not in ("line", "paragraph", "document"):
         problems.append(Problem("data.sample_by", f"'{data.sample_by}' is not a way to split text", "use line, paragraph or document"))
+    for i, extra in enumerate(data.get("extra_train") or []):
+        problems += _check_extra_train(f"data.extra_train[{i}]", extra)
+    return problems
+
+
+EXTRA_TRAIN_KEYS = ("path", "format", "text_column", "sample_by", "repeat")
+
+
+def _check_extra_train(field: str, extra: Any) -> list[Problem]:
+    if not hasattr(extra, "keys") or not extra.get("path"):
+        return [Problem(field, "needs a path", "write it as {path: FILE, text_column: text, repeat: 1}")]
+    problems = [Problem(f"{field}.{key}", "is not a known key", f"use only {', '.join(EXTRA_TRAIN_KEYS)}")
+                for key in extra.keys() if key not in EXTRA_TRAIN_KEYS]
+    try:
+        resolve_files(f"{field}.path", extra["path"])
+    except UserError as err:
+        problems.extend(err.problems)
+    repeat = extra.get("repeat", 1)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+        problems.append(Problem(f"{field}.repeat", f"{repeat!r} is not a positive whole number", "use 1 (default), 2, 3, ..."))
     return problems
 
 

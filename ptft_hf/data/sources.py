@@ -176,8 +176,10 @@ def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> DatasetD
         field = f"data.extra_train[{i}].path"
         extra_cfg = DataConfig(path=extra["path"], format=extra.get("format"), sample_by=extra.get("sample_by", cfg.sample_by))
         extra_ds = _select_text(_load_files(field, extra["path"], extra_cfg), cfg, field, extra.get("text_column", "text"))
-        train_ds = datasets.concatenate_datasets([train_ds, extra_ds.cast(train_ds.features)])  # e.g. large_string -> string
-        log.info("mixed in %d training documents from %s", len(extra_ds), extra["path"])
+        repeat = int(extra.get("repeat", 1))  # upsample a small domain corpus against a large general one
+        extra_ds = extra_ds.cast(train_ds.features)  # e.g. large_string -> string
+        train_ds = datasets.concatenate_datasets([train_ds] + [extra_ds] * repeat)
+        log.info("mixed in %d training documents from %s%s", len(extra_ds), extra["path"], f" x{repeat}" if repeat > 1 else "")
     if cfg.eval_path:
         eval_ds = select(_load_files("data.eval_path", cfg.eval_path, cfg), cfg, "the eval data")
     elif eval_ds is not None:

@@ -86,3 +86,14 @@ class SampleCallback(TrainerCallback):
             for sample in samples:
                 f.write(json.dumps({"step": state.global_step, **sample}) + "\n")
         log.info("sample at step %d: %r -> %r", state.global_step, samples[0]["prompt"], samples[0]["completion"])
+
+
+def tensorboard_callback(log_dir: Path) -> TrainerCallback:
+    """transformers' TensorBoard logger writing to `log_dir` (offline: plain event files).
+
+    `tensorboard --logdir <run>/tensorboard` shows them; several runs: point it at their parent.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(SummaryWriter(log_dir=str(log_dir)))

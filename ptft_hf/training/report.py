@@ -6,10 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; notebooks display the saved PNG or their own figure
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # not pyplot: saving a PNG must not change a notebook's backend
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
@@ -26,7 +23,8 @@ def plot_loss(log_path: str | Path, out_path: str | Path, title: str = "") -> Pa
     evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
     if not train and not evals:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train loss")
     if evals:
@@ -38,7 +36,6 @@ def plot_loss(log_path: str | Path, out_path: str | Path, title: str = "") -> Pa
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
-    plt.close(fig)
     return Path(out_path)
 
 
