@@ -134,7 +134,7 @@ def _lineage_lines(chain: list[RunRecord]) -> list[str]:
             continue
         m = record.metrics
         cost = f"{_fmt(m.get('train_steps'))} steps, {_fmt(m.get('train_tokens'))} tokens, " \
-               f"{_fmt(m.get('train_wall_time_s'))} s, ~{m.get('train_flops_estimate', 0):.3g} FLOPs"
+               f"{_fmt(m.get('train_wall_time_s'))} s, ~{float(m.get('train_flops_estimate') or 0):.3g} FLOPs"
         sha = f"; config sha256 `{record.config_sha256[:16]}…`" if record.config_sha256 else ""
         lines.append(f"{i + 1}. **{record.name}**{this}: {stage}, objective `{_objective(record)}`, strategy "
                      f"`{_strategy(record)}`, on {_data_words(record)}; starts from {describe_origin(record, previous)}; "

@@ -182,21 +182,29 @@ def load_trained(run_dir: Path, conf: PtftConfig, num_labels: int | None = None)
     return PeftModel.from_pretrained(base, str(model_dir))
 
 
-def load_staged(staged: Staged, conf: PtftConfig, device: torch.device, num_labels: int | None = None) -> torch.nn.Module:
-    """The staged folder loaded as a Hub user would: plain `from_pretrained` calls."""
+def load_staged(staged: Staged, conf: PtftConfig, device: torch.device,
+                num_labels: int | None = None) -> tuple[torch.nn.Module, list[str]]:
+    """The staged folder loaded as a Hub user would (plain `from_pretrained` calls), and the
+    weights that loading initialised at random because no staged file holds them."""
     from peft import PeftConfig, PeftModel
+    from safetensors import safe_open
 
     auto = _auto_class(conf.objective.name)
     if staged.kind != ADAPTER:
-        return auto.from_pretrained(str(staged.folder), dtype=_dtype(conf)).to(device)
+        model, info = auto.from_pretrained(str(staged.folder), dtype=_dtype(conf), output_loading_info=True)
+        return model.to(device), sorted(info["missing_keys"])
     base_name = PeftConfig.from_pretrained(str(staged.folder)).base_model_name_or_path
     kwargs = _base_kwargs(conf, num_labels)
     if "device_map" in kwargs:
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
     revision = conf.model.revision if base_name == conf.model.name_or_path else None
-    base = _untie_4bit(auto.from_pretrained(base_name, revision=revision, dtype=_dtype(conf), **kwargs), conf)
-    model = PeftModel.from_pretrained(base, str(staged.folder))
-    return model if "device_map" in kwargs else model.to(device)
+    base, info = auto.from_pretrained(base_name, revision=revision, dtype=_dtype(conf), output_loading_info=True, **kwargs)
+    model = PeftModel.from_pretrained(_untie_4bit(base, conf), str(staged.folder))
+    with safe_open(str(staged.folder / "adapter_model.safetensors"), "pt") as weights:
+        saved = list(weights.keys())
+    # a weight the adapter saves whole (modules_to_save, e.g. a classifier head) replaces the random one
+    random = sorted(k for k in info["missing_keys"] if not any(s == k or s.endswith(f".{k}") for s in saved))
+    return (model if "device_map" in kwargs else model.to(device)), random
 
 
 @torch.no_grad()
@@ -222,14 +230,16 @@ def reload_check(staged: Staged, trained: torch.nn.Module | None = None, atol: f
         from ptft_hf.hub.lineage import read_run
 
         num_labels = read_run(staged.run_dir)[0].get("num_labels")
-    fix = "nothing was uploaded; stage again from the run folder, or raise hub.atol if the difference is expected"
+    fix = ("nothing was uploaded; a staged weight differs from the trained one or is missing (fix the run or stage "
+           "again), or raise hub.atol if the difference is expected")
     what = f"the staged {_KIND_WORDS[staged.kind]} in '{staged.folder}'"
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(staged.folder))
         reference = trained if trained is not None else load_trained(staged.run_dir, conf, num_labels)
         device = next(reference.parameters()).device
         expected = _logits(reference, tokenizer, texts, device)
-        got = _logits(load_staged(staged, conf, device, num_labels), tokenizer, texts, device)
+        published, random = load_staged(staged, conf, device, num_labels)
+        got = _logits(published, tokenizer, texts, device)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError.of("hub.reload_check", f"{what} does not load back ({first})", fix) from err
@@ -239,7 +249,9 @@ def reload_check(staged: Staged, trained: torch.nn.Module | None = None, atol: f
     log.info("reload check: the staged %s reproduces the trained model's logits within %.3g (tolerance %.3g)",
              _KIND_WORDS[staged.kind], diff, atol)
     if not diff <= atol:
+        cause = (f": loading it initialises {', '.join(random)} at random, and no staged file holds them" if random
+                 else "")
         raise UserError.of("hub.reload_check",
-                           f"{what} gives logits that differ from the trained model's by {diff:.3g} (tolerance {atol:g})", fix)
+                           f"{what} gives logits that differ from the trained model's by {diff:.3g} (tolerance {atol:g}){cause}", fix)
     return diff
 
