@@ -7,15 +7,12 @@ started from), so a card written months later says the same as one written at th
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCardData
 
 from ptft_hf.hub.lineage import HUB, SCRATCH, RunRecord, describe_origin, hub_base_model, trace_lineage
-
-log = logging.getLogger(__name__)
 
 PIPELINE_TAGS = {"clm": "text-generation", "sft": "text-generation", "mlm": "fill-mask",
                  "classification": "text-classification"}

@@ -112,8 +112,8 @@ def stage_run(run_dir: str | Path, hub: HubConfig) -> Staged:
     if not (run_dir / FINISHED_MARKER).is_file():
         raise UserError.of("run_dir", f"'{run_dir}' holds no finished run (no {FINISHED_MARKER})",
                            "give the folder of a run that finished training")
-    source, kind = _source_folder(run_dir, hub.merged)
     folder = _staging_folder(run_dir, hub)
+    source, kind = _source_folder(run_dir, hub.merged)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     staged = Staged(folder=folder, kind=kind, run_dir=run_dir)
@@ -157,7 +157,7 @@ def _dtype(conf: PtftConfig) -> Any:
     return _DTYPES[conf.model.dtype] if conf.model.dtype else torch.float32
 
 
-def _untie_4bit(model: torch.nn.Module, conf: PtftConfig) -> torch.nn.Module:
+def _same_4bit_path(model: torch.nn.Module, conf: PtftConfig) -> torch.nn.Module:
     if conf.strategy.name == "qlora":
         from ptft_hf.strategies.qlora import keep_cpu_weights_trainable
 
@@ -178,7 +178,7 @@ def load_trained(run_dir: Path, conf: PtftConfig, num_labels: int | None = None)
     auto = _auto_class(conf.objective.name)
     if model_kind(model_dir) == FULL:
         return load_model(saved, tokenizer, auto)
-    base = _untie_4bit(load_model(conf.model, tokenizer, auto, **_base_kwargs(conf, num_labels)), conf)
+    base = _same_4bit_path(load_model(conf.model, tokenizer, auto, **_base_kwargs(conf, num_labels)), conf)
     return PeftModel.from_pretrained(base, str(model_dir))
 
 
@@ -199,7 +199,7 @@ def load_staged(staged: Staged, conf: PtftConfig, device: torch.device,
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
     revision = conf.model.revision if base_name == conf.model.name_or_path else None
     base, info = auto.from_pretrained(base_name, revision=revision, dtype=_dtype(conf), output_loading_info=True, **kwargs)
-    model = PeftModel.from_pretrained(_untie_4bit(base, conf), str(staged.folder))
+    model = PeftModel.from_pretrained(_same_4bit_path(base, conf), str(staged.folder))
     with safe_open(str(staged.folder / "adapter_model.safetensors"), "pt") as weights:
         saved = list(weights.keys())
     # a weight the adapter saves whole (modules_to_save, e.g. a classifier head) replaces the random one
