@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ptft_hf.config.compose import compose_config
-from ptft_hf.config.schema import StageConfig
+from ptft_hf.config.schema import HubConfig, StageConfig
 from ptft_hf.config.validate import collect_problems
 from ptft_hf.errors import Problem, UserError
 from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
@@ -30,7 +30,8 @@ GROUPS = ("model", "data", "objective", "strategy", "trainer")
 
 
 # Command-line overrides that belong to the pipeline itself rather than to every stage.
-_PIPELINE_ONLY = ("experiment=", "stages.", "+stages.", "~stages", "hydra.", "seed=", "overwrite=", "verbose=")
+# `hub.*` publishes the pipeline's product: it goes to the last stage only (see `_with_pipeline_hub`).
+_PIPELINE_ONLY = ("experiment=", "stages.", "+stages.", "~stages", "hydra.", "seed=", "overwrite=", "verbose=", "hub.")
 
 
 def shared_overrides(task_overrides: list[str]) -> list[str]:
@@ -53,6 +54,17 @@ def config_sha256(cfg: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True).encode()).hexdigest()
 
 
+def _with_pipeline_hub(stage_cfg: DictConfig, cfg: DictConfig) -> None:
+    """The pipeline's `hub.*` settings (the command line's) on its last stage: one repo receives
+    the final model. Earlier stages publish only through their own `extra` (e.g. hub.push=true)."""
+    if "hub" not in cfg:
+        return
+    defaults = OmegaConf.structured(HubConfig)
+    changed = {k: v for k, v in OmegaConf.to_container(cfg.hub, resolve=True).items() if defaults[k] != v}
+    if changed:
+        stage_cfg.hub = OmegaConf.merge(stage_cfg.hub, changed)
+
+
 def compose_stages(cfg: DictConfig, run_dir: Path, shared: list[str] = ()) -> dict[str, DictConfig]:
     """Compose and validate every stage before any of them runs; report all problems at once."""
     stages: dict[str, StageConfig] = OmegaConf.to_object(cfg.stages)
@@ -71,6 +83,8 @@ def compose_stages(cfg: DictConfig, run_dir: Path, shared: list[str] = ()) -> di
             problems.append(Problem(f"stages.{name}", describe_compose_error(err), "fix the stage's options or overrides"))
             continue
         stage_cfg.overwrite = cfg.overwrite
+        if name == list(stages)[-1]:
+            _with_pipeline_hub(stage_cfg, cfg)
         for problem in collect_problems(stage_cfg):
             if problem.field == "model.name_or_path" and stage.init_from:
                 continue  # filled from the earlier stage, which does not exist yet
@@ -86,6 +100,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
 
     `shared`: overrides applied to every stage (the CLI passes the command line's, less the
     pipeline's own such as `experiment=` and `stages.*`)."""
+    from ptft_hf.hub.publish import PublishError
     from ptft_hf.recipe import run  # heavy imports only when something runs
     from ptft_hf.training.report import write_pipeline_report
 
@@ -96,6 +111,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: dict[str, Any] = {}
+    publish_problems: list[Problem] = []
     for name, stage_cfg in composed.items():
         stage = stages[name]
         references, lineage = {}, {}
@@ -109,9 +125,15 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
                 "base_model": str((run_dir / stage.init_from / "model").resolve()),
             }
         log.info("pipeline stage '%s' (%d of %d)", name, len(results) + 1, len(composed))
-        results[name] = run(stage_cfg, run_dir / name, references=references, lineage=lineage)
+        try:
+            results[name] = run(stage_cfg, run_dir / name, references=references, lineage=lineage)
+        except PublishError as err:  # the stage finished; only its upload failed: report it at the end
+            results[name] = json.loads((run_dir / name / FINISHED_MARKER).read_text(encoding="utf-8"))
+            publish_problems += [Problem(f"stages.{name}: {p.field}", p.what, p.fix) for p in err.problems]
     summary = {"stages": results, "wall_time_s": round(time.time() - started, 2),
                "stage_order": list(composed)}
     write_pipeline_report(run_dir, summary, stages)
     (run_dir / FINISHED_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    if publish_problems:
+        raise PublishError(publish_problems)
     return summary

@@ -3,7 +3,9 @@
 1. refuse to overwrite a finished run, validate every group, write the resolved config;
 2. load text, tokenizer (trained when building from scratch), model, strategy;
 3. tokenise and pack, count tokens, compute the unigram floor;
-4. evaluate, train, evaluate; save the model (or adapter), metrics, log, plot and report.
+4. evaluate, train, evaluate; save the model (or adapter) with its model card, metrics, log, plot
+   and report;
+5. with hub.push or hub.dry_run: stage, reload-check and upload the model (ptft_hf.hub.publish).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any, Callable, Mapping
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
-from ptft_hf.config.schema import DataConfig, PtftConfig, set_trainer_fields
+from ptft_hf.config.schema import DataConfig, HubConfig, PtftConfig, set_trainer_fields
 from ptft_hf.config.validate import validate
 from ptft_hf.data.chat import as_messages, prompt_text
 from ptft_hf.data.sources import load_text_splits
+from ptft_hf.errors import UserError
+from ptft_hf.hub.card import ADAPTER, FULL, write_card
 from ptft_hf.models.loading import count_parameters, load_tokenizer
 from ptft_hf.objectives import OBJECTIVES, Prepared
 from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
@@ -157,10 +161,24 @@ def run(
         metrics["wall_time_s"] = round(time.time() - started, 2)
         plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}")
         write_report(run_dir, metrics, samples)
+        write_card(model_dir / "README.md", run_dir, ADAPTER if strategy.saves_adapter_only else FULL, conf.hub.repo_id, metrics)
         _write_json(run_dir / FINISHED_MARKER, metrics)  # last: its presence marks a finished run
     log.info("%s; run folder %s", ", ".join(f"{k} {metrics[k + '_before']:.4g} -> {metrics[k]:.4g}"
                                             for k in ("eval_perplexity", "eval_accuracy", "eval_f1") if k + "_before" in metrics), run_dir)
+    if (conf.hub.push or conf.hub.dry_run) and trainer.is_world_process_zero():
+        _publish(run_dir, conf.hub, prepared.model)
     return metrics
+
+
+def _publish(run_dir: Path, hub: HubConfig, model: Any) -> None:
+    """Stage, reload-check against the model in memory, upload. The run is finished already: a
+    failure is reported as a PublishError and the folder can be pushed later with ptft-hf-push."""
+    from ptft_hf.hub.publish import PublishError, publish_run
+
+    try:
+        publish_run(run_dir, hub, trained=model)
+    except UserError as err:
+        raise PublishError(err.problems) from err
 
 
 def _is_quality_metric(key: str) -> bool:

@@ -132,6 +132,24 @@ class StageConfig:
     extra: List[str] = field(default_factory=list)  # your own overrides, applied last
 
 
+@dataclass
+class HubConfig:
+    """Publishing to the Hugging Face Hub at the end of a run (or later with `ptft-hf-push`).
+
+    The token is never part of the config: huggingface_hub resolves it from HF_TOKEN or the login.
+    """
+
+    push: bool = False  # upload after training (main process only)
+    repo_id: Optional[str] = None  # user/name (or org/name) on the Hub
+    private: bool = True  # new repos are private unless set to false
+    dry_run: bool = False  # stage and reload-check the folder, upload nothing
+    merged: bool = False  # adapters: publish the adapter merged into its base instead
+    commit_message: Optional[str] = None  # null: a message naming the run
+    revision: Optional[str] = None  # branch to push to (created if absent); null: main
+    dir: Optional[str] = None  # staging folder; null: <run folder>/hub
+    atol: float = 1e-4  # largest logit difference the reload check allows
+
+
 # null means "TrainingArguments' own default"; only the keys that are set reach TrainingArguments.
 TrainerConfig = make_dataclass(
     "TrainerConfig", [(name, Any, field(default=None)) for name in training_argument_names()]
@@ -151,6 +169,7 @@ class PtftConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     trainer: Any = field(default_factory=TrainerConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     stages: Dict[str, StageConfig] = field(default_factory=dict)  # non-empty: run as a pipeline
     seed: int = 42
     overwrite: bool = False  # allow writing into a folder that holds a finished run

@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import importlib.util
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig
 
@@ -164,6 +164,53 @@ def _check_objective(cfg: DictConfig) -> list[Problem]:
     return problems
 
 
+def repo_id_problem(repo_id: str | None, field: str = "hub.repo_id") -> Problem | None:
+    """A Hub repo id must be `namespace/name` in the Hub's alphabet (checked offline)."""
+    if not repo_id:
+        return Problem(field, "missing", f"set {field}=user/name")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        return Problem(field, f"'{repo_id}' is not a Hub repo id ({str(err).splitlines()[0]})", f"use {field}=user/name")
+    if repo_id.count("/") != 1:
+        return Problem(field, f"'{repo_id}' has no namespace", f"use {field}=user/name (your user or organisation name first)")
+    return None
+
+
+def hub_problems(hub: Any, strategy: str, objective: str, name: Callable[[str], str] = lambda key: f"hub.{key}") -> list[Problem]:
+    """What would stop a push: no or a malformed repo id, no token, merging without an adapter.
+
+    Checked before training so that hours of training do not end in a refused upload. The token
+    is only looked for (huggingface_hub resolves HF_TOKEN or the login), never read into the config.
+    `name` spells a field for the person reading (`hub.repo_id` in a config, `--repo-id` for a CLI).
+    """
+    problems: list[Problem] = []
+    if not (hub.push or hub.dry_run):
+        return problems
+    uploads = hub.push and not hub.dry_run
+    if uploads or hub.repo_id:
+        problem = repo_id_problem(hub.repo_id, name("repo_id"))
+        if problem:
+            problems.append(problem)
+    if hub.merged and strategy not in PEFT_STRATEGIES:
+        problems.append(Problem(name("merged"), f"strategy={strategy} saves a full model, there is no adapter to merge",
+                                f"drop {name('merged')}"))
+    elif hub.merged and objective not in ("clm", "sft"):
+        problems.append(Problem(name("merged"), f"merging supports causal-LM adapters, not objective={objective}",
+                                f"drop {name('merged')} and publish the adapter"))
+    if not hub.atol > 0:
+        problems.append(Problem(name("atol"), f"{hub.atol} is not a positive tolerance", f"use {name('atol')}=1e-4"))
+    if uploads:
+        from huggingface_hub import get_token
+
+        if not get_token():
+            problems.append(Problem(name("push"), "no Hugging Face token found",
+                                    "set HF_TOKEN or run `hf auth login`, or stage only with a dry run"))
+    return problems
+
+
 def collect_problems(cfg: DictConfig) -> list[Problem]:
     """Every problem found in the composed config, in group order."""
     problems: list[Problem] = []
@@ -178,6 +225,8 @@ def collect_problems(cfg: DictConfig) -> list[Problem]:
     problems += _check_model(cfg)
     problems += _check_data(cfg.data)
     problems += _check_trainer(cfg.trainer)
+    if "hub" in cfg:
+        problems += hub_problems(cfg.hub, cfg.strategy.name, cfg.objective.name)
     return problems
 
 

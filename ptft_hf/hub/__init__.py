@@ -1,1 +1,1 @@
-"""Publishing: merge/export of adapters (and, later, model cards and Hub pushes)."""
+"""Publishing: model cards with lineage, staging and reload checks, Hub pushes, adapter merging."""

@@ -1,0 +1,249 @@
+"""Publishing to the Hub from real runs: the quickstart pipeline's dry run, `ptft-hf-push`, the reload
+check, the end-of-run push, and the token's absence from every file and log.
+
+Only the network boundary is replaced: `HfApi` as `ptft_hf.hub.push` looks it up becomes a recorder of
+`create_repo` / `create_branch` / `upload_folder` calls (which lists the folder's files at upload
+time). Training, staging, the model card, the reload check and the CLIs run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ptft_hf.config.schema import HubConfig
+from ptft_hf.errors import UserError
+from ptft_hf.hub import push as push_module
+from ptft_hf.hub.publish import publish_run
+from ptft_hf.hub.push_cli import push_main
+from ptft_hf.hub.stage import reload_check, stage_run
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "hf_plantedTokenThatMustNeverLeak0123456789"
+TINY = "['model.config.n_layer=1','model.config.n_head=2','model.config.n_embd=32','model.tokenizer.vocab_size=512']"
+SHARED = ["objective.block_size=32", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=5",
+          "trainer.warmup_steps=2", "trainer.disable_tqdm=true", "samples.max_new_tokens=4",
+          "data.max_train_samples=300", "data.max_eval_samples=20"]
+ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+FULL_FILES = ["README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+              "tokenizer_config.json"]
+TEXTS = ["Permission is hereby granted, free of charge", "Return the number of items in the container."]
+
+
+class RecordingHfApi:
+    """Stands in for huggingface_hub.HfApi at the network boundary; records every call."""
+
+    calls: list[tuple[str, dict]] = []
+
+    def __init__(self, *args, **kwargs):
+        RecordingHfApi.calls.append(("HfApi", dict(kwargs, args=args)))
+
+    def create_repo(self, repo_id, **kwargs):
+        RecordingHfApi.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_branch(self, repo_id, **kwargs):
+        RecordingHfApi.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+    def upload_folder(self, **kwargs):
+        files = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
+        RecordingHfApi.calls.append(("upload_folder", {**kwargs, "files": files}))
+        return None
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    RecordingHfApi.calls = []
+    monkeypatch.setattr(push_module, "HfApi", RecordingHfApi)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    return RecordingHfApi
+
+
+def _calls(recorder, name: str) -> list[dict]:
+    return [kwargs for call, kwargs in recorder.calls if call == name]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory, cache_env):
+    """The quickstart pipeline, shrunk, with a dry run of its adapter and a planted token in the environment."""
+    root = tmp_path_factory.mktemp("hub")
+    env = dict(cache_env, HF_TOKEN=TOKEN)
+    result = run_cli(
+        ["experiment=quickstart", f"stages.pretrain.extra={TINY}",
+         "stages.pretrain.overrides=['trainer.max_steps=20','trainer.learning_rate=3e-3','trainer.eval_steps=20','trainer.save_steps=20']",
+         "stages.finetune.overrides=['trainer.max_steps=10','trainer.learning_rate=5e-3','trainer.eval_steps=10','trainer.save_steps=10']",
+         *SHARED, "hub.dry_run=true", "hub.repo_id=me/quickstart-legal", f"hydra.run.dir={root / 'run'}"],
+        env, cwd=root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run", result.stdout + result.stderr
+
+
+def _front_matter(card: str) -> dict:
+    head, _ = card[len("---\n"):].split("\n---\n", 1)
+    return yaml.safe_load(head)
+
+
+@torch.no_grad()
+def _logits(model, tokenizer) -> list[torch.Tensor]:
+    model.eval()
+    return [model(**tokenizer(t, return_tensors="pt")).logits for t in TEXTS]
+
+
+def test_dry_run_stages_the_adapter_and_it_loads_back(quickstart):
+    run_dir, _ = quickstart
+    staged = run_dir / "finetune" / "hub"
+    assert sorted(p.name for p in staged.iterdir()) == ADAPTER_FILES
+    assert not (run_dir / "pretrain" / "hub").exists()  # hub.* on a pipeline's command line: last stage only
+    record = json.loads((run_dir / "finetune" / "hub_push.json").read_text())
+    assert record["dry_run"] is True and record["url"] is None and record["reload_max_abs_logit_diff"] <= 1e-4
+    tokenizer = AutoTokenizer.from_pretrained(staged)
+    base = run_dir / "pretrain" / "model"
+    published = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), staged)
+    trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run_dir / "finetune" / "model")
+    plain = AutoModelForCausalLM.from_pretrained(base)
+    for got, want, without in zip(_logits(published, tokenizer), _logits(trained, tokenizer), _logits(plain, tokenizer)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        assert (got - without).abs().max() > 1e-4  # the adapter does change the model
+
+
+def test_card_metadata_and_lineage(quickstart):
+    run_dir, _ = quickstart
+    card = (run_dir / "finetune" / "hub" / "README.md").read_text()
+    meta = _front_matter(card)
+    assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
+    assert meta["tags"] == ["ptft_hf", "lora", "clm"] and meta["metrics"] == ["perplexity", "accuracy"]
+    assert "base_model" not in meta  # stage 1 was trained from scratch: no Hub checkpoint up the lineage
+    assert "datasets" not in meta  # builtin corpora have no Hub id
+    lineage = card.split("## Lineage")[1].split("## Evaluation")[0]
+    assert lineage.index("1. **pretrain**: pretraining, objective `clm`, strategy `full`, on `builtin_docs`") < \
+        lineage.index("2. **finetune** (this model): fine-tuning, objective `clm`, strategy `lora`, on `builtin_licenses`")
+    pretrain_sha = json.loads((run_dir / "finetune" / "metrics.json").read_text())["lineage"]["base_config_sha256"]
+    assert f"config sha256 `{pretrain_sha[:16]}…`" in lineage
+    for section in ("## Evaluation", "## Training cost", "## Use it", "## Config"):
+        assert section in card
+    assert "| perplexity |" in card and "| builtin_docs_perplexity |" in card
+    assert 'PeftModel.from_pretrained(base, "me/quickstart-legal")' in card
+    assert (run_dir / "finetune" / "model" / "README.md").read_text() == card  # model/ keeps the same card
+
+
+def test_push_adapter_records_repo_privacy_message_and_files(quickstart, recorder, capsys):
+    run_dir, _ = quickstart
+    assert push_main([str(run_dir / "finetune"), "--repo-id", "me/legal-adapter"]) == 0
+    assert recorder.calls[0] == ("HfApi", {"args": ()})  # no token handed over: huggingface_hub resolves it
+    assert _calls(recorder, "create_repo") == [
+        {"repo_id": "me/legal-adapter", "private": True, "exist_ok": True, "repo_type": "model"}]
+    [upload] = _calls(recorder, "upload_folder")
+    assert upload["repo_id"] == "me/legal-adapter" and upload["revision"] is None
+    assert upload["folder_path"] == str(run_dir / "finetune" / "hub")
+    assert upload["commit_message"] == "ptft_hf: adapter from run finetune (clm, lora, builtin_licenses)"
+    assert upload["files"] == ADAPTER_FILES
+    assert all(TOKEN not in repr(kwargs) for _, kwargs in recorder.calls)
+    assert "pushed to https://huggingface.co/me/legal-adapter (private)" in capsys.readouterr().out
+
+
+def test_push_full_run_public_to_a_branch(quickstart, recorder):
+    run_dir, _ = quickstart
+    assert push_main([str(run_dir / "pretrain"), "--repo-id", "me/tiny-base", "--public", "--revision", "v1",
+                      "--commit-message", "first base"]) == 0
+    assert _calls(recorder, "create_repo")[0]["private"] is False
+    assert _calls(recorder, "create_branch") == [{"repo_id": "me/tiny-base", "branch": "v1", "exist_ok": True,
+                                                  "repo_type": "model"}]
+    [upload] = _calls(recorder, "upload_folder")
+    assert (upload["commit_message"], upload["revision"]) == ("first base", "v1")
+    assert upload["files"] == FULL_FILES
+    assert not [f for f in upload["files"] if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+    meta = _front_matter((run_dir / "pretrain" / "hub" / "README.md").read_text())
+    assert meta["library_name"] == "transformers" and "base_model" not in meta and "full" in meta["tags"]
+
+
+def test_full_run_dry_run_loads_back(quickstart, cache_env):
+    run_dir, _ = quickstart
+    staging = run_dir.parent / "full-staging"
+    result = subprocess.run([sys.executable, "-m", "ptft_hf.hub.push_cli", str(run_dir / "pretrain"), "--dry-run",
+                             "--staging-dir", str(staging)], env=cache_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "dry run: nothing uploaded" in result.stdout and "largest logit difference 0 " in result.stdout
+    assert sorted(p.name for p in staging.iterdir()) == FULL_FILES
+    tokenizer = AutoTokenizer.from_pretrained(staging)
+    for got, want in zip(_logits(AutoModelForCausalLM.from_pretrained(staging), tokenizer),
+                         _logits(AutoModelForCausalLM.from_pretrained(run_dir / "pretrain" / "model"), tokenizer)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stage,weights", [("finetune", "adapter_model.safetensors"), ("pretrain", "model.safetensors")])
+def test_corrupted_staged_weight_fails_the_reload_check(quickstart, tmp_path, stage, weights):
+    run_dir, _ = quickstart
+    staged = stage_run(run_dir / stage, HubConfig(dry_run=True, dir=str(tmp_path / "staged")))
+    assert reload_check(staged) == 0.0
+    tensors = load_file(staged.folder / weights)
+    name = next(k for k in tensors if ("lora_B" in k if stage == "finetune" else k.endswith("c_fc.weight")))
+    tensors[name] = tensors[name] + 0.5
+    save_file(tensors, staged.folder / weights, metadata={"format": "pt"})
+    with pytest.raises(UserError) as err:
+        reload_check(staged)
+    [problem] = err.value.problems
+    assert "\n" not in str(problem)
+    assert str(problem).startswith(f"hub.reload_check: the staged {'adapter' if stage == 'finetune' else 'full model'} in ")
+    assert "gives logits that differ from the trained model's by" in str(problem) and "nothing was uploaded" in str(problem)
+
+
+def test_a_mismatch_stops_the_push(quickstart, recorder):
+    """The reference is another model (the base without the adapter): the check fails, nothing is uploaded."""
+    run_dir, _ = quickstart
+    other = AutoModelForCausalLM.from_pretrained(run_dir / "pretrain" / "model")
+    with pytest.raises(UserError, match="hub.reload_check: .* differ from the trained model's"):
+        publish_run(run_dir / "finetune", HubConfig(push=True, repo_id="me/never"), trained=other)
+    assert _calls(recorder, "create_repo") == [] and _calls(recorder, "upload_folder") == []
+
+
+def test_end_of_run_push_uses_the_model_in_memory(quickstart, recorder, compose_cfg, tmp_path):
+    from ptft_hf.recipe import run
+
+    run_dir, _ = quickstart
+    cfg = compose_cfg("model=pretrained", f"model.name_or_path={run_dir / 'pretrain' / 'model'}", "strategy=dora",
+                      "data=builtin_licenses", *SHARED, "trainer.max_steps=3", "trainer.eval_steps=3",
+                      "trainer.save_steps=3", "hub.push=true", "hub.repo_id=me/dora", "hub.commit_message=end of run")
+    run(cfg, tmp_path / "run")
+    [create] = _calls(recorder, "create_repo")
+    [upload] = _calls(recorder, "upload_folder")
+    assert (create["repo_id"], create["private"], upload["commit_message"]) == ("me/dora", True, "end of run")
+    assert upload["files"] == ADAPTER_FILES and (tmp_path / "run" / "metrics.json").is_file()
+    assert json.loads((tmp_path / "run" / "hub_push.json").read_text())["url"] == "https://huggingface.co/me/dora"
+
+
+def test_failed_push_leaves_a_finished_run_and_one_line(quickstart, cache_env, tmp_path):
+    """A real failure, not a mock: the Hub is offline (HF_HUB_OFFLINE=1 in cache_env)."""
+    run_dir, _ = quickstart
+    result = run_cli(["model=pretrained", f"model.name_or_path={run_dir / 'pretrain' / 'model'}", "strategy=lora",
+                      "data=builtin_licenses", *SHARED, "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.save_steps=2",
+                      "hub.push=true", "hub.repo_id=me/offline", f"hydra.run.dir={tmp_path / 'run'}"],
+                     dict(cache_env, HF_TOKEN=TOKEN), cwd=tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ptft-hf: error:")]
+    assert len(errors) == 1 and errors[0].startswith("ptft-hf: error: hub.push: uploading to 'me/offline' failed (")
+    assert "Traceback" not in result.stderr and TOKEN not in result.stdout + result.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()  # finished: ptft-hf-push can publish it later
+    assert sorted(p.name for p in (tmp_path / "run" / "hub").iterdir()) == ADAPTER_FILES
+
+
+def test_the_token_is_in_no_file_and_no_log(quickstart, recorder, caplog, capsys):
+    run_dir, output = quickstart  # trained and dry-run with HF_TOKEN planted in the environment
+    with caplog.at_level(logging.DEBUG):
+        assert push_main([str(run_dir / "finetune"), "--repo-id", "me/legal-adapter", "--verbose"]) == 0
+    captured = capsys.readouterr()
+    assert TOKEN not in output + caplog.text + captured.out + captured.err
+    leaks = [p for p in run_dir.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaks == []
