@@ -91,9 +91,11 @@ class SampleCallback(TrainerCallback):
 def tensorboard_callback(log_dir: Path) -> TrainerCallback:
     """transformers' TensorBoard logger writing to `log_dir` (offline: plain event files).
 
-    `tensorboard --logdir <run>/tensorboard` shows them; several runs: point it at their parent.
+    Its writer closes at the end of training and reopens for the final evaluation, so a run
+    holds two event files; `tensorboard --logdir <run>/tensorboard` reads both.
     """
-    from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    return TensorBoardCallback(SummaryWriter(log_dir=str(log_dir)))
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(log_dir)
+    return callback
