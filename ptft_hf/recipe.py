@@ -1,15 +1,21 @@
 """run(cfg) -> metrics: the readable top-level story of one run.
 
-1. refuse to overwrite a finished run, validate every group, write the resolved config;
+1. refuse to overwrite a finished run, validate every group, find the checkpoint to resume from;
 2. load text, tokenizer (trained when building from scratch), model, strategy;
 3. tokenise and pack, count tokens, compute the unigram floor;
-4. evaluate, train, evaluate; save the model (or adapter), metrics, log, plot and report.
+4. start writing: set a replaced run aside, write the resolved config (secrets redacted);
+5. evaluate, train (resuming when the folder holds an unfinished run), evaluate; save the model
+   (or adapter) through a staging folder, metrics, log, plot and report.
+
+Nothing is written into the run folder before step 4, so a mistake found in the data or the
+model leaves an earlier run there as it was (see `ptft_hf.run_dir`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -17,18 +23,23 @@ from typing import Any, Callable, Mapping
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
-from ptft_hf.config.schema import DataConfig, PtftConfig, set_trainer_fields
+from ptft_hf.config.redact import redact, redact_file, secret_values
+from ptft_hf.config.schema import DataConfig, ModelConfig, PtftConfig, set_trainer_fields
 from ptft_hf.config.validate import validate
 from ptft_hf.data.chat import as_messages, prompt_text
 from ptft_hf.data.sources import load_text_splits
 from ptft_hf.models.loading import count_parameters, load_tokenizer
 from ptft_hf.objectives import OBJECTIVES, Prepared
-from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
+from ptft_hf.pipeline import config_fingerprint
+from ptft_hf.errors import UserError
+from ptft_hf.run_dir import (FINISHED_MARKER, TRAINER_STATE, checkpoint_step, discard_aside, guard_run_dir,
+                             holds_unfinished_run, is_finished, latest_checkpoint, mark_started, set_aside, trim_jsonl)
 from ptft_hf.strategies import get_strategy
 from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples
 from ptft_hf.training.generation import exact_match_eval
 from ptft_hf.training.cost import estimate_training_flops, peak_memory_mb, reset_peak_memory
 from ptft_hf.training.report import plot_loss, write_report
+from ptft_hf.training.safety import Interrupted, NonFiniteLoss, StopOnSignal
 from ptft_hf.training.trainer import PtftTrainer
 
 log = logging.getLogger(__name__)
@@ -38,17 +49,87 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
 
 
-def _save_resolved_config(cfg: DictConfig, path: Path) -> None:
-    """The resolved config, trainer pruned to the TrainingArguments fields the run sets."""
+def _resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config, trainer pruned to the TrainingArguments fields the run sets, secrets
+    (tokens, passwords, keys) replaced by "***"."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["trainer"] = set_trainer_fields(resolved["trainer"])
-    OmegaConf.save(OmegaConf.create(resolved), path)
+    return redact(resolved, secret_values(resolved))
 
 
 def _training_arguments(cfg: PtftConfig, run_dir: Path, objective_defaults: dict[str, Any]) -> TrainingArguments:
-    """The trainer group's fields; an objective's needs (e.g. length grouping) unless set there."""
+    """The trainer group's fields; an objective's needs (e.g. length grouping) unless set there.
+    `resume_from_checkpoint` is the run's business (see `_resume_checkpoint`), not the Trainer's."""
     trainer = {**objective_defaults, **set_trainer_fields(vars(cfg.trainer))}
+    trainer.pop("resume_from_checkpoint", None)
     return TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, **trainer)
+
+
+def _resume_checkpoint(conf: PtftConfig, run_dir: Path) -> Path | None:
+    """The checkpoint this run continues from, following `trainer.resume_from_checkpoint`:
+
+    - null (default): the latest complete checkpoint of an unfinished run in this folder, if any
+      (a crashed or killed run continues by itself when pointed at the same folder);
+    - true: the same, but it is an error when there is none; false: start over (the unfinished
+      run's files are set aside);
+    - a path: that `checkpoint-N` folder (from this or another run folder).
+    """
+    requested = getattr(conf.trainer, "resume_from_checkpoint", None)
+    if requested is False or str(requested).lower() in ("false", "no", "never"):
+        return None
+    if requested is None or requested is True or str(requested).lower() in ("true", "yes", "auto", "latest"):
+        found = None if is_finished(run_dir) else latest_checkpoint(run_dir)  # never a replaced run's
+        if found is None and requested is True:
+            raise UserError.of("trainer.resume_from_checkpoint", f"no complete checkpoint under '{run_dir / 'checkpoints'}'",
+                               "point it at a checkpoint-N folder, or leave it unset to start a new run")
+        if found is not None:
+            log.info("resuming the unfinished run in %s from %s (step %d)", run_dir, found, checkpoint_step(found))
+        return found
+    path = Path(str(requested)).expanduser()
+    if not (path / TRAINER_STATE).is_file():
+        raise UserError.of("trainer.resume_from_checkpoint", f"'{requested}' is not a complete Trainer checkpoint (no {TRAINER_STATE})",
+                           "point it at a checkpoints/checkpoint-N folder of an earlier run")
+    log.info("resuming from %s (step %d)", path, checkpoint_step(path))
+    return path
+
+
+def _start_writing(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> None:
+    """The first write into the run folder: everything before it only read and checked."""
+    replacing = is_finished(run_dir) or (holds_unfinished_run(run_dir) and (resume_from is None or run_dir.resolve() not in resume_from.resolve().parents))
+    if replacing:
+        aside = set_aside(run_dir)
+        log.info("moved the earlier run's files in %s to %s; they are deleted once this run finishes", run_dir, aside)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_started(run_dir)
+    config = _resolved_config(cfg)
+    if resume_from is not None:
+        _warn_changed_config(run_dir / "config.yaml", config)
+        for name in ("train_log.jsonl", "samples.jsonl"):  # what the resumed steps will log again
+            trim_jsonl(run_dir / name, checkpoint_step(resume_from))
+    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+
+
+def _warn_changed_config(previous_path: Path, config: dict[str, Any]) -> None:
+    if not previous_path.exists():
+        return
+    flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}  # noqa: E731
+    old, new = flat(OmegaConf.to_container(OmegaConf.load(previous_path))), flat(config)
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "trainer.resume_from_checkpoint"]
+    if changed:
+        log.warning("resuming with a changed config (%s); data order and results follow the new values",
+                    ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed[:6]) + (" ..." if len(changed) > 6 else ""))
+
+
+def _save_model(trainer: PtftTrainer, tokenizer: Any, model_dir: Path) -> None:
+    """Save into `model.partial/`, then rename: `model/` is never half-written."""
+    staging = model_dir.with_name(model_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))  # a PeftModel saves only its adapter
+    tokenizer.save_pretrained(str(staging))
+    (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in config.yaml
+    if model_dir.exists():  # from an attempt that died before writing metrics.json
+        shutil.rmtree(model_dir)
+    staging.rename(model_dir)
 
 
 def _tokens_per_step(args: TrainingArguments, block_size: int) -> int:
@@ -72,14 +153,17 @@ def run(
     run_dir = Path(run_dir)
     guard_run_dir(run_dir, bool(cfg.overwrite))
     validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _save_resolved_config(cfg, run_dir / "config.yaml")
     conf: PtftConfig = OmegaConf.to_object(cfg)
+    resume_from = _resume_checkpoint(conf, run_dir)
+    secrets = secret_values(OmegaConf.to_container(cfg, resolve=True))
     set_seed(conf.seed)
 
     splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
     log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
-    tokenizer = load_tokenizer(conf.model, training_texts(splits["train"]))
+    if resume_from is not None and conf.model.tokenizer.train:  # the tokenizer the checkpoint was trained with
+        tokenizer = load_tokenizer(ModelConfig(name_or_path=str(resume_from)))
+    else:
+        tokenizer = load_tokenizer(conf.model, training_texts(splits["train"]))
     strategy = get_strategy(conf.strategy)
     prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, dict(references or {}))
     params = count_parameters(prepared.model)
@@ -88,7 +172,9 @@ def run(
              params["trainable_percent"])
     log.info("data: %s", {k: v for k, v in prepared.metrics.items() if k.startswith("data_")})
 
+    _start_writing(cfg, run_dir, resume_from)
     args = _training_arguments(conf, run_dir, prepared.training_overrides)
+    stop = StopOnSignal()
     trainer = PtftTrainer(
         model=prepared.model,
         args=args,
@@ -98,7 +184,7 @@ def run(
         eval_data_collator=prepared.eval_collator,
         processing_class=tokenizer,
         compute_metrics=prepared.compute_metrics,
-        callbacks=_callbacks(run_dir, tokenizer, conf, prepared),
+        callbacks=[*_callbacks(run_dir, tokenizer, conf, prepared, resuming=resume_from is not None), stop],
         shift_labels=prepared.shift_labels,
         token_metrics=prepared.token_metrics,
         labelled_positions_only=prepared.labelled_positions_only,
@@ -106,7 +192,17 @@ def run(
     before = trainer.evaluate()
     before_refs = trainer.evaluate(prepared.references) if prepared.references else {}
     train_start = time.time()
-    train_result = trainer.train()
+    try:
+        with stop.handling_signals():
+            train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except NonFiniteLoss as err:
+        last = latest_checkpoint(run_dir)
+        raise UserError.of("training", f"loss became {err.value} at step {err.step}",
+                           f"lower trainer.learning_rate (now {args.learning_rate:g}) or keep trainer.max_grad_norm > 0; "
+                           f"nothing from step {err.step} was saved (last good checkpoint: {last or 'none yet'})") from err
+    if stop.signum is not None:
+        checkpoint = latest_checkpoint(run_dir)
+        raise Interrupted(stop.signum, train_result.global_step, str(checkpoint) if checkpoint else None)
     train_wall = time.time() - train_start
     after = trainer.evaluate()
     after_refs = trainer.evaluate(prepared.references) if prepared.references else {}
@@ -117,6 +213,8 @@ def run(
 
     steps = train_result.global_step
     train_tokens = _train_tokens(prepared, args, steps)
+    resumed_step = checkpoint_step(resume_from) if resume_from else 0
+    tokens_this_call = train_tokens * (steps - resumed_step) / max(steps, 1) if prepared.metrics.get("padding") is None else train_tokens
     metrics: dict[str, Any] = {
         "run_name": run_dir.name,
         "objective": conf.objective.name,
@@ -134,7 +232,9 @@ def run(
         "train_runtime_s": train_result.metrics.get("train_runtime"),
         "train_wall_time_s": round(train_wall, 2),
         "train_tokens": train_tokens,
-        "train_tokens_per_second": train_tokens / max(train_result.metrics.get("train_runtime", 0.0), 1e-9),
+        "train_tokens_per_second": tokens_this_call / max(train_result.metrics.get("train_runtime", 0.0), 1e-9),
+        "resumed_from_step": resumed_step,
+        "config_fingerprint": config_fingerprint(cfg),
         "train_flops_estimate": estimate_training_flops(params, train_tokens),
         "peak_memory_mb": peak_memory_mb(),
         "vocab_size": len(tokenizer),
@@ -144,16 +244,15 @@ def run(
     }
     if trainer.is_world_process_zero():
         model_dir = run_dir / "model"
-        trainer.save_model(str(model_dir))  # a PeftModel saves only its adapter
-        tokenizer.save_pretrained(str(model_dir))
-        (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in config.yaml
+        _save_model(trainer, tokenizer, model_dir)
         metrics["saved_bytes"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
         samples = generate_samples(prepared.model, tokenizer, conf.samples, _prompt_formatter(prepared, tokenizer)) if prepared.generates else []
         metrics["sample"] = samples[0] if samples else None
         metrics["wall_time_s"] = round(time.time() - started, 2)
         plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}")
-        write_report(run_dir, metrics, samples)
-        _write_json(run_dir / FINISHED_MARKER, metrics)  # last: its presence marks a finished run
+        redact_file(write_report(run_dir, metrics, samples), secrets)
+        _write_json(run_dir / FINISHED_MARKER, redact(metrics, secrets))  # last: its presence marks a finished run
+        discard_aside(run_dir)  # a replaced earlier run, kept until now
     log.info("%s; run folder %s", ", ".join(f"{k} {metrics[k + '_before']:.4g} -> {metrics[k]:.4g}"
                                             for k in ("eval_perplexity", "eval_accuracy", "eval_f1") if k + "_before" in metrics), run_dir)
     return metrics
@@ -187,8 +286,10 @@ def _prompt_formatter(prepared: Prepared, tokenizer: Any) -> Callable[[str], str
     return lambda prompt: prompt_text([{"role": "user", "content": prompt}], tokenizer, template)
 
 
-def _callbacks(run_dir: Path, tokenizer: Any, conf: PtftConfig, prepared: Prepared) -> list[Any]:
-    callbacks: list[Any] = [JsonlLogCallback(run_dir / "train_log.jsonl")]
+def _callbacks(run_dir: Path, tokenizer: Any, conf: PtftConfig, prepared: Prepared, resuming: bool = False) -> list[Any]:
+    """Log and sample callbacks; a resumed run's logs already hold the evaluation before training."""
+    callbacks: list[Any] = [JsonlLogCallback(run_dir / "train_log.jsonl", before_training=not resuming)]
     if prepared.generates:
-        callbacks.append(SampleCallback(tokenizer, conf.samples, run_dir / "samples.jsonl", _prompt_formatter(prepared, tokenizer)))
+        callbacks.append(SampleCallback(tokenizer, conf.samples, run_dir / "samples.jsonl", _prompt_formatter(prepared, tokenizer),
+                                        before_training=not resuming))
     return callbacks
