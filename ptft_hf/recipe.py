@@ -197,8 +197,8 @@ def run(
             train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except NonFiniteLoss as err:
         last = latest_checkpoint(run_dir)
-        raise UserError.of("training", f"loss became {err.value} at step {err.step}",
-                           f"lower trainer.learning_rate (now {args.learning_rate:g}) or keep trainer.max_grad_norm > 0; "
+        raise UserError.of("training", str(err),
+                           f"lower trainer.learning_rate (now {args.learning_rate:g}) or raise trainer.warmup_steps; "
                            f"nothing from step {err.step} was saved (last good checkpoint: {last or 'none yet'})") from err
     if stop.signum is not None:
         checkpoint = latest_checkpoint(run_dir)

@@ -17,13 +17,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class NonFiniteLoss(Exception):
-    """Raised by the trainer when a training step's loss is nan or inf (before the optimiser
-    step is logged, evaluated or saved)."""
+    """Raised by the trainer when a training step's loss (or, at a checkpoint, a weight) is nan or
+    inf, before that step is logged, evaluated or saved."""
 
-    def __init__(self, step: int, value: float):
+    def __init__(self, step: int, value: float, what: str = "loss"):
         self.step = step
         self.value = value
-        super().__init__(f"loss became {value} at step {step}")
+        self.what = what
+        super().__init__(f"{what} became {value} at step {step}")
 
 
 class Interrupted(Exception):
@@ -85,20 +86,28 @@ class StopOnSignal(TrainerCallback):
 
 
 class TrainLossTally(TrainerCallback, ExportableState):
-    """Carries the sum of per-step training losses through checkpoints, so that a resumed run
-    reports the mean over all its steps (the Trainer's `training_loss` covers one `train()` call).
-    The trainer fills `loss_sum`/`steps` when it saves; `carried_*` is what the resumed-from
-    checkpoint held."""
+    """Carries the training-loss bookkeeping through checkpoints, so that a resumed run logs and
+    reports what an uninterrupted one would: `loss_sum` (losses already folded into logged
+    averages), `pending_loss` and `last_logged_step` (the losses since the last log line, which
+    the first log line after resuming averages in). The trainer fills them when it saves and
+    hands them back to itself when training begins (`trainer` is set by `PtftTrainer`)."""
 
-    def __init__(self, loss_sum: float = 0.0, steps: int = 0):
+    def __init__(self, loss_sum: float = 0.0, steps: int = 0, pending_loss: float = 0.0, last_logged_step: int = 0):
         self.loss_sum = loss_sum
         self.steps = steps
+        self.pending_loss = pending_loss
+        self.last_logged_step = last_logged_step
         self.carried_sum = 0.0
         self.carried_steps = 0
+        self.trainer: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102 (Trainer hook)
-        # after the Trainer restored this callback from the checkpoint (or made a fresh one)
+        # after the trainer restored this tally from the checkpoint (or made a fresh one)
         self.carried_sum, self.carried_steps = self.loss_sum, self.steps
+        if self.trainer is not None and self.steps and state.global_step == self.steps:
+            self.trainer._tr_loss += self.pending_loss
+            self.trainer._globalstep_last_logged = self.last_logged_step
 
     def state(self) -> dict:
-        return {"args": {"loss_sum": self.loss_sum, "steps": self.steps}, "attributes": {}}
+        return {"args": {"loss_sum": self.loss_sum, "steps": self.steps, "pending_loss": self.pending_loss,
+                         "last_logged_step": self.last_logged_step}, "attributes": {}}

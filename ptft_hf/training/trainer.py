@@ -44,6 +44,7 @@ class PtftTrainer(Trainer):
         self.labelled_positions_only = labelled_positions_only
         if not any(isinstance(cb, TrainLossTally) for cb in self.callback_handler.callbacks):
             self.add_callback(TrainLossTally())
+        self._loss_tally().trainer = self
 
     # ---- safety and resume ----
 
@@ -57,10 +58,19 @@ class PtftTrainer(Trainer):
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainLossTally))
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        for name, param in self.model.named_parameters():  # a finite loss can still leave inf weights
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                raise NonFiniteLoss(self.state.global_step, float("nan"), what=f"weight {name}")
         tally = self._loss_tally()
-        tally.loss_sum = tally.carried_sum + self._total_loss_scalar + float(self._tr_loss.item())
+        tally.loss_sum = tally.carried_sum + self._total_loss_scalar
+        tally.pending_loss = float(self._tr_loss.item())
+        tally.last_logged_step = self._globalstep_last_logged
         tally.steps = self.state.global_step
         super()._save_checkpoint(model, trial)
+
+    def _load_callback_state(self) -> None:
+        super()._load_callback_state()  # may replace the tally with one rebuilt from the checkpoint
+        self._loss_tally().trainer = self
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
@@ -75,15 +85,16 @@ class PtftTrainer(Trainer):
             state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
             saved = state.stateful_callbacks.get(TrainLossTally.__name__)
             if isinstance(saved, dict):
-                tally = self._loss_tally()
-                tally.loss_sum, tally.steps = saved["args"]["loss_sum"], saved["args"]["steps"]
+                for key, value in saved["args"].items():
+                    setattr(self._loss_tally(), key, value)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         mean = self._whole_run_loss(output.training_loss)
         return TrainOutput(output.global_step, mean, {**output.metrics, "train_loss": mean})
 
     def _whole_run_loss(self, this_call_mean: float) -> float:
-        """The Trainer's `train_loss` averages the steps of this `train()` call; with the steps
-        carried from the resumed-from checkpoint it becomes the mean over the whole run."""
+        """The Trainer's `train_loss` averages the steps of this `train()` call (pending losses carried
+        from the checkpoint included); with the checkpoint's earlier losses it becomes the mean over
+        the whole run."""
         tally = self._loss_tally()
         steps = self.state.global_step
         if not tally.carried_steps or not steps:
