@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ptft_hf.config import schema  # noqa: F401  (registers the schema with Hydra's ConfigStore)
 from ptft_hf.config.errors import describe_compose_error
-from ptft_hf.config.redact import redact_file, secret_values
+from ptft_hf.config.redact import redact_file, redact_text, secret_values
 from ptft_hf.errors import UserError
 from ptft_hf.run_dir import FolderSnapshot, guard_run_dir, has_started
 from ptft_hf.paths import conf_dir
@@ -144,9 +144,29 @@ def _explicit_run_dir(argv: list[str]) -> Path | None:
     return None
 
 
+def _redact_log_records(secrets: set[str]) -> None:
+    """Blank secrets in every log record (Hydra's launcher logs each job's overrides, for one)."""
+    if not secrets:
+        return
+    make_record = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own error path
+            return record
+        if any(secret in message for secret in secrets):
+            record.msg, record.args = redact_text(message, secrets), None
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
 def main() -> None:
     """`ptft-hf [overrides]`: compose conf/ with Hydra and run."""
     argv = sys.argv[1:]
+    _redact_log_records(secret_values(argv))
     run_dir = _explicit_run_dir(argv)
     overwrite = any(a.lstrip("+").lower() in ("overwrite=true", "overwrite=1") for a in argv)
     if run_dir is not None:
