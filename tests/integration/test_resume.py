@@ -7,8 +7,10 @@ restored from the checkpoint, no dropout), so the comparisons are exact up to al
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,3 +145,31 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(cache_
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
     assert not (run_dir / "model").exists() and not (run_dir / "model.partial").exists()
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_overwrite_keeps_the_finished_run_aside_until_the_new_one_finishes(reference_run, cache_env, tmp_path):
+    """overwrite=true on a finished run: killed half-way, the new run has not touched the old one
+    (it waits in .replaced/); run again, the new run resumes, finishes, and only then the old goes."""
+    def hashes(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"}
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir)
+    old = hashes(run_dir)
+    command = [sys.executable, "-m", "ptft_hf", *RUN, "trainer.learning_rate=1e-3", "overwrite=true", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(command, env=cache_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ((run_dir / ".replaced").is_dir() and (run_dir / "config.yaml").exists()):  # the new run has started
+        assert proc.poll() is None
+        time.sleep(0.01)
+    _wait_for_checkpoint(proc, run_dir / "checkpoints" / "checkpoint-20")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (run_dir / "metrics.json").exists()
+    assert hashes(run_dir / ".replaced") == old  # the finished run, whole, set aside
+
+    result = run_cli(command[3:], cache_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (run_dir / ".replaced").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] >= 20 and metrics["eval_loss"] != json.loads((reference_run / "metrics.json").read_text())["eval_loss"]
