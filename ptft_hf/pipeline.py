@@ -114,9 +114,9 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     stages: dict[str, StageConfig] = OmegaConf.to_object(cfg.stages)
     finished = {} if cfg.overwrite else _finished_stages(composed, run_dir)
     if is_finished(run_dir):  # overwrite=true: the old pipeline waits in .replaced/ until this one finishes
+        mark_started(run_dir)
         log.info("moved the earlier pipeline's files to %s", set_aside(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
-    mark_started(run_dir)
     started = time.time()
     results: dict[str, Any] = {}
     for name, stage_cfg in composed.items():

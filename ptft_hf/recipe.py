@@ -29,11 +29,11 @@ from ptft_hf.config.validate import validate
 from ptft_hf.data.chat import as_messages, prompt_text
 from ptft_hf.data.sources import load_text_splits
 from ptft_hf.models.loading import count_parameters, load_tokenizer
+from ptft_hf.errors import UserError
 from ptft_hf.objectives import OBJECTIVES, Prepared
 from ptft_hf.pipeline import config_fingerprint
-from ptft_hf.errors import UserError
-from ptft_hf.run_dir import (FINISHED_MARKER, TRAINER_STATE, checkpoint_step, discard_aside, guard_run_dir,
-                             holds_unfinished_run, is_finished, latest_checkpoint, mark_started, set_aside, trim_jsonl)
+from ptft_hf.run_dir import (FINISHED_MARKER, checkpoint_step, discard_aside, guard_run_dir, latest_checkpoint,
+                             resume_checkpoint, start_writing)
 from ptft_hf.strategies import get_strategy
 from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples
 from ptft_hf.training.generation import exact_match_eval
@@ -59,65 +59,10 @@ def _resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 def _training_arguments(cfg: PtftConfig, run_dir: Path, objective_defaults: dict[str, Any]) -> TrainingArguments:
     """The trainer group's fields; an objective's needs (e.g. length grouping) unless set there.
-    `resume_from_checkpoint` is the run's business (see `_resume_checkpoint`), not the Trainer's."""
+    `resume_from_checkpoint` is the run's business (see `run_dir.resume_checkpoint`), not the Trainer's."""
     trainer = {**objective_defaults, **set_trainer_fields(vars(cfg.trainer))}
     trainer.pop("resume_from_checkpoint", None)
     return TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, **trainer)
-
-
-def _resume_checkpoint(conf: PtftConfig, run_dir: Path) -> Path | None:
-    """The checkpoint this run continues from, following `trainer.resume_from_checkpoint`:
-
-    - null (default): the latest complete checkpoint of an unfinished run in this folder, if any
-      (a crashed or killed run continues by itself when pointed at the same folder);
-    - true: the same, but it is an error when there is none; false: start over (the unfinished
-      run's files are set aside);
-    - a path: that `checkpoint-N` folder (from this or another run folder).
-    """
-    requested = getattr(conf.trainer, "resume_from_checkpoint", None)
-    if requested is False or str(requested).lower() in ("false", "no", "never"):
-        return None
-    if requested is None or requested is True or str(requested).lower() in ("true", "yes", "auto", "latest"):
-        found = None if is_finished(run_dir) else latest_checkpoint(run_dir)  # never a replaced run's
-        if found is None and requested is True:
-            raise UserError.of("trainer.resume_from_checkpoint", f"no complete checkpoint under '{run_dir / 'checkpoints'}'",
-                               "point it at a checkpoint-N folder, or leave it unset to start a new run")
-        if found is not None:
-            log.info("resuming the unfinished run in %s from %s (step %d)", run_dir, found, checkpoint_step(found))
-        return found
-    path = Path(str(requested)).expanduser()
-    if not (path / TRAINER_STATE).is_file():
-        raise UserError.of("trainer.resume_from_checkpoint", f"'{requested}' is not a complete Trainer checkpoint (no {TRAINER_STATE})",
-                           "point it at a checkpoints/checkpoint-N folder of an earlier run")
-    log.info("resuming from %s (step %d)", path, checkpoint_step(path))
-    return path
-
-
-def _start_writing(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> None:
-    """The first write into the run folder: everything before it only read and checked."""
-    replacing = is_finished(run_dir) or (holds_unfinished_run(run_dir) and (resume_from is None or run_dir.resolve() not in resume_from.resolve().parents))
-    if replacing:
-        aside = set_aside(run_dir)
-        log.info("moved the earlier run's files in %s to %s; they are deleted once this run finishes", run_dir, aside)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    mark_started(run_dir)
-    config = _resolved_config(cfg)
-    if resume_from is not None:
-        _warn_changed_config(run_dir / "config.yaml", config)
-        for name in ("train_log.jsonl", "samples.jsonl"):  # what the resumed steps will log again
-            trim_jsonl(run_dir / name, checkpoint_step(resume_from))
-    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
-
-
-def _warn_changed_config(previous_path: Path, config: dict[str, Any]) -> None:
-    if not previous_path.exists():
-        return
-    flat = lambda d, p="": {k2: v2 for k, v in d.items() for k2, v2 in (flat(v, f"{p}{k}.").items() if isinstance(v, dict) else [(f"{p}{k}", v)])}  # noqa: E731
-    old, new = flat(OmegaConf.to_container(OmegaConf.load(previous_path))), flat(config)
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "trainer.resume_from_checkpoint"]
-    if changed:
-        log.warning("resuming with a changed config (%s); data order and results follow the new values",
-                    ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed[:6]) + (" ..." if len(changed) > 6 else ""))
 
 
 def _save_model(trainer: PtftTrainer, tokenizer: Any, model_dir: Path) -> None:
@@ -154,7 +99,7 @@ def run(
     guard_run_dir(run_dir, bool(cfg.overwrite))
     validate(cfg)
     conf: PtftConfig = OmegaConf.to_object(cfg)
-    resume_from = _resume_checkpoint(conf, run_dir)
+    resume_from = resume_checkpoint(run_dir, getattr(conf.trainer, "resume_from_checkpoint", None))
     secrets = secret_values(OmegaConf.to_container(cfg, resolve=True))
     set_seed(conf.seed)
 
@@ -172,7 +117,7 @@ def run(
              params["trainable_percent"])
     log.info("data: %s", {k: v for k, v in prepared.metrics.items() if k.startswith("data_")})
 
-    _start_writing(cfg, run_dir, resume_from)
+    start_writing(run_dir, _resolved_config(cfg), resume_from)
     args = _training_arguments(conf, run_dir, prepared.training_overrides)
     stop = StopOnSignal()
     trainer = PtftTrainer(

@@ -15,11 +15,17 @@ is continued from its latest checkpoint, and a failed start leaves an earlier ru
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
 
 from ptft_hf.errors import UserError
+
+log = logging.getLogger(__name__)
 
 FINISHED_MARKER = "metrics.json"  # written last: its presence marks a finished run
 CHECKPOINTS = "checkpoints"  # Trainer checkpoints (TrainingArguments.output_dir)
@@ -86,6 +92,69 @@ def trim_jsonl(path: Path, last_step: int) -> int:
             kept.append(line)
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     return dropped
+
+
+def resume_checkpoint(run_dir: Path, requested: Any = None) -> Path | None:
+    """The checkpoint a run in `run_dir` continues from, following `trainer.resume_from_checkpoint`
+    (`requested`):
+
+    - null (default): the latest complete checkpoint of an unfinished run in this folder, if any
+      (a crashed or killed run continues by itself when pointed at the same folder);
+    - true: the same, but it is an error when there is none; false: start over (the unfinished
+      run's files are set aside);
+    - a path: that `checkpoint-N` folder (from this or another run folder).
+    """
+    run_dir = Path(run_dir)
+    if requested is False or str(requested).lower() in ("false", "no", "never"):
+        return None
+    if requested is None or requested is True or str(requested).lower() in ("true", "yes", "auto", "latest"):
+        found = None if is_finished(run_dir) else latest_checkpoint(run_dir)  # never a replaced run's
+        if found is None and requested is True:
+            raise UserError.of("trainer.resume_from_checkpoint", f"no complete checkpoint under '{run_dir / CHECKPOINTS}'",
+                               "point it at a checkpoint-N folder, or leave it unset to start a new run")
+        if found is not None:
+            log.info("resuming the unfinished run in %s from %s (step %d)", run_dir, found, checkpoint_step(found))
+        return found
+    path = Path(str(requested)).expanduser()
+    if not (path / TRAINER_STATE).is_file() or not _CHECKPOINT_RE.match(path.name):
+        raise UserError.of("trainer.resume_from_checkpoint", f"'{requested}' is not a complete Trainer checkpoint (no {TRAINER_STATE})",
+                           "point it at a checkpoints/checkpoint-N folder of an earlier run")
+    log.info("resuming from %s (step %d)", path, checkpoint_step(path))
+    return path
+
+
+def start_writing(run_dir: Path, config: dict[str, Any], resume_from: Path | None) -> None:
+    """The run's first write into its folder (everything before it only read and checked): set an
+    earlier run aside unless continuing it, write `config.yaml`, and when resuming drop the log
+    records the resumed steps will write again."""
+    run_dir = Path(run_dir)
+    continuing = resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents
+    if is_finished(run_dir) or (holds_unfinished_run(run_dir) and not continuing):
+        log.info("moved the earlier run's files in %s to %s; they are deleted once this run finishes",
+                 run_dir, set_aside(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_started(run_dir)
+    if resume_from is not None:
+        _warn_changed_config(run_dir / "config.yaml", config)
+        for name in ("train_log.jsonl", "samples.jsonl"):
+            trim_jsonl(run_dir / name, checkpoint_step(resume_from))
+    OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    return {key: value for k, v in node.items() for key, value in _flatten(v, f"{prefix}{k}.").items()}
+
+
+def _warn_changed_config(previous_path: Path, config: dict[str, Any]) -> None:
+    if not previous_path.exists():
+        return
+    old, new = _flatten(OmegaConf.to_container(OmegaConf.load(previous_path))), _flatten(config)
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "trainer.resume_from_checkpoint"]
+    if changed:
+        log.warning("resuming with a changed config (%s); data order and results follow the new values",
+                    ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed[:6]) + (" ..." if len(changed) > 6 else ""))
 
 
 def set_aside(run_dir: Path, keep: tuple[str, ...] = (".hydra",)) -> Path | None:
