@@ -13,13 +13,14 @@ import hydra
 from hydra._internal import utils as hydra_internal_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ptft_hf.config import schema  # noqa: F401  (registers the schema with Hydra's ConfigStore)
 from ptft_hf.config.errors import describe_compose_error
+from ptft_hf.config.redact import redact_file, redact_text, secret_values
 from ptft_hf.errors import UserError
-from ptft_hf.run_dir import guard_run_dir
+from ptft_hf.run_dir import FolderSnapshot, guard_run_dir, has_started
 from ptft_hf.paths import conf_dir
 
 # bitsandbytes warns at import that an optional CPU kernel package is absent; not actionable.
@@ -27,6 +28,7 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 EXIT_USER_ERROR = 2
 PROG = "ptft-hf"
+_SNAPSHOT: FolderSnapshot | None = None  # Hydra's files in an existing run folder, put back after a failed start
 
 
 def verbose_requested(argv: list[str] | None = None) -> bool:
@@ -68,24 +70,68 @@ def _install_compose_error_reporter() -> None:
     hydra_internal_utils.run_and_report = run_and_report
 
 
+def _redact_hydra_record(cfg: DictConfig) -> None:
+    """Hydra saved the config and the command line (`.hydra/`, `multirun.yaml`) as typed: blank
+    tokens, passwords and keys there (and the environment's HF_TOKEN) before anything else runs."""
+    hydra_cfg = HydraConfig.get()
+    secrets = secret_values(OmegaConf.to_container(cfg, resolve=False), list(hydra_cfg.overrides.task))
+    if not secrets:
+        return
+    files = []
+    if hydra_cfg.output_subdir is not None:
+        files += sorted((Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir).glob("*.yaml"))
+    if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+        files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    for path in files:
+        redact_file(path, secrets)
+
+
+def _report_interrupted(err: Any, run_dir: str) -> None:
+    where = f"checkpoint saved in {err.checkpoint}" if err.checkpoint else "no checkpoint saved yet"
+    sys.stderr.write(f"{PROG}: interrupted by {err} ({where}); to resume, run the same command with "
+                     f"hydra.run.dir={run_dir}\n")
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _train(cfg: DictConfig) -> float:
     from ptft_hf.recipe import run  # heavy imports only once the config composed
     from ptft_hf.pipeline import run_pipeline, shared_overrides
+    from ptft_hf.training.safety import Interrupted
 
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
     try:
+        _redact_hydra_record(cfg)
         if cfg.stages:
-            hydra_cfg = HydraConfig.get()
             shared = shared_overrides(list(hydra_cfg.overrides.task))
-            summary = run_pipeline(cfg, hydra_cfg.runtime.output_dir, shared)
+            summary = run_pipeline(cfg, run_dir, shared)
             return float(list(summary["stages"].values())[-1].get("eval_loss", float("nan")))
-        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+        metrics = run(cfg, run_dir)
     except UserError as err:
+        _restore_if_not_started(run_dir)
         if cfg.verbose:
             raise
         report_user_error([str(p) for p in err.problems])
         sys.exit(EXIT_USER_ERROR)
+    except Interrupted as err:
+        _report_interrupted(err, run_dir)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        _restore_if_not_started(run_dir)
+        if cfg.verbose:
+            raise
+        sys.stderr.write(f"{PROG}: interrupted before training started; nothing to resume\n")
+        sys.exit(130)
+    except BaseException:
+        _restore_if_not_started(run_dir)
+        raise
     return float(metrics.get("eval_loss", float("nan")))  # what Hydra sweepers optimise
+
+
+def _restore_if_not_started(run_dir: str) -> None:
+    """A run that failed before writing anything leaves an existing folder as it found it."""
+    if _SNAPSHOT is not None and Path(run_dir).resolve() == _SNAPSHOT.run_dir.resolve() and not has_started(Path(run_dir)):
+        _SNAPSHOT.restore()
 
 
 def _explicit_run_dir(argv: list[str]) -> Path | None:
@@ -98,17 +144,40 @@ def _explicit_run_dir(argv: list[str]) -> Path | None:
     return None
 
 
+def _redact_log_records(secrets: set[str]) -> None:
+    """Blank secrets in every log record (Hydra's launcher logs each job's overrides, for one)."""
+    if not secrets:
+        return
+    make_record = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own error path
+            return record
+        if any(secret in message for secret in secrets):
+            record.msg, record.args = redact_text(message, secrets), None
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
 def main() -> None:
     """`ptft-hf [overrides]`: compose conf/ with Hydra and run."""
     argv = sys.argv[1:]
+    _redact_log_records(secret_values(argv))
     run_dir = _explicit_run_dir(argv)
     overwrite = any(a.lstrip("+").lower() in ("overwrite=true", "overwrite=1") for a in argv)
     if run_dir is not None:
-        # Hydra writes .hydra/ into the folder before the job starts: refuse before it does.
+        # Hydra writes .hydra/ into the folder before the job starts: refuse before it does,
+        # and keep a copy of what it will overwrite in case the run fails before it starts.
         try:
             guard_run_dir(run_dir, overwrite)
         except UserError as err:
             report_user_error([str(p) for p in err.problems])
             sys.exit(EXIT_USER_ERROR)
+        global _SNAPSHOT
+        _SNAPSHOT = FolderSnapshot(run_dir)
     _install_compose_error_reporter()
     _train()

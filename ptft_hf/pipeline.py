@@ -5,6 +5,10 @@ Each stage is composed from conf/ like a command line of its own: its group opti
 preset's `overrides`, then the user's `extra`. A stage with `init_from` loads the earlier stage's
 `model/` (model=pretrained) and also measures perplexity on that stage's eval data, so the cost of
 specialising (general knowledge lost) is a number next to the gain.
+
+Re-running a pipeline into the same folder after a crash skips the stages that finished with the
+same config (their `metrics.json` holds the config's fingerprint) and resumes the unfinished one
+from its latest checkpoint; `overwrite=true` runs every stage again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ptft_hf.config.compose import compose_config
 from ptft_hf.config.schema import HubConfig, StageConfig
 from ptft_hf.config.validate import collect_problems
 from ptft_hf.errors import Problem, UserError
-from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
+from ptft_hf.run_dir import FINISHED_MARKER, discard_aside, guard_run_dir, is_finished, mark_started, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,21 @@ def _with_pipeline_hub(stage_cfg: DictConfig, cfg: DictConfig) -> None:
     changed = {k: v for k, v in OmegaConf.to_container(cfg.hub, resolve=True).items() if defaults[k] != v}
     if changed:
         stage_cfg.hub = OmegaConf.merge(stage_cfg.hub, changed)
+
+
+# switches that change how a run is carried out, not what it computes
+_NOT_FINGERPRINTED = {"overwrite", "verbose"}
+_NOT_FINGERPRINTED_TRAINER = {"resume_from_checkpoint", "disable_tqdm"}
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """sha256 of what a run computes: its resolved config less `overwrite`, `verbose` and the like.
+    A pipeline re-run skips a finished stage whose `metrics.json` holds the same fingerprint."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = {k: v for k, v in resolved.items() if k not in _NOT_FINGERPRINTED}
+    resolved["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
+                           if v is not None and k not in _NOT_FINGERPRINTED_TRAINER}
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def compose_stages(cfg: DictConfig, run_dir: Path, shared: list[str] = ()) -> dict[str, DictConfig]:
@@ -108,12 +127,20 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     guard_run_dir(run_dir, bool(cfg.overwrite))
     composed = compose_stages(cfg, run_dir, shared)
     stages: dict[str, StageConfig] = OmegaConf.to_object(cfg.stages)
+    finished = {} if cfg.overwrite else _finished_stages(composed, run_dir)
+    if is_finished(run_dir):  # overwrite=true: the old pipeline waits in .replaced/ until this one finishes
+        mark_started(run_dir)
+        log.info("moved the earlier pipeline's files to %s", set_aside(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: dict[str, Any] = {}
     publish_problems: list[Problem] = []
     for name, stage_cfg in composed.items():
         stage = stages[name]
+        if name in finished:
+            log.info("pipeline stage '%s' already finished in %s with the same config: skipped", name, run_dir / name)
+            results[name] = finished[name]
+            continue
         references, lineage = {}, {}
         if stage.init_from:
             parent_cfg = composed[stage.init_from]
@@ -134,6 +161,27 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
                "stage_order": list(composed)}
     write_pipeline_report(run_dir, summary, stages)
     (run_dir / FINISHED_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    discard_aside(run_dir)
     if publish_problems:
         raise PublishError(publish_problems)
     return summary
+
+
+def _finished_stages(composed: dict[str, DictConfig], run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Stages whose folder already holds a finished run of the same config (a re-run after a
+    crash); a finished stage with another config is an error, reported for all stages at once."""
+    finished: dict[str, dict[str, Any]] = {}
+    problems: list[Problem] = []
+    for name, stage_cfg in composed.items():
+        marker = run_dir / name / FINISHED_MARKER
+        if not marker.exists():
+            continue
+        metrics = json.loads(marker.read_text(encoding="utf-8"))
+        if metrics.get("config_fingerprint") == config_fingerprint(stage_cfg):
+            finished[name] = metrics
+        else:
+            problems.append(Problem(f"stages.{name}", f"'{run_dir / name}' holds a finished stage run with another config",
+                                    "add overwrite=true to run the pipeline again, or choose another hydra.run.dir"))
+    if problems:
+        raise UserError(problems)
+    return finished

@@ -1,17 +1,25 @@
 """run(cfg) -> metrics: the readable top-level story of one run.
 
-1. refuse to overwrite a finished run, validate every group, write the resolved config;
+1. refuse to overwrite a finished run, validate every group, find the checkpoint to resume from;
 2. load text, tokenizer (trained when building from scratch), model, strategy;
 3. tokenise and pack, count tokens, compute the unigram floor;
-4. evaluate, train, evaluate; save the model (or adapter) with its model card, metrics, log, plot
-   and report;
-5. with hub.push or hub.dry_run: stage, reload-check and upload the model (ptft_hf.hub.publish).
+1. refuse to overwrite a finished run, validate every group, find the checkpoint to resume from;
+2. load text, tokenizer (trained when building from scratch), model, strategy;
+3. tokenise and pack, count tokens, compute the unigram floor;
+4. start writing: set a replaced run aside, write the resolved config (secrets redacted);
+5. evaluate, train (resuming when the folder holds an unfinished run), evaluate; save the model
+   (or adapter) through a staging folder with its model card, metrics, log, plot and report;
+6. with hub.push or hub.dry_run: stage, reload-check and upload the model (ptft_hf.hub.publish).
+
+Nothing is written into the run folder before step 4, so a mistake found in the data or the
+model leaves an earlier run there as it was (see `ptft_hf.run_dir`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -19,7 +27,8 @@ from typing import Any, Callable, Mapping
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
-from ptft_hf.config.schema import DataConfig, HubConfig, PtftConfig, set_trainer_fields
+from ptft_hf.config.redact import redact, redact_file, secret_values
+from ptft_hf.config.schema import DataConfig, HubConfig, ModelConfig, PtftConfig, set_trainer_fields
 from ptft_hf.config.validate import validate
 from ptft_hf.data.chat import as_messages, prompt_text
 from ptft_hf.data.sources import load_text_splits
@@ -27,12 +36,15 @@ from ptft_hf.errors import UserError
 from ptft_hf.hub.card import ADAPTER, FULL, write_card
 from ptft_hf.models.loading import count_parameters, load_tokenizer
 from ptft_hf.objectives import OBJECTIVES, Prepared
-from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
+from ptft_hf.pipeline import config_fingerprint
+from ptft_hf.run_dir import (FINISHED_MARKER, checkpoint_step, discard_aside, guard_run_dir, latest_checkpoint,
+                             resume_checkpoint, start_writing)
 from ptft_hf.strategies import get_strategy
 from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples, tensorboard_callback
 from ptft_hf.training.generation import exact_match_eval
 from ptft_hf.training.cost import estimate_training_flops, peak_memory_mb, reset_peak_memory
 from ptft_hf.training.report import plot_loss, write_report
+from ptft_hf.training.safety import Interrupted, NonFiniteLoss, StopOnSignal
 from ptft_hf.training.trainer import PtftTrainer
 
 log = logging.getLogger(__name__)
@@ -42,17 +54,32 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
 
 
-def _save_resolved_config(cfg: DictConfig, path: Path) -> None:
-    """The resolved config, trainer pruned to the TrainingArguments fields the run sets."""
+def _resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config, trainer pruned to the TrainingArguments fields the run sets, secrets
+    (tokens, passwords, keys) replaced by "***"."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["trainer"] = set_trainer_fields(resolved["trainer"])
-    OmegaConf.save(OmegaConf.create(resolved), path)
+    return redact(resolved, secret_values(resolved))
 
 
 def _training_arguments(cfg: PtftConfig, run_dir: Path, objective_defaults: dict[str, Any]) -> TrainingArguments:
-    """The trainer group's fields; an objective's needs (e.g. length grouping) unless set there."""
+    """The trainer group's fields; an objective's needs (e.g. length grouping) unless set there.
+    `resume_from_checkpoint` is the run's business (see `run_dir.resume_checkpoint`), not the Trainer's."""
     trainer = {**objective_defaults, **set_trainer_fields(vars(cfg.trainer))}
+    trainer.pop("resume_from_checkpoint", None)
     return TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, **trainer)
+
+
+def _save_model(trainer: PtftTrainer, tokenizer: Any, model_dir: Path) -> None:
+    """Save into `model.partial/`, then rename: `model/` is never half-written."""
+    staging = model_dir.with_name(model_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))  # a PeftModel saves only its adapter
+    tokenizer.save_pretrained(str(staging))
+    (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in config.yaml
+    if model_dir.exists():  # from an attempt that died before writing metrics.json
+        shutil.rmtree(model_dir)
+    staging.rename(model_dir)
 
 
 def _tokens_per_step(args: TrainingArguments, block_size: int) -> int:
@@ -76,14 +103,17 @@ def run(
     run_dir = Path(run_dir)
     guard_run_dir(run_dir, bool(cfg.overwrite))
     validate(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _save_resolved_config(cfg, run_dir / "config.yaml")
     conf: PtftConfig = OmegaConf.to_object(cfg)
+    resume_from = resume_checkpoint(run_dir, getattr(conf.trainer, "resume_from_checkpoint", None))
+    secrets = secret_values(OmegaConf.to_container(cfg, resolve=True))
     set_seed(conf.seed)
 
     splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
     log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
-    tokenizer = load_tokenizer(conf.model, training_texts(splits["train"]))
+    if resume_from is not None and conf.model.tokenizer.train:  # the tokenizer the checkpoint was trained with
+        tokenizer = load_tokenizer(ModelConfig(name_or_path=str(resume_from)))
+    else:
+        tokenizer = load_tokenizer(conf.model, training_texts(splits["train"]))
     strategy = get_strategy(conf.strategy)
     prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, dict(references or {}))
     params = count_parameters(prepared.model)
@@ -92,11 +122,13 @@ def run(
              params["trainable_percent"])
     log.info("data: %s", {k: v for k, v in prepared.metrics.items() if k.startswith("data_")})
 
+    start_writing(run_dir, _resolved_config(cfg), resume_from)
     args = _training_arguments(conf, run_dir, prepared.training_overrides)
-    callbacks = _callbacks(run_dir, tokenizer, conf, prepared)
+    callbacks = [*_callbacks(run_dir, tokenizer, conf, prepared, resuming=resume_from is not None)]
     if "tensorboard" in args.report_to:  # events in <run>/tensorboard, not inside checkpoints/
         args.report_to = [r for r in args.report_to if r != "tensorboard"]
         callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
+    stop = StopOnSignal()
     trainer = PtftTrainer(
         model=prepared.model,
         args=args,
@@ -106,7 +138,7 @@ def run(
         eval_data_collator=prepared.eval_collator,
         processing_class=tokenizer,
         compute_metrics=prepared.compute_metrics,
-        callbacks=callbacks,
+        callbacks=[*callbacks, stop],
         shift_labels=prepared.shift_labels,
         token_metrics=prepared.token_metrics,
         labelled_positions_only=prepared.labelled_positions_only,
@@ -114,7 +146,17 @@ def run(
     before = trainer.evaluate()
     before_refs = trainer.evaluate(prepared.references) if prepared.references else {}
     train_start = time.time()
-    train_result = trainer.train()
+    try:
+        with stop.handling_signals():
+            train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except NonFiniteLoss as err:
+        last = latest_checkpoint(run_dir)
+        raise UserError.of("training", str(err),
+                           f"lower trainer.learning_rate (now {args.learning_rate:g}) or raise trainer.warmup_steps; "
+                           f"nothing from step {err.step} was saved (last good checkpoint: {last or 'none yet'})") from err
+    if stop.signum is not None:
+        checkpoint = latest_checkpoint(run_dir)
+        raise Interrupted(stop.signum, train_result.global_step, str(checkpoint) if checkpoint else None)
     train_wall = time.time() - train_start
     after = trainer.evaluate()
     after_refs = trainer.evaluate(prepared.references) if prepared.references else {}
@@ -125,6 +167,8 @@ def run(
 
     steps = train_result.global_step
     train_tokens = _train_tokens(prepared, args, steps)
+    resumed_step = checkpoint_step(resume_from) if resume_from else 0
+    tokens_this_call = train_tokens * (steps - resumed_step) / max(steps, 1) if prepared.metrics.get("padding") is None else train_tokens
     metrics: dict[str, Any] = {
         "run_name": run_dir.name,
         "objective": conf.objective.name,
@@ -142,7 +186,9 @@ def run(
         "train_runtime_s": train_result.metrics.get("train_runtime"),
         "train_wall_time_s": round(train_wall, 2),
         "train_tokens": train_tokens,
-        "train_tokens_per_second": train_tokens / max(train_result.metrics.get("train_runtime", 0.0), 1e-9),
+        "train_tokens_per_second": tokens_this_call / max(train_result.metrics.get("train_runtime", 0.0), 1e-9),
+        "resumed_from_step": resumed_step,
+        "config_fingerprint": config_fingerprint(cfg),
         "train_flops_estimate": estimate_training_flops(params, train_tokens),
         "peak_memory_mb": peak_memory_mb(),
         "vocab_size": len(tokenizer),
@@ -152,17 +198,17 @@ def run(
     }
     if trainer.is_world_process_zero():
         model_dir = run_dir / "model"
-        trainer.save_model(str(model_dir))  # a PeftModel saves only its adapter
-        tokenizer.save_pretrained(str(model_dir))
-        (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in config.yaml
+        _save_model(trainer, tokenizer, model_dir)
         metrics["saved_bytes"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
         samples = generate_samples(prepared.model, tokenizer, conf.samples, _prompt_formatter(prepared, tokenizer)) if prepared.generates else []
         metrics["sample"] = samples[0] if samples else None
         metrics["wall_time_s"] = round(time.time() - started, 2)
         plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}")
-        write_report(run_dir, metrics, samples)
-        write_card(model_dir / "README.md", run_dir, ADAPTER if strategy.saves_adapter_only else FULL, conf.hub.repo_id, metrics)
-        _write_json(run_dir / FINISHED_MARKER, metrics)  # last: its presence marks a finished run
+        redact_file(write_report(run_dir, metrics, samples), secrets)
+        write_card(model_dir / "README.md", run_dir, ADAPTER if strategy.saves_adapter_only else FULL, conf.hub.repo_id,
+                   redact(metrics, secrets))
+        _write_json(run_dir / FINISHED_MARKER, redact(metrics, secrets))  # last: its presence marks a finished run
+        discard_aside(run_dir)  # a replaced earlier run, kept until now
     log.info("%s; run folder %s", ", ".join(f"{k} {metrics[k + '_before']:.4g} -> {metrics[k]:.4g}"
                                             for k in ("eval_perplexity", "eval_accuracy", "eval_f1") if k + "_before" in metrics), run_dir)
     if (conf.hub.push or conf.hub.dry_run) and trainer.is_world_process_zero():
@@ -209,8 +255,10 @@ def _prompt_formatter(prepared: Prepared, tokenizer: Any) -> Callable[[str], str
     return lambda prompt: prompt_text([{"role": "user", "content": prompt}], tokenizer, template)
 
 
-def _callbacks(run_dir: Path, tokenizer: Any, conf: PtftConfig, prepared: Prepared) -> list[Any]:
-    callbacks: list[Any] = [JsonlLogCallback(run_dir / "train_log.jsonl")]
+def _callbacks(run_dir: Path, tokenizer: Any, conf: PtftConfig, prepared: Prepared, resuming: bool = False) -> list[Any]:
+    """Log and sample callbacks; a resumed run's logs already hold the evaluation before training."""
+    callbacks: list[Any] = [JsonlLogCallback(run_dir / "train_log.jsonl", before_training=not resuming)]
     if prepared.generates:
-        callbacks.append(SampleCallback(tokenizer, conf.samples, run_dir / "samples.jsonl", _prompt_formatter(prepared, tokenizer)))
+        callbacks.append(SampleCallback(tokenizer, conf.samples, run_dir / "samples.jsonl", _prompt_formatter(prepared, tokenizer),
+                                        before_training=not resuming))
     return callbacks

@@ -34,7 +34,8 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     random_init: bool = False  # use name_or_path's architecture and tokenizer, but fresh weights (a control)
     revision: Optional[str] = None
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run Python code shipped with a Hub model only when set explicitly
+    allow_pickle: bool = False  # load only safetensors weights; true also accepts pytorch_model.bin (pickle)
     dtype: Optional[str] = None  # float32, bfloat16, float16 or auto; null keeps float32
     attn_implementation: Optional[str] = None
 

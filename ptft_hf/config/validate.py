@@ -109,7 +109,7 @@ def _check_model(cfg: DictConfig) -> list[Problem]:
     if model.tokenizer.train and model.tokenizer.vocab_size < 300:
         problems.append(Problem("model.tokenizer.vocab_size", f"{model.tokenizer.vocab_size} is below the 256 bytes plus merges",
                                 "use at least 300 (4096 or more for real text)"))
-    if not model.name_or_path:
+    if not model.name_or_path and objective.name in ("clm", "mlm"):  # block_size packs LM blocks only
         positions = next((model.config[k] for k in _POSITION_KEYS if k in model.config), None)
         if positions is not None and objective.block_size > positions:
             problems.append(Problem("objective.block_size", f"{objective.block_size} is longer than the model's {positions} positions",

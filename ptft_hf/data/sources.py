@@ -45,7 +45,21 @@ def resolve_files(field: str, path: str) -> list[str]:
             field, f"no file at '{path}' (looked from {os.getcwd()})",
             f"point {field}= at an existing file, glob or folder",
         )
+    for f in files:
+        _check_readable(field, f)
     return files
+
+
+def _check_readable(field: str, path: str) -> None:
+    """An empty or unreadable file fails here, with the file named, not deep inside a loader."""
+    try:
+        with open(path, "rb") as handle:
+            empty = handle.read(1) == b""
+    except OSError as err:
+        raise UserError.of(field, f"'{path}' cannot be read ({err.strerror or type(err).__name__})",
+                           f"fix its permissions (e.g. chmod u+r '{path}') or point {field}= at a readable file") from err
+    if empty:
+        raise UserError.of(field, f"'{path}' is empty", f"point {field}= at a file with text in it")
 
 
 def infer_format(field: str, files: list[str], declared: str | None) -> str:
@@ -68,26 +82,29 @@ def _load_files(field: str, path: str, cfg: DataConfig) -> Dataset:
         kwargs["sample_by"] = cfg.sample_by
     if fmt == "csv" and files[0].endswith(".tsv"):
         kwargs["delimiter"] = "\t"
-    for f in files:
-        if os.path.getsize(f) == 0:
-            raise UserError.of(field, f"'{f}' is empty", f"point {field}= at a file with text in it")
     try:
         return datasets.load_dataset(fmt, data_files={"train": files}, split="train", **kwargs)
     except UnicodeDecodeError as err:
-        raise UserError.of(
-            field, f"a file under '{path}' is not UTF-8 text ({err.reason} at byte {err.start})",
-            "convert it to UTF-8 (e.g. `iconv -t utf-8`)",
-        ) from err
+        raise _not_utf8(field, path, files) from err
     except (datasets.exceptions.DatasetGenerationError, ValueError) as err:
         cause = err.__cause__ or err
         if isinstance(cause, UnicodeDecodeError):
-            raise UserError.of(
-                field, f"a file under '{path}' is not UTF-8 text", "convert it to UTF-8 (e.g. `iconv -t utf-8`)"
-            ) from err
+            raise _not_utf8(field, path, files) from err
         raise UserError.of(
             field, f"'{path}' could not be read as {fmt}: {str(cause).splitlines()[0]}",
             "check the file or set data.format=",
         ) from err
+
+
+def _not_utf8(field: str, path: str, files: list[str]) -> UserError:
+    """Name the first file that is not UTF-8 and where (read again, on the error path only)."""
+    for f in files:
+        try:
+            Path(f).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            return UserError.of(field, f"'{f}' is not UTF-8 text ({err.reason} at byte {err.start})",
+                                f"convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8 '{f}' > fixed.txt)")
+    return UserError.of(field, f"a file under '{path}' is not UTF-8 text", "convert it to UTF-8 (e.g. iconv -t utf-8)")
 
 
 def _load_hub(cfg: DataConfig) -> DatasetDict:

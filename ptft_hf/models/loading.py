@@ -27,6 +27,17 @@ def _hub_error(field: str, name: str, err: Exception) -> UserError:
     )
 
 
+def _pickle_refused(name: str, err: Exception) -> UserError | None:
+    """The error for a checkpoint that has only pickle weights (`pytorch_model.bin`), which
+    `torch.load` would unpickle (pickles can run code); None when `err` is about something else."""
+    if "safetensors" not in str(err):
+        return None
+    return UserError.of(
+        "model.allow_pickle", f"'{name}' has no safetensors weights, only pickle checkpoints (e.g. pytorch_model.bin), "
+        "which can run code when loaded", "convert them to safetensors, or set model.allow_pickle=true if you trust the source",
+    )
+
+
 def load_tokenizer(cfg: ModelConfig, train_texts: Iterable[str] | None = None, max_length: int | None = None) -> Any:
     """The run's tokenizer: trained on `train_texts` when `model.tokenizer.train`, else loaded."""
     tcfg = cfg.tokenizer
@@ -78,7 +89,8 @@ def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForC
         model = auto_class.from_config(config, dtype=dtype)
     elif cfg.name_or_path:
         kwargs: dict[str, Any] = dict(
-            revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype, **head_kwargs, **extra
+            revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype, **head_kwargs, **extra,
+            use_safetensors=None if cfg.allow_pickle else True,  # None: safetensors first, else a pickle
         )
         if cfg.attn_implementation:
             kwargs["attn_implementation"] = cfg.attn_implementation
@@ -87,7 +99,8 @@ def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForC
         try:
             model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
         except (OSError, ValueError) as err:
-            raise _hub_error("model.name_or_path", cfg.name_or_path, err) from err
+            refused = None if cfg.allow_pickle else _pickle_refused(cfg.name_or_path, err)
+            raise (refused or _hub_error("model.name_or_path", cfg.name_or_path, err)) from err
     else:
         config = build_config(cfg, tokenizer)
         for key, value in head_kwargs.items():

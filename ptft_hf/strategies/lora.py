@@ -44,7 +44,7 @@ def resolve_target_modules(model: torch.nn.Module, requested: Any) -> Any:
     unknown = [name for name in requested if name not in available]
     if unknown:
         raise UserError.of(
-            "strategy.lora.target_modules", f"{', '.join(unknown)} match no linear layer of this model",
+            "strategy.lora.target_modules", f"{', '.join(unknown)} match no linear layer of {type(model).__name__}",
             f"use auto or names from: {', '.join(available)}",
         )
     return list(requested)
@@ -77,6 +77,14 @@ class LoraStrategy:
     def wrap(self, model: PreTrainedModel, task_type: str | None = "CAUSAL_LM") -> PreTrainedModel:
         model = self.prepare(model)
         config = self.lora_config(model, task_type)
-        peft_model = get_peft_model(model, config)
+        try:
+            peft_model = get_peft_model(model, config)
+        except ValueError as err:  # a target_modules pattern that matches nothing
+            if "target_modules" not in str(err) and "Target modules" not in str(err):
+                raise
+            raise UserError.of(
+                "strategy.lora.target_modules", f"{config.target_modules} match no module of {type(model).__name__}",
+                f"use auto or names from: {', '.join(linear_layer_names(model))}",
+            ) from err
         log.info("%s adapters on %s", "DoRA" if config.use_dora else "LoRA", sorted(config.target_modules))
         return peft_model

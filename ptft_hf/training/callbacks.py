@@ -24,14 +24,21 @@ def _jsonable(value: Any) -> Any:
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Appends every Trainer log record (train loss, eval metrics, ...) to `train_log.jsonl`."""
+    """Appends every Trainer log record (train loss, eval metrics, ...) to `train_log.jsonl`.
 
-    def __init__(self, path: str | Path):
+    `before_training=False` (a resumed run, whose log already holds them): records logged before
+    training starts are not written again."""
+
+    def __init__(self, path: str | Path, before_training: bool = True):
         self.path = Path(path)
         self.start = time.time()
+        self.active = before_training
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102 (Trainer hook)
+        self.active = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102 (Trainer hook)
-        if not state.is_world_process_zero or not logs:
+        if not state.is_world_process_zero or not logs or not self.active:
             return
         record = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.time() - self.start, 3)}
         record.update({k: _jsonable(v) for k, v in logs.items()})
@@ -69,17 +76,22 @@ def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig,
 
 
 class SampleCallback(TrainerCallback):
-    """Writes continuations of fixed prompts to `samples.jsonl` at every evaluation."""
+    """Writes continuations of fixed prompts to `samples.jsonl` at every evaluation (from the start
+    of training only when `before_training=False`, as for `JsonlLogCallback`)."""
 
     def __init__(self, tokenizer: Any, cfg: SamplesConfig, path: str | Path,
-                 format_prompt: Callable[[str], str] | None = None):
+                 format_prompt: Callable[[str], str] | None = None, before_training: bool = True):
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.path = Path(path)
         self.format_prompt = format_prompt
+        self.active = before_training
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102 (Trainer hook)
+        self.active = True
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):  # noqa: D102 (Trainer hook)
-        if not state.is_world_process_zero or model is None or not self.cfg.prompts:
+        if not state.is_world_process_zero or model is None or not self.cfg.prompts or not self.active:
             return
         samples = generate_samples(model, self.tokenizer, self.cfg, self.format_prompt)
         with self.path.open("a", encoding="utf-8") as f:

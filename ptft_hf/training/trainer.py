@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Any
 
 import torch
-from transformers import Trainer
-from transformers.trainer_utils import speed_metrics
+from transformers import Trainer, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
+from ptft_hf.training.safety import NonFiniteLoss, TrainLossTally
 from ptft_hf.training.sparse_head import predict_only_at, selected_label_loss
 
 
@@ -23,6 +26,11 @@ class PtftTrainer(Trainer):
     `shift_labels=True` for causal LMs (position t predicts t+1); False for masked LMs.
     `labelled_positions_only=True` (masked LMs) runs the vocabulary projection only at the masked
     positions, in training and evaluation (see `sparse_head`).
+
+    Safety and resume: a nan/inf training loss raises `NonFiniteLoss` before that step is logged,
+    evaluated or saved; checkpoints hold no `training_args.bin` (a pickle that would carry
+    `hub_token`); a resumed run's `training_loss` is the mean over all its steps, not only the
+    resumed ones.
     """
 
     def __init__(self, *args: Any, shift_labels: bool = True, token_metrics: bool = True,
@@ -34,6 +42,69 @@ class PtftTrainer(Trainer):
         self.token_metrics = token_metrics
         self.eval_data_collator = eval_data_collator
         self.labelled_positions_only = labelled_positions_only
+        if not any(isinstance(cb, TrainLossTally) for cb in self.callback_handler.callbacks):
+            self.add_callback(TrainLossTally())
+        self._loss_tally().trainer = self
+
+    # ---- safety and resume ----
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):  # the Trainer syncs on this value every step anyway
+            raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+        return loss
+
+    def _loss_tally(self) -> TrainLossTally:
+        return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainLossTally))
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        for name, param in self.model.named_parameters():  # a finite loss can still leave inf weights
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                raise NonFiniteLoss(self.state.global_step, float("nan"), what=f"weight {name}")
+        tally = self._loss_tally()
+        tally.loss_sum = tally.carried_sum + self._total_loss_scalar
+        tally.pending_loss = float(self._tr_loss.item())
+        tally.last_logged_step = self._globalstep_last_logged
+        tally.steps = self.state.global_step
+        super()._save_checkpoint(model, trial)
+
+    def _load_callback_state(self) -> None:
+        super()._load_callback_state()  # may replace the tally with one rebuilt from the checkpoint
+        self._loss_tally().trainer = self
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # a pickle of every TrainingArguments field (hub_token included); resume does not read it
+        path = os.path.join(output_dir if output_dir is not None else self.args.output_dir, TRAINING_ARGS_NAME)
+        if os.path.exists(path):
+            os.remove(path)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
+        if isinstance(resume_from_checkpoint, str):
+            # the Trainer restores callback states only with restore_callback_states_from_checkpoint
+            state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
+            saved = state.stateful_callbacks.get(TrainLossTally.__name__)
+            if isinstance(saved, dict):
+                for key, value in saved["args"].items():
+                    setattr(self._loss_tally(), key, value)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        mean = self._whole_run_loss(output.training_loss)
+        return TrainOutput(output.global_step, mean, {**output.metrics, "train_loss": mean})
+
+    def _whole_run_loss(self, this_call_mean: float) -> float:
+        """The Trainer's `train_loss` averages the steps of this `train()` call (pending losses carried
+        from the checkpoint included); with the checkpoint's earlier losses it becomes the mean over
+        the whole run."""
+        tally = self._loss_tally()
+        steps = self.state.global_step
+        if not tally.carried_steps or not steps:
+            return this_call_mean
+        return (tally.carried_sum + this_call_mean * (steps - tally.carried_steps)) / steps
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_loss" in logs and "train_runtime" in logs:  # the end-of-training summary
+            logs = {**logs, "train_loss": self._whole_run_loss(logs["train_loss"])}
+        super().log(logs, start_time)
 
     def _head_scope(self, model: Any, labels: torch.Tensor):
         if not self.labelled_positions_only:

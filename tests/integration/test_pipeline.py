@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -21,16 +22,16 @@ SHARED = ["objective.block_size=32", "trainer.per_device_train_batch_size=8", "t
           "data.max_eval_samples=60"]
 
 
+PIPELINE = ["experiment=quickstart", f"stages.pretrain.extra={TINY_MODEL}",
+            "stages.pretrain.overrides=['trainer.max_steps=40','trainer.learning_rate=3e-3','trainer.eval_steps=20','trainer.save_steps=20']",
+            "stages.finetune.overrides=['trainer.max_steps=30','trainer.learning_rate=5e-3','trainer.eval_steps=15','trainer.save_steps=15']",
+            *SHARED]
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, cache_env):
     root = tmp_path_factory.mktemp("pipeline")
-    result = run_cli(
-        ["experiment=quickstart", f"stages.pretrain.extra={TINY_MODEL}",
-         "stages.pretrain.overrides=['trainer.max_steps=40','trainer.learning_rate=3e-3','trainer.eval_steps=20','trainer.save_steps=20']",
-         "stages.finetune.overrides=['trainer.max_steps=30','trainer.learning_rate=5e-3','trainer.eval_steps=15','trainer.save_steps=15']",
-         *SHARED, f"hydra.run.dir={root / 'run'}"],
-        cache_env, cwd=root,
-    )
+    result = run_cli([*PIPELINE, f"hydra.run.dir={root / 'run'}"], cache_env, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, root / "run"
 
@@ -50,6 +51,32 @@ def test_stage_two_starts_from_stage_one_and_records_its_lineage(pipeline_run):
     assert finetune["eval_perplexity"] < finetune["eval_perplexity_before"]
     assert sorted(p.name for p in (run_dir / "finetune" / "model").iterdir()) == [
         "README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+
+
+def _hashes(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_after_a_crash_skips_the_finished_stage_and_resumes_the_other(pipeline_run, cache_env, tmp_path):
+    """The state a crash in stage 2 after its checkpoint-15 leaves (no metrics.json there or at the
+    top, no stage-2 model/); the same command again skips stage 1 and resumes stage 2."""
+    _, finished = pipeline_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    for path in ("metrics.json", "report.md", "finetune/metrics.json", "finetune/report.md", "finetune/loss.png"):
+        (run_dir / path).unlink()
+    for path in ("finetune/model", "finetune/checkpoints/checkpoint-30"):
+        shutil.rmtree(run_dir / path)
+    pretrain = _hashes(run_dir / "pretrain")
+    result = run_cli([*PIPELINE, f"hydra.run.dir={run_dir}"], cache_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pipeline stage 'pretrain' already finished" in result.stdout
+    assert _hashes(run_dir / "pretrain") == pretrain  # not run again
+    again, first = (json.loads((d / "finetune" / "metrics.json").read_text()) for d in (run_dir, finished))
+    assert again["resumed_from_step"] == 15
+    assert again["eval_loss"] == pytest.approx(first["eval_loss"], rel=1e-5)
+    assert again["train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "finetune" / "model" / "adapter_model.safetensors").is_file()
 
 
 def test_pipeline_report_has_the_per_stage_table(pipeline_run):
