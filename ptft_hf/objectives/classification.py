@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 
 # Classification heads (and BERT's pooler) that an LM checkpoint lacks: kept in full precision.
 HEAD_MODULES = ("classifier", "score", "pooler.dense")
+# layers between the encoder and the classifier (BERT's pooler, DistilBERT's pre_classifier): an
+# MLM checkpoint lacks them, so they start random and must be trained and saved with an adapter
+POOLING_MODULES = ("pooler", "pre_classifier")
+
+
+def pooling_modules(model: Any) -> list[str]:
+    """Names (for peft's `modules_to_save`) of the model's pooling layers in front of the head."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if name.rsplit(".", 1)[-1] in POOLING_MODULES and any(True for _ in module.parameters())})
 
 
 def label_maps(train: Dataset, eval_: Dataset) -> tuple[dict[int, str], dict[str, int]]:
@@ -83,7 +92,7 @@ def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any
                        id2label=id2label, label2id=label2id, **strategy.model_kwargs(HEAD_MODULES))
     positions = max_positions(model)
     max_length = min(obj.max_length, positions) if positions else obj.max_length
-    model = strategy.wrap(model, task_type="SEQ_CLS")
+    model = strategy.wrap(model, task_type="SEQ_CLS", modules_to_save=pooling_modules(model))
     train = tokenize_labelled(splits["train"], tokenizer, label2id, max_length)
     eval_ = tokenize_labelled(splits["eval"], tokenizer, label2id, max_length)
     truncated = {"train": int(sum(train["truncated"])), "eval": int(sum(eval_["truncated"]))}

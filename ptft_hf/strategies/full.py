@@ -19,7 +19,9 @@ class FullStrategy:
         """Extra `from_pretrained` keyword arguments (quantisation configs for other strategies)."""
         return {}
 
-    def wrap(self, model: PreTrainedModel, task_type: str | None = "CAUSAL_LM") -> PreTrainedModel:
+    def wrap(self, model: PreTrainedModel, task_type: str | None = "CAUSAL_LM",
+             modules_to_save: Sequence[str] = ()) -> PreTrainedModel:
+        """Everything trains; `modules_to_save` (for adapter strategies) changes nothing here."""
         if self.cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False

@@ -69,14 +69,17 @@ class LoraStrategy:
             model.config.use_cache = False
         return model
 
-    def lora_config(self, model: PreTrainedModel, task_type: str | None) -> LoraConfig:
+    def lora_config(self, model: PreTrainedModel, task_type: str | None, modules_to_save: Sequence[str] = ()) -> LoraConfig:
         fields = dict(self.cfg.lora or {})
         fields["target_modules"] = resolve_target_modules(model, fields.get("target_modules", AUTO_TARGETS))
+        if modules_to_save:  # trained in full and saved with the adapter (e.g. a head the base lacks)
+            fields["modules_to_save"] = sorted(set(fields.get("modules_to_save") or []) | set(modules_to_save))
         return LoraConfig(task_type=TaskType[task_type] if task_type else None, **fields)
 
-    def wrap(self, model: PreTrainedModel, task_type: str | None = "CAUSAL_LM") -> PreTrainedModel:
+    def wrap(self, model: PreTrainedModel, task_type: str | None = "CAUSAL_LM",
+             modules_to_save: Sequence[str] = ()) -> PreTrainedModel:
         model = self.prepare(model)
-        config = self.lora_config(model, task_type)
+        config = self.lora_config(model, task_type, modules_to_save)
         try:
             peft_model = get_peft_model(model, config)
         except ValueError as err:  # a target_modules pattern that matches nothing

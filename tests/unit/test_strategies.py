@@ -155,13 +155,20 @@ def test_encoder_classification_trains_adapters_and_the_whole_head(tmp_path, nam
 
     model = load_model(ModelConfig(name="bert", name_or_path=str(tmp_path / "bert")), tokenizer,
                        AutoModelForSequenceClassification, num_labels=5, **strategy.model_kwargs(HEAD_MODULES))
-    model = strategy.wrap(model, task_type="SEQ_CLS")
+    from ptft_hf.objectives.classification import pooling_modules
+
+    assert pooling_modules(model) == ["pooler"]
+    model = strategy.wrap(model, task_type="SEQ_CLS", modules_to_save=pooling_modules(model))
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
-    head = [n for n in trainable if "classifier" in n]
-    assert head == ["base_model.model.classifier.modules_to_save.default.bias",
+    head = [n for n in trainable if "classifier" in n or "pooler" in n]
+    # the MLM checkpoint has no pooler: it starts random, so it is trained whole and saved with the adapter
+    assert head == ["base_model.model.bert.pooler.modules_to_save.default.dense.bias",
+                    "base_model.model.bert.pooler.modules_to_save.default.dense.weight",
+                    "base_model.model.classifier.modules_to_save.default.bias",
                     "base_model.model.classifier.modules_to_save.default.weight"]
     assert all("lora_" in n for n in trainable if n not in head)
     assert {n.split(".")[-4] for n in trainable if "lora_A" in n} == {"query", "key", "value", "dense"}
+    assert not any("pooler" in n for n in trainable if "lora_" in n)
     if name == "qlora":
         assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 2 * 6  # q, k, v, out, up, down per layer; head and pooler stay float
     batch = tokenizer(["one text", "another text here"], return_tensors="pt", padding=True)
