@@ -41,6 +41,11 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
 
 
+def plain(value: Any) -> Any:
+    """An enum's value (TrainingArguments keeps optimiser and scheduler names as enums)."""
+    return getattr(value, "value", value)
+
+
 def environment() -> dict[str, Any]:
     """What ran the arm: library versions, threads, device, CPU flags that matter for speed."""
     import torch

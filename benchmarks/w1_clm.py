@@ -19,7 +19,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import configure, environment, project_trainer_field, step_seconds, step_timer, timed_window
+from benchmarks.common import configure, environment, plain, project_trainer_field, step_seconds, step_timer, timed_window
 
 
 # --- run_clm.py's data functions, as the script writes them ---------------------------------
@@ -104,8 +104,8 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, train_result: Any, m
         "train_loss": float(train_result.training_loss), "logged_losses": timer.losses,
         **counts, "flops_per_token": fpt, "achieved_gflops_per_s": fpt * tokens / seconds / 1e9,
         "prep_s": round(prep_s, 2), "device": device,
-        "settings": {"optim": str(args.optim), "learning_rate": args.learning_rate,
-                     "lr_scheduler_type": str(args.lr_scheduler_type), "warmup_steps": args.warmup_steps,
+        "settings": {"optim": plain(args.optim), "learning_rate": args.learning_rate,
+                     "lr_scheduler_type": plain(args.lr_scheduler_type), "warmup_steps": args.warmup_steps,
                      "weight_decay": args.weight_decay, "bf16": args.bf16, "logging_steps": args.logging_steps,
                      "dropout": {"resid": config.resid_pdrop, "embd": config.embd_pdrop, "attn": config.attn_pdrop},
                      "attn_implementation": getattr(config, "_attn_implementation", None),

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (BatchRecorder, configure, environment, project_trainer_field, step_seconds, step_timer,
+from benchmarks.common import (BatchRecorder, configure, environment, plain, project_trainer_field, step_seconds, step_timer,
                                timed_window, totals)
 
 SHARED_TRAINER_FIELDS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay")
@@ -74,7 +74,7 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, recorder: BatchRecor
     acc = accuracy(model, tokenizer, spec["files"]["banking_test"], label2id, s["max_length"], device)
     args = trainer.args
     return {
-        "steps": len(timer.ends), "timed_steps": steps, "timed_s": round(seconds, 4),
+        "steps": len(timer.ends), "timed_steps": steps, "timed_s": round(seconds, 4), "timed_batches": kept,
         "examples_per_s": kept["examples"] / seconds, "tokens_per_s": kept["tokens"] / seconds,
         "padded_tokens_per_s": (kept["tokens"] + kept["padded_tokens"]) / seconds,
         "padded_share": every["padded_tokens"] / max(every["tokens"] + every["padded_tokens"], 1),
@@ -83,8 +83,8 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, recorder: BatchRecor
         "accuracy": acc, "eval_s": round(time.perf_counter() - started, 2), "num_labels": len(label2id),
         **params, "model_flops_timed": flops, "achieved_gflops_per_s": flops / seconds / 1e9,
         "prep_s": round(prep_s, 2), "device": device,
-        "settings": {"optim": str(args.optim), "bf16": args.bf16, "train_sampling_strategy": str(args.train_sampling_strategy),
-                     **{k: getattr(args, k) for k in SHARED_TRAINER_FIELDS}, "collator": type(recorder.inner).__name__,
+        "settings": {"optim": plain(args.optim), "bf16": args.bf16, "train_sampling_strategy": plain(args.train_sampling_strategy),
+                     **{k: plain(getattr(args, k)) for k in SHARED_TRAINER_FIELDS}, "collator": type(recorder.inner).__name__,
                      "attn_implementation": getattr(model.config, "_attn_implementation", None)},
         **extra, "env": environment(),
     }
