@@ -117,4 +117,18 @@ def peak_arm(spec: dict[str, Any], workload: str) -> dict[str, Any]:
         gemms = bert_gemms(s["num_hidden_layers"], s["hidden_size"], s["intermediate_size"], s["batch_size"] * s["max_length"])
     else:
         raise ValueError(f"no GEMM shapes for workload {workload}")
-    return measure_peak(gemms, device, dtype, min_time=spec["peak_min_time_s"], min_iters=spec["peak_min_iters"])
+    result = measure_peak(gemms, device, dtype, min_time=spec["peak_min_time_s"], min_iters=spec["peak_min_iters"])
+    if device == "cpu":
+        result["bf16_check"] = bf16_check(gemms[0]["k"], gemms[0]["n"])
+    return result
+
+
+def bf16_check(k: int, n: int, m: int = 256) -> dict[str, Any]:
+    """fp32 against bf16 on this CPU at one small shape of the model (why CPU runs stay fp32: a CPU
+    without native bf16 emulates it, many times slower)."""
+    rates = {}
+    for name in ("float32", "bfloat16"):
+        peak = measure_peak([{"name": "probe", "m": m, "k": k, "n": n, "count": 1}], "cpu", name, min_time=0.0, min_iters=3)
+        rates[name] = next(r["gflops_per_s"] for r in peak["shapes"] if r["pass"] == "forward")
+    return {"m": m, "k": k, "n": n, "float32_gflops_per_s": rates["float32"], "bfloat16_gflops_per_s": rates["bfloat16"],
+            "bf16_slowdown": round(rates["float32"] / max(rates["bfloat16"], 1e-9), 2)}

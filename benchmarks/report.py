@@ -49,10 +49,16 @@ def summarise_w1(runs: list[dict[str, Any]]) -> dict[str, Any]:
     peaks = _results(runs, "w1", "peak")
     out: dict[str, Any] = {"peak": {"mix_gflops_per_s": stat([p["mix_gflops_per_s"] for p in peaks.values()]),
                                     "max_gflops_per_s": stat([p["peak_gflops_per_s"] for p in peaks.values()])}}
+    checks = [p["bf16_check"] for p in peaks.values() if p.get("bf16_check")]
+    if checks:
+        out["bf16_check"] = {"shape": [checks[0]["m"], checks[0]["k"], checks[0]["n"]],
+                             "float32_gflops_per_s": stat([c["float32_gflops_per_s"] for c in checks]),
+                             "bfloat16_gflops_per_s": stat([c["bfloat16_gflops_per_s"] for c in checks]),
+                             "bf16_slowdown": stat([c["bf16_slowdown"] for c in checks])}
     arms = {arm: _results(runs, "w1", arm) for arm in ("ours", "baseline")}
     for arm, results in arms.items():
         out[arm] = _arm_stats(results, ["tokens_per_s", "eval_loss", "eval_loss_packed", "train_loss", "step_s_median",
-                                        "achieved_gflops_per_s"])
+                                        "achieved_gflops_per_s", "trainer_eval_tokens_per_s", "trainer_eval_rss_growth_mb"])
         out[arm]["mfu"], out[arm]["mfu_vs_max"] = _mfu(results, peaks, "achieved_gflops_per_s")
         if results:
             first = next(iter(results.values()))
@@ -207,6 +213,14 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
         out += _table(["arm", "tokens/s", "eval loss", "eval loss (EOS-packed)", "GFLOP/s", "MFU (mix)", "MFU (max)"], rows)
         out.append(f"tokens/s ours/baseline (paired): {_spread(w1.get('speedup'))}; GEMM peak at the model's shapes: "
                    f"mix {_spread(w1['peak']['mix_gflops_per_s'])} GFLOP/s, best shape {_spread(w1['peak']['max_gflops_per_s'])}")
+        out.append("each arm's own trainer.evaluate() on the same blocks: tokens/s ours "
+                   f"{_spread(w1['ours']['trainer_eval_tokens_per_s'], 4)}, baseline {_spread(w1['baseline']['trainer_eval_tokens_per_s'], 4)};"
+                   f" resident growth MB ours {_spread(w1['ours']['trainer_eval_rss_growth_mb'])}, baseline "
+                   f"{_spread(w1['baseline']['trainer_eval_rss_growth_mb'])}")
+        if w1.get("bf16_check"):
+            b = w1["bf16_check"]
+            out.append(f"bf16 on this CPU at {'x'.join(map(str, b['shape']))}: {_spread(b['bfloat16_gflops_per_s'])} GFLOP/s against fp32 "
+                       f"{_spread(b['float32_gflops_per_s'])} ({_spread(b['bf16_slowdown'])}x slower)")
         out.append("")
     if "w2" in summary:
         w2, s = summary["w2"], meta["spec"]["w2"]

@@ -69,6 +69,51 @@ def eval_loss(model: Any, blocks_file: str, batch_size: int, device: str) -> flo
     return total / max(count, 1)
 
 
+def run_clm_metrics():
+    """run_clm.py's evaluation hooks: logits reduced to argmax per batch, accuracy at the end."""
+    def preprocess_logits_for_metrics(logits, labels):
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        return logits.argmax(dim=-1)
+
+    def compute_metrics(eval_preds):
+        preds, labels = eval_preds
+        labels = labels[:, 1:].reshape(-1)
+        preds = preds[:, :-1].reshape(-1)
+        return {"accuracy": float((preds == labels).mean())}
+
+    return preprocess_logits_for_metrics, compute_metrics
+
+
+def trainer_eval(trainer: Any, blocks_file: str, with_mask_and_labels: bool) -> dict[str, Any]:
+    """Each arm's own `trainer.evaluate()` on the same blocks: its evaluation loop and eval batch
+    size (the project's token-weighted loop keeps no logits; run_clm's gathers argmax ids for
+    accuracy). Seconds, tokens/s, the loss it reports and the resident-memory growth."""
+    import numpy as np
+    from datasets import Dataset
+
+    from benchmarks.common import proc_status, reset_peak
+
+    blocks = np.load(blocks_file)
+    columns = {"input_ids": blocks.tolist()}
+    if with_mask_and_labels:  # what group_texts hands run_clm's Trainer
+        columns.update(attention_mask=np.ones_like(blocks).tolist(), labels=blocks.tolist())
+    else:  # the project generates samples at every evaluation: not part of the loop compared here
+        from ptft_hf.training.callbacks import SampleCallback
+
+        trainer.remove_callback(SampleCallback)
+    dataset = Dataset.from_dict(columns)
+    before = proc_status()
+    reset_peak()
+    started = time.perf_counter()
+    metrics = trainer.evaluate(dataset)
+    seconds = time.perf_counter() - started
+    peak = proc_status().get("VmHWM", 0.0)
+    return {"seconds": round(seconds, 3), "tokens_per_s": blocks.size / seconds, "loss": metrics.get("eval_loss"),
+            "batch_size": trainer.args.per_device_eval_batch_size,
+            "rss_growth_mb": round(peak - before.get("VmRSS", 0.0), 1)}
+
+
 def matmul_parameters(model: Any) -> dict[str, int]:
     """Parameters, and the N of the FLOPs formula: every weight outside the input and position
     embeddings, plus the d×V output projection (tied with the input embedding in GPT-2)."""
@@ -81,7 +126,7 @@ def matmul_parameters(model: Any) -> dict[str, int]:
 
 
 def _result(spec: dict[str, Any], trainer: Any, timer: Any, train_result: Any, model: Any, device: str,
-            prep_s: float, extra: dict[str, Any]) -> dict[str, Any]:
+            prep_s: float, extra: dict[str, Any], baseline_eval: bool = False) -> dict[str, Any]:
     from benchmarks.mfu import lm_flops_per_token
 
     s = spec["w1"]
@@ -94,13 +139,16 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, train_result: Any, m
     started = time.perf_counter()
     losses = {"eval_loss": eval_loss(model, spec["eval_blocks_plain"], s["batch_size"], device),
               "eval_loss_packed": eval_loss(model, spec["eval_blocks_packed"], s["batch_size"], device)}
+    eval_s = time.perf_counter() - started
+    own_eval = trainer_eval(trainer, spec["eval_blocks_plain"], with_mask_and_labels=baseline_eval)
     args = trainer.args
     config = model.config
     return {
         "steps": len(timer.ends), "timed_steps": steps, "timed_s": round(seconds, 4), "tokens_timed": tokens,
         "tokens_per_s": tokens / seconds,
         "step_s_median": per_step[len(per_step) // 2], "step_s_min": per_step[0], "step_s_max": per_step[-1],
-        **losses, "eval_s": round(time.perf_counter() - started, 2),
+        **losses, "eval_s": round(eval_s, 2), "trainer_eval": own_eval,
+        "trainer_eval_tokens_per_s": own_eval["tokens_per_s"], "trainer_eval_rss_growth_mb": own_eval["rss_growth_mb"],
         "train_loss": float(train_result.training_loss), "logged_losses": timer.losses,
         **counts, "flops_per_token": fpt, "achieved_gflops_per_s": fpt * tokens / seconds / 1e9,
         "prep_s": round(prep_s, 2), "device": device,
@@ -177,8 +225,11 @@ def baseline(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         report_to="none", save_strategy="no", disable_tqdm=True,
     )
     timer = step_timer()
+    preprocess_logits_for_metrics, compute_metrics = run_clm_metrics()
     trainer = Trainer(model=model, args=args, train_dataset=lm_dataset, processing_class=tokenizer,
-                      data_collator=default_data_collator, callbacks=[timer])
+                      data_collator=default_data_collator, callbacks=[timer], compute_metrics=compute_metrics,
+                      preprocess_logits_for_metrics=preprocess_logits_for_metrics)
     prep_s = time.perf_counter() - started
     train_result = trainer.train()
-    return _result(spec, trainer, timer, train_result, model, device, prep_s, {"train_blocks": len(lm_dataset)})
+    return _result(spec, trainer, timer, train_result, model, device, prep_s, {"train_blocks": len(lm_dataset)},
+                   baseline_eval=True)
