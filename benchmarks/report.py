@@ -208,9 +208,9 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
         out.append(f"W1 causal-LM pretraining: GPT-2 {s['n_layer']}x{s['n_embd']}, vocab {s['vocab_size']}, block "
                    f"{s['block_size']}, batch {s['batch_size']}, {s['steps']} steps ({s['warmup_steps']} warm-up discarded)")
         rows = [[arm, _spread(w1[arm]["tokens_per_s"], 4), _spread(w1[arm]["eval_loss"], 4), _spread(w1[arm]["eval_loss_packed"], 4),
-                 _spread(w1[arm]["achieved_gflops_per_s"]), _spread(w1[arm]["mfu"]), _spread(w1[arm]["mfu_vs_max"])]
-                for arm in ("ours", "baseline")]
-        out += _table(["arm", "tokens/s", "eval loss", "eval loss (EOS-packed)", "GFLOP/s", "MFU (mix)", "MFU (max)"], rows)
+                 _spread(w1[arm]["train_loss"], 4), _spread(w1[arm]["achieved_gflops_per_s"]), _spread(w1[arm]["mfu"]),
+                 _spread(w1[arm]["mfu_vs_max"])] for arm in ("ours", "baseline")]
+        out += _table(["arm", "tokens/s", "eval loss", "eval loss (EOS-packed)", "train loss", "GFLOP/s", "MFU (mix)", "MFU (max)"], rows)
         out.append(f"tokens/s ours/baseline (paired): {_spread(w1.get('speedup'))}; GEMM peak at the model's shapes: "
                    f"mix {_spread(w1['peak']['mix_gflops_per_s'])} GFLOP/s, best shape {_spread(w1['peak']['max_gflops_per_s'])}")
         out.append("each arm's own trainer.evaluate() on the same blocks: tokens/s ours "
