@@ -22,7 +22,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
@@ -86,6 +86,31 @@ def _tokens_per_step(args: TrainingArguments, block_size: int) -> int:
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * block_size
 
 
+def build_trainer(conf: PtftConfig, run_dir: Path, tokenizer: Any, prepared: Prepared,
+                  extra_callbacks: Sequence[Any] = (), resuming: bool = False) -> PtftTrainer:
+    """TrainingArguments, callbacks and the PtftTrainer of a run, as `run` builds them (the
+    benchmarks time this same trainer; `extra_callbacks` are appended to the run's own)."""
+    args = _training_arguments(conf, run_dir, prepared.training_overrides)
+    callbacks = _callbacks(run_dir, tokenizer, conf, prepared, resuming=resuming) + list(extra_callbacks)
+    if "tensorboard" in args.report_to:  # events in <run>/tensorboard, not inside checkpoints/
+        args.report_to = [r for r in args.report_to if r != "tensorboard"]
+        callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
+    return PtftTrainer(
+        model=prepared.model,
+        args=args,
+        train_dataset=prepared.train_dataset,
+        eval_dataset=prepared.eval_dataset,
+        data_collator=prepared.collator,
+        eval_data_collator=prepared.eval_collator,
+        processing_class=tokenizer,
+        compute_metrics=prepared.compute_metrics,
+        callbacks=callbacks,
+        shift_labels=prepared.shift_labels,
+        token_metrics=prepared.token_metrics,
+        labelled_positions_only=prepared.labelled_positions_only,
+    )
+
+
 def run(
     cfg: DictConfig,
     run_dir: str | Path,
@@ -123,26 +148,9 @@ def run(
     log.info("data: %s", {k: v for k, v in prepared.metrics.items() if k.startswith("data_")})
 
     start_writing(run_dir, _resolved_config(cfg), resume_from)
-    args = _training_arguments(conf, run_dir, prepared.training_overrides)
-    callbacks = [*_callbacks(run_dir, tokenizer, conf, prepared, resuming=resume_from is not None)]
-    if "tensorboard" in args.report_to:  # events in <run>/tensorboard, not inside checkpoints/
-        args.report_to = [r for r in args.report_to if r != "tensorboard"]
-        callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
     stop = StopOnSignal()
-    trainer = PtftTrainer(
-        model=prepared.model,
-        args=args,
-        train_dataset=prepared.train_dataset,
-        eval_dataset=prepared.eval_dataset,
-        data_collator=prepared.collator,
-        eval_data_collator=prepared.eval_collator,
-        processing_class=tokenizer,
-        compute_metrics=prepared.compute_metrics,
-        callbacks=[*callbacks, stop],
-        shift_labels=prepared.shift_labels,
-        token_metrics=prepared.token_metrics,
-        labelled_positions_only=prepared.labelled_positions_only,
-    )
+    trainer = build_trainer(conf, run_dir, tokenizer, prepared, [stop], resuming=resume_from is not None)
+    args = trainer.args
     before = trainer.evaluate()
     before_refs = trainer.evaluate(prepared.references) if prepared.references else {}
     train_start = time.time()

@@ -30,6 +30,7 @@ def test_wheel_ships_conf_and_the_installed_cli_composes(tmp_path):
     expected = {"ptft_hf/conf/config.yaml", "ptft_hf/conf/model/tiny_gpt2.yaml",
                 "ptft_hf/conf/experiment/quickstart_pretrain.yaml", "ptft_hf/conf/trainer/cpu.yaml"}
     assert expected <= set(names)
+    assert not [n for n in names if n.startswith(("benchmarks/", "tests/"))]  # the harness stays out of the wheel
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
     env = dict(os.environ, PYTHONPATH=str(target))

@@ -1,0 +1,86 @@
+"""One arm of one workload, in a process of its own (the orchestrator, benchmarks.run, starts these).
+
+    python -m benchmarks.arms w1 ours --spec WORK/spec.json --json-out WORK/out/w1_ours_0.json
+
+Arms: setup (once, before the rest); w1: peak, ours, baseline; w2: peak, ours, pad128, dynamic;
+w3: full, lora, qlora; w4: ours, baseline (with --phase cold|cached and --cache-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from benchmarks.common import load_spec, loadavg, write_json
+
+ARMS = {
+    "setup": ("setup",),
+    "w1": ("peak", "ours", "baseline"),
+    "w2": ("peak", "ours", "pad128", "dynamic"),
+    "w3": ("full", "lora", "qlora"),
+    "w4": ("ours", "baseline"),
+}
+
+
+def run_arm(workload: str, arm: str, spec: dict, run_dir: Path, phase: str | None, cache_dir: str | None) -> dict:
+    if workload == "setup":
+        from benchmarks.prepare import setup_arm
+
+        return setup_arm(spec)
+    if arm == "peak":
+        from benchmarks.mfu import peak_arm
+
+        return peak_arm(spec, workload)
+    if workload == "w1":
+        from benchmarks import w1_clm
+
+        return getattr(w1_clm, arm)(spec, run_dir)
+    if workload == "w2":
+        from benchmarks import w2_classification
+
+        return getattr(w2_classification, arm)(spec, run_dir)
+    if workload == "w3":
+        from benchmarks.w3_memory import memory_arm
+
+        return memory_arm(spec, run_dir, arm)
+    if workload == "w4":
+        from benchmarks.w4_data import data_arm
+
+        return data_arm(spec, run_dir, arm, phase or "cold", cache_dir or str(run_dir / "cache"))
+    raise ValueError(f"unknown workload {workload}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workload", choices=sorted(ARMS))
+    parser.add_argument("arm")
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--json-out", required=True)
+    parser.add_argument("--run-dir", help="scratch folder of this arm (Trainer output_dir)")
+    parser.add_argument("--phase", choices=["cold", "cached"])
+    parser.add_argument("--cache-dir")
+    args = parser.parse_args(argv)
+    if args.arm not in ARMS[args.workload]:
+        parser.error(f"{args.workload} has arms {', '.join(ARMS[args.workload])}")
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s] %(message)s")
+    spec = load_spec(args.spec)
+    run_dir = Path(args.run_dir or Path(spec["workdir"]) / "runs" / f"{args.workload}_{args.arm}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    before, started = loadavg(), time.time()
+    try:
+        result = run_arm(args.workload, args.arm, spec, run_dir, args.phase, args.cache_dir)
+        status = 0
+    except Exception as err:  # reported in the JSON; the orchestrator shows it and fails the run
+        result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        status = 1
+    result.update(workload=args.workload, arm=args.arm, loadavg_before=before, loadavg_after=loadavg(),
+                  wall_s=round(time.time() - started, 2))
+    write_json(args.json_out, result)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""Summaries of the arms' results: medians with spread, paired ratios, MFU, the targets table."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Callable
+
+
+def stat(values: list[float | None]) -> dict[str, Any] | None:
+    """Median, minimum, maximum and count of the values that are there."""
+    kept = [float(v) for v in values if v is not None]
+    if not kept:
+        return None
+    return {"median": statistics.median(kept), "min": min(kept), "max": max(kept), "n": len(kept)}
+
+
+def _med(s: dict[str, Any] | None) -> float | None:
+    return None if s is None else s["median"]
+
+
+def _results(runs: list[dict[str, Any]], workload: str, arm: str, phase: str | None = None) -> dict[int, dict[str, Any]]:
+    """rep -> result of the successful runs of one arm."""
+    return {r["rep"]: r["result"] for r in runs
+            if r["workload"] == workload and r["arm"] == arm and r.get("phase") == phase and r["returncode"] == 0}
+
+
+def _paired(a: dict[int, dict], b: dict[int, dict], key: str) -> dict[str, Any] | None:
+    """ratio a/b of `key` per repetition where both ran: alternated arms share the machine's state."""
+    return stat([a[r][key] / b[r][key] for r in sorted(set(a) & set(b)) if b[r].get(key)])
+
+
+def _arm_stats(results: dict[int, dict], keys: list[str]) -> dict[str, Any]:
+    return {key: stat([res.get(key) for res in results.values()]) for key in keys}
+
+
+def _mfu(results: dict[int, dict], peaks: dict[int, dict], flops_key: str) -> tuple[dict | None, dict | None]:
+    """MFU per repetition against that repetition's peak (the mix, and the largest shape)."""
+    mix, best = [], []
+    for rep, res in results.items():
+        peak = peaks.get(rep)
+        if peak is None or res.get(flops_key) is None:
+            continue
+        mix.append(res[flops_key] / peak["mix_gflops_per_s"])
+        best.append(res[flops_key] / peak["peak_gflops_per_s"])
+    return stat(mix), stat(best)
+
+
+def summarise_w1(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    peaks = _results(runs, "w1", "peak")
+    out: dict[str, Any] = {"peak": {"mix_gflops_per_s": stat([p["mix_gflops_per_s"] for p in peaks.values()]),
+                                    "max_gflops_per_s": stat([p["peak_gflops_per_s"] for p in peaks.values()])}}
+    checks = [p["bf16_check"] for p in peaks.values() if p.get("bf16_check")]
+    if checks:
+        out["bf16_check"] = {"shape": [checks[0]["m"], checks[0]["k"], checks[0]["n"]],
+                             "float32_gflops_per_s": stat([c["float32_gflops_per_s"] for c in checks]),
+                             "bfloat16_gflops_per_s": stat([c["bfloat16_gflops_per_s"] for c in checks]),
+                             "bf16_slowdown": stat([c["bf16_slowdown"] for c in checks])}
+    arms = {arm: _results(runs, "w1", arm) for arm in ("ours", "baseline")}
+    for arm, results in arms.items():
+        out[arm] = _arm_stats(results, ["tokens_per_s", "eval_loss", "eval_loss_packed", "train_loss", "step_s_median",
+                                        "achieved_gflops_per_s", "trainer_eval_tokens_per_s", "trainer_eval_rss_growth_mb"])
+        out[arm]["mfu"], out[arm]["mfu_vs_max"] = _mfu(results, peaks, "achieved_gflops_per_s")
+        if results:
+            first = next(iter(results.values()))
+            out[arm]["settings"] = first.get("settings")
+            out[arm]["flops_per_token"] = first.get("flops_per_token")
+            out[arm]["matmul_parameters"] = first.get("matmul_parameters")
+    out["speedup"] = _paired(arms["ours"], arms["baseline"], "tokens_per_s")
+    if _med(out["ours"]["eval_loss"]) is not None and _med(out["baseline"]["eval_loss"]) is not None:
+        out["eval_loss_delta"] = out["ours"]["eval_loss"]["median"] - out["baseline"]["eval_loss"]["median"]
+    return out
+
+
+def summarise_w2(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    peaks = _results(runs, "w2", "peak")
+    out: dict[str, Any] = {"peak": {"mix_gflops_per_s": stat([p["mix_gflops_per_s"] for p in peaks.values()]),
+                                    "max_gflops_per_s": stat([p["peak_gflops_per_s"] for p in peaks.values()])}}
+    arms = {arm: _results(runs, "w2", arm) for arm in ("ours", "pad128", "dynamic")}
+    for arm, results in arms.items():
+        out[arm] = _arm_stats(results, ["examples_per_s", "tokens_per_s", "padded_share", "mean_length", "accuracy",
+                                        "step_s_median", "achieved_gflops_per_s"])
+        out[arm]["mfu"], out[arm]["mfu_vs_max"] = _mfu(results, peaks, "achieved_gflops_per_s")
+    out["tokens_speedup_vs_dynamic"] = _paired(arms["ours"], arms["dynamic"], "tokens_per_s")
+    out["tokens_speedup_vs_pad128"] = _paired(arms["ours"], arms["pad128"], "tokens_per_s")
+    accuracies = {arm: _med(out[arm]["accuracy"]) for arm in arms}
+    if all(v is not None for v in accuracies.values()):
+        out["accuracy_delta_vs_best_baseline"] = accuracies["ours"] - max(accuracies["pad128"], accuracies["dynamic"])
+    return out
+
+
+def summarise_w3(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    arms = {arm: _results(runs, "w3", arm) for arm in ("full", "lora", "qlora")}
+    out: dict[str, Any] = {}
+    for arm, results in arms.items():
+        out[arm] = _arm_stats(results, ["growth_mb", "anon_growth_mb", "cuda_peak_mb", "peak_rss_mb", "seconds"])
+        if results:
+            first = next(iter(results.values()))
+            out[arm]["parameters"] = first.get("parameters")
+            out[arm]["trainable_parameters"] = first.get("trainable_parameters")
+            out[arm]["baseline_rss_mb"] = first.get("baseline", {}).get("VmRSS")
+    for arm in ("lora", "qlora"):
+        out[f"{arm}_over_full"] = _paired(arms[arm], arms["full"], "growth_mb")
+        out[f"{arm}_over_full_anon"] = _paired(arms[arm], arms["full"], "anon_growth_mb")
+        if any("cuda_peak_mb" in r for r in arms[arm].values()):
+            out[f"{arm}_over_full_cuda"] = _paired(arms[arm], arms["full"], "cuda_peak_mb")
+    return out
+
+
+def summarise_w4(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for arm in ("ours", "baseline"):
+        cold, cached = _results(runs, "w4", arm, "cold"), _results(runs, "w4", arm, "cached")
+        out[arm] = {"cold_mb_per_s": stat([r["mb_per_s"] for r in cold.values()]),
+                    "cold_process_s": stat([r["process_s"] for r in cold.values()]),
+                    "cached_process_s": stat([r["process_s"] for r in cached.values()]),
+                    "load_s_cold": stat([r["load_s"] for r in cold.values()]),
+                    "cached_over_cold": _paired(cached, cold, "process_s"),
+                    "blocks": next(iter(cold.values()))["blocks"] if cold else None,
+                    "raw_bytes": next(iter(cold.values()))["raw_bytes"] if cold else None}
+    return out
+
+
+SUMMARISERS: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
+    "w1": summarise_w1, "w2": summarise_w2, "w3": summarise_w3, "w4": summarise_w4,
+}
+
+
+def mfu_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for workload, arms in (("w1", ("ours", "baseline")), ("w2", ("ours", "pad128", "dynamic"))):
+        if workload not in summary:
+            continue
+        for arm in arms:
+            rows[f"{workload}_{arm}"] = {"mfu": summary[workload][arm]["mfu"], "mfu_vs_max": summary[workload][arm]["mfu_vs_max"],
+                                         "achieved_gflops_per_s": summary[workload][arm]["achieved_gflops_per_s"]}
+        rows[f"{workload}_peak"] = summary[workload]["peak"]
+    return rows
+
+
+def _target(name: str, value: float | None, op: str, threshold: float, detail: str = "") -> dict[str, Any]:
+    met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+    return {"target": name, "value": value, "op": op, "threshold": threshold, "met": met, "detail": detail}
+
+
+def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    if "w1" in summary:
+        w1 = summary["w1"]
+        rows.append(_target("W1 tokens/s, ours / baseline", _med(w1.get("speedup")), ">=", 1.1))
+        rows.append(_target("W1 eval loss, ours - baseline (nats)", w1.get("eval_loss_delta"), "<=", 0.01,
+                            "equal or lower loss; 0.01 nats tolerance"))
+        rows.append(_target("W1 MFU of ours (vs GEMM mix peak)", _med(w1["ours"]["mfu"]), ">=", 0.55))
+    if "w2" in summary:
+        w2 = summary["w2"]
+        rows.append(_target("W2 real tokens/s, ours / dynamic padding", _med(w2.get("tokens_speedup_vs_dynamic")), ">=", 2.0))
+        rows.append(_target("W2 real tokens/s, ours / pad-to-128", _med(w2.get("tokens_speedup_vs_pad128")), ">=", 3.0))
+        rows.append(_target("W2 padded share of ours", _med(w2["ours"]["padded_share"]), "<=", 0.05))
+        rows.append(_target("W2 accuracy, ours - best baseline", w2.get("accuracy_delta_vs_best_baseline"), ">=", -0.02,
+                            "the same accuracy: within 2 points"))
+    if "w3" in summary:
+        w3 = summary["w3"]
+        rows.append(_target("W3 memory growth, QLoRA / full", _med(w3.get("qlora_over_full")), "<=", 0.3,
+                            f"anonymous memory only: {_fmt(_med(w3.get('qlora_over_full_anon')))}"))
+        rows.append(_target("W3 memory growth, LoRA / full", _med(w3.get("lora_over_full")), "<=", 0.5,
+                            f"anonymous memory only: {_fmt(_med(w3.get('lora_over_full_anon')))}"))
+    if "w4" in summary:
+        w4 = summary["w4"]
+        rows.append(_target("W4 ours tokenise+pack MB/s (cold, per process)", _med(w4["ours"]["cold_mb_per_s"]), ">=", 1.5))
+        rows.append(_target("W4 ours cached rerun / cold time", _med(w4["ours"]["cached_over_cold"]), "<=", 0.05))
+    return rows
+
+
+# ------------------------------------------------------------------------------------ printing
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1000 or abs(value) < 0.001):
+            return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def _spread(s: dict[str, Any] | None, digits: int = 3) -> str:
+    if s is None:
+        return "-"
+    if s["n"] == 1 or s["min"] == s["max"]:
+        return _fmt(s["median"], digits)
+    return f"{_fmt(s['median'], digits)} [{_fmt(s['min'], digits)}-{_fmt(s['max'], digits)}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    out = [f"ptft_hf benchmarks  {meta['stamp']}  {meta['machine'].get('cpu', '?')}, {meta['machine'].get('cpus')} CPUs,"
+           f" {meta['threads']} thread(s){', GPU ' + meta['machine']['gpu'] if meta['machine'].get('gpu') else ''}"
+           f"  reps={meta['reps']}{'  SMOKE (sizes tiny, numbers meaningless)' if meta['smoke'] else ''}",
+           f"load average before/after: {meta['loadavg_start']} / {meta['loadavg_end']}; max 1-min load during arms:"
+           f" {meta.get('max_loadavg_1min')}", "median [min-max] over repetitions", ""]
+    if "w1" in summary:
+        w1, s = summary["w1"], meta["spec"]["w1"]
+        out.append(f"W1 causal-LM pretraining: GPT-2 {s['n_layer']}x{s['n_embd']}, vocab {s['vocab_size']}, block "
+                   f"{s['block_size']}, batch {s['batch_size']}, {s['steps']} steps ({s['warmup_steps']} warm-up discarded)")
+        rows = [[arm, _spread(w1[arm]["tokens_per_s"], 4), _spread(w1[arm]["eval_loss"], 4), _spread(w1[arm]["eval_loss_packed"], 4),
+                 _spread(w1[arm]["train_loss"], 4), _spread(w1[arm]["achieved_gflops_per_s"]), _spread(w1[arm]["mfu"]),
+                 _spread(w1[arm]["mfu_vs_max"])] for arm in ("ours", "baseline")]
+        out += _table(["arm", "tokens/s", "eval loss", "eval loss (EOS-packed)", "train loss", "GFLOP/s", "MFU (mix)", "MFU (max)"], rows)
+        out.append(f"tokens/s ours/baseline (paired): {_spread(w1.get('speedup'))}; GEMM peak at the model's shapes: "
+                   f"mix {_spread(w1['peak']['mix_gflops_per_s'])} GFLOP/s, best shape {_spread(w1['peak']['max_gflops_per_s'])}")
+        out.append("each arm's own trainer.evaluate() on the same blocks: tokens/s ours "
+                   f"{_spread(w1['ours']['trainer_eval_tokens_per_s'], 4)}, baseline {_spread(w1['baseline']['trainer_eval_tokens_per_s'], 4)};"
+                   f" resident growth MB ours {_spread(w1['ours']['trainer_eval_rss_growth_mb'])}, baseline "
+                   f"{_spread(w1['baseline']['trainer_eval_rss_growth_mb'])}")
+        if w1.get("bf16_check"):
+            b = w1["bf16_check"]
+            out.append(f"bf16 on this CPU at {'x'.join(map(str, b['shape']))}: {_spread(b['bfloat16_gflops_per_s'])} GFLOP/s against fp32 "
+                       f"{_spread(b['float32_gflops_per_s'])} ({_spread(b['bf16_slowdown'])}x slower)")
+        out.append("")
+    if "w2" in summary:
+        w2, s = summary["w2"], meta["spec"]["w2"]
+        out.append(f"W2 classification: BERT {s['num_hidden_layers']}x{s['hidden_size']} on BANKING77, batch {s['batch_size']},"
+                   f" {s['steps']} steps, max length {s['max_length']}")
+        rows = [[arm, _spread(w2[arm]["examples_per_s"], 4), _spread(w2[arm]["tokens_per_s"], 4), _spread(w2[arm]["padded_share"]),
+                 _spread(w2[arm]["accuracy"]), _spread(w2[arm]["mfu"])] for arm in ("ours", "pad128", "dynamic")]
+        out += _table(["arm", "examples/s", "real tokens/s", "padded share", "accuracy", "MFU (mix)"], rows)
+        out.append(f"real tokens/s ours/dynamic: {_spread(w2.get('tokens_speedup_vs_dynamic'))}; ours/pad128: "
+                   f"{_spread(w2.get('tokens_speedup_vs_pad128'))}; GEMM mix peak {_spread(w2['peak']['mix_gflops_per_s'])} GFLOP/s")
+        out.append("")
+    if "w3" in summary:
+        w3, s = summary["w3"], meta["spec"]["w3"]
+        params = w3["full"].get("parameters")
+        out.append(f"W3 memory of {s['steps']} training step(s): GPT-2 {s['n_layer']}x{s['n_embd']}, vocab {s['vocab_size']}"
+                   f" ({_fmt(params / 1e6 if params else None)}M parameters), batch {s['batch_size']}x{s['block_size']} tokens")
+        rows = [[arm, _fmt(w3[arm].get("trainable_parameters")), _fmt(w3[arm].get("baseline_rss_mb")), _spread(w3[arm]["growth_mb"], 5),
+                 _spread(w3[arm]["anon_growth_mb"], 5), _spread(w3[arm]["cuda_peak_mb"], 5)] for arm in ("full", "lora", "qlora")]
+        out += _table(["strategy", "trainable", "RSS after imports MB", "peak growth MB (VmHWM)", "anon growth MB", "CUDA peak MB"], rows)
+        out.append(f"growth / full: LoRA {_spread(w3.get('lora_over_full'))} (anon {_spread(w3.get('lora_over_full_anon'))}),"
+                   f" QLoRA {_spread(w3.get('qlora_over_full'))} (anon {_spread(w3.get('qlora_over_full_anon'))})")
+        out.append("")
+    if "w4" in summary:
+        w4 = summary["w4"]
+        raw = w4["ours"].get("raw_bytes")
+        out.append(f"W4 data preparation: tokenise + cut {_fmt(raw / 1e6 if raw else None)} MB of WikiText-2 into blocks")
+        rows = [[arm, _spread(w4[arm]["cold_mb_per_s"]), _spread(w4[arm]["cold_process_s"]), _spread(w4[arm]["cached_process_s"]),
+                 _spread(w4[arm]["cached_over_cold"]), _spread(w4[arm]["load_s_cold"]), _fmt(w4[arm].get("blocks"))]
+                for arm in ("ours", "baseline")]
+        out += _table(["arm", "cold MB/s", "cold s", "cached s", "cached/cold", "load_dataset s (cold)", "blocks"], rows)
+        out.append("")
+    out.append("Targets" + (" (smoke run: not meaningful)" if meta["smoke"] else ""))
+    rows = [[t["target"], _fmt(t["value"]), f"{t['op']} {t['threshold']}",
+             {True: "met", False: "MISSED", None: "-"}[t["met"]], t["detail"]] for t in target_rows]
+    out += _table(["target", "value", "goal", "", "note"], rows)
+    return "\n".join(out)

@@ -1,0 +1,220 @@
+"""Run the benchmarks: every arm of every workload in a process of its own, alternated, repeated;
+print the table and write the JSON.
+
+    python -m benchmarks.run                                   # everything, 3 repetitions
+    python -m benchmarks.run --workloads w1,w2 --reps 5 --steps 300
+    python -m benchmarks.run --smoke                           # 1 step, tiny sizes, 1 rep, 1 thread
+    python -m benchmarks.run --set w3.batch_size=1 --set w1.eval_blocks=128
+
+Per repetition and workload the arms run in a fixed alternation (W1: peak, ours, baseline;
+W2: peak, ours, pad128, dynamic; W3: full, lora, qlora; W4: ours cold, ours cached, baseline
+cold, baseline cached), so slow drifts of a shared machine hit every arm alike; ratios are
+taken per repetition (paired) and their median reported with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import loadavg, offline_env, write_json
+from benchmarks.report import SUMMARISERS, format_report, mfu_summary, targets
+
+REPO = Path(__file__).resolve().parents[1]
+WORKLOADS = ("w1", "w2", "w3", "w4")
+
+FULL = {
+    "w1": {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 512, "vocab_size": 8000, "block_size": 256,
+           "batch_size": 8, "steps": 150, "warmup_steps": 5, "eval_blocks": 64},
+    "w2": {"num_hidden_layers": 4, "num_attention_heads": 4, "hidden_size": 256, "intermediate_size": 1024,
+           "max_position_embeddings": 512, "vocab_size": 8000, "batch_size": 16, "max_length": 128, "steps": 300,
+           "warmup_steps": 5},
+    "w3": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 32000, "block_size": 256,
+           "batch_size": 2, "steps": 1},
+    "w4": {"block_size": 256},
+    "peak_min_time_s": 0.3, "peak_min_iters": 5,
+}
+
+SMOKE = {
+    "w1": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 512, "block_size": 32,
+           "batch_size": 4, "steps": 1, "warmup_steps": 0, "eval_blocks": 4},
+    "w2": {"num_hidden_layers": 1, "num_attention_heads": 2, "hidden_size": 32, "intermediate_size": 64,
+           "max_position_embeddings": 128, "vocab_size": 512, "batch_size": 8, "max_length": 32, "steps": 1,
+           "warmup_steps": 0},
+    "w3": {"n_layer": 1, "n_embd": 64, "n_head": 2, "n_positions": 64, "vocab_size": 1024, "block_size": 32,
+           "batch_size": 2, "steps": 1},
+    "w4": {"block_size": 32},
+    "peak_min_time_s": 0.0, "peak_min_iters": 2,
+}
+
+
+def arm_plan(workload: str) -> list[tuple[str, str | None]]:
+    """(arm, phase) in the order they alternate within one repetition."""
+    if workload == "w1":
+        return [("peak", None), ("ours", None), ("baseline", None)]
+    if workload == "w2":
+        return [("peak", None), ("ours", None), ("pad128", None), ("dynamic", None)]
+    if workload == "w3":
+        return [("full", None), ("lora", None), ("qlora", None)]
+    return [("ours", "cold"), ("ours", "cached"), ("baseline", "cold"), ("baseline", "cached")]
+
+
+def _apply_set(spec: dict[str, Any], assignment: str) -> None:
+    key, _, raw = assignment.partition("=")
+    if not raw:
+        raise SystemExit(f"--set wants KEY=VALUE, got {assignment!r}")
+    node = spec
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    if leaf not in node:
+        raise SystemExit(f"--set: unknown key {key!r}")
+    node[leaf] = json.loads(raw) if raw[0].isdigit() or raw[0] in "-[{" or raw in ("true", "false") else raw
+
+
+def build_spec(args: argparse.Namespace, workdir: Path, threads: int) -> dict[str, Any]:
+    spec = copy.deepcopy(SMOKE if args.smoke else FULL)
+    if args.steps is not None:
+        spec["w1"]["steps"] = spec["w2"]["steps"] = args.steps
+    for assignment in args.set or []:
+        _apply_set(spec, assignment)
+    shared = os.environ.get("PTFT_HF_SHARED_DATA", str(REPO.parent / "shared" / "data"))
+    spec.update(smoke=args.smoke, threads=threads, seed=args.seed, workdir=str(workdir), shared_data=shared,
+                workloads=list(args.workloads))
+    return spec
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+        info["cpu_flags"] = sorted(f for f in flags.split() if f.startswith(("avx", "amx", "fma")))
+        mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        info["memory_gb"] = round(int(mem.split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path: Path, workdir: Path, env: dict[str, str],
+                timeout: int, cache_dir: Path | None = None) -> dict[str, Any]:
+    tag = f"{workload}_{arm}{'_' + phase if phase else ''}_{rep}"
+    out = workdir / "out" / f"{tag}.json"
+    log = workdir / "logs" / f"{tag}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "benchmarks.arms", workload, arm, "--spec", str(spec_path), "--json-out", str(out),
+           "--run-dir", str(workdir / "runs" / tag)]
+    if phase:
+        cmd += ["--phase", phase, "--cache-dir", str(cache_dir)]
+    before, started = loadavg(), time.time()
+    with log.open("w", encoding="utf-8") as handle:
+        try:
+            code = subprocess.run(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = -9
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    if code != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        result.setdefault("error", f"exit status {code}")
+        result["log_tail"] = tail
+    return {"workload": workload, "arm": arm, "phase": phase, "rep": rep, "returncode": code, "log": str(log),
+            "process_wall_s": round(time.time() - started, 2), "loadavg_before": before, "loadavg_after": loadavg(),
+            "result": result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1,w2,w3,w4")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --smoke)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps of W1 and W2")
+    parser.add_argument("--threads", type=int, default=None, help="threads per arm (default 2; 1 with --smoke)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 step, 1 repetition: checks the harness runs")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a size, e.g. w3.batch_size=1")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<stamp>.json)")
+    parser.add_argument("--workdir", default=None, help="scratch folder (default: a new temporary folder)")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the scratch folder (logs, checkpoints)")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed to one arm")
+    args = parser.parse_args(argv)
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {','.join(WORKLOADS)}")
+    reps = args.reps if args.reps is not None else (1 if args.smoke else 3)
+    threads = args.threads if args.threads is not None else (1 if args.smoke else 2)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out_path = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"{stamp}.json"
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ptft-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = build_spec(args, workdir, threads)
+    spec_path = workdir / "spec.json"
+    write_json(spec_path, spec)
+    env = offline_env(workdir, threads)
+    started, load_start = time.time(), loadavg()
+    print(f"benchmarks: workloads {','.join(args.workloads)}, {reps} rep(s), {threads} thread(s), work folder {workdir}",
+          flush=True)
+
+    setup = run_process("setup", "setup", None, 0, spec_path, workdir, env, args.timeout)
+    runs: list[dict[str, Any]] = []
+    if setup["returncode"] != 0:
+        print(f"set-up failed: {setup['result'].get('error')}\n{setup['result'].get('log_tail', '')}", file=sys.stderr)
+    else:
+        spec.update({k: v for k, v in setup["result"].items() if k not in ("workload", "arm", "loadavg_before", "loadavg_after", "wall_s")})
+        write_json(spec_path, spec)
+        for workload in args.workloads:
+            for rep in range(reps):
+                cache_dir = workdir / "w4_cache" / f"rep{rep}"
+                for arm, phase in arm_plan(workload):
+                    arm_cache = cache_dir / arm if phase else None
+                    if phase == "cold" and arm_cache is not None and arm_cache.exists():
+                        shutil.rmtree(arm_cache)
+                    record = run_process(workload, arm, phase, rep, spec_path, workdir, env, args.timeout, arm_cache)
+                    runs.append(record)
+                    label = f"{workload} {arm}{' ' + phase if phase else ''} rep {rep + 1}/{reps}"
+                    status = "ok" if record["returncode"] == 0 else f"FAILED ({record['result'].get('error')})"
+                    print(f"  {label}: {status}, {record['process_wall_s']} s, load {record['loadavg_before'][0]}"
+                          f" -> {record['loadavg_after'][0]}", flush=True)
+
+    summary = {w: SUMMARISERS[w](runs) for w in args.workloads if setup["returncode"] == 0}
+    summary["mfu"] = mfu_summary(summary)
+    target_rows = targets(summary) if setup["returncode"] == 0 else []
+    errors = [{"workload": r["workload"], "arm": r["arm"], "phase": r["phase"], "rep": r["rep"],
+               "error": r["result"].get("error"), "log": r["log"]} for r in [setup, *runs] if r["returncode"] != 0]
+    loads = [r["loadavg_before"][0] for r in runs] + [r["loadavg_after"][0] for r in runs]
+    meta = {"stamp": stamp, "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run", *(argv or sys.argv[1:])]),
+            "machine": machine(), "smoke": args.smoke, "reps": reps, "threads": threads, "workloads": args.workloads,
+            "spec": spec, "loadavg_start": load_start, "loadavg_end": loadavg(), "max_loadavg_1min": max(loads) if loads else None,
+            "total_wall_s": round(time.time() - started, 1), "setup": setup["result"]}
+    gpu = next((r["result"].get("env", {}).get("gpu") for r in runs if r["result"].get("env", {}).get("gpu")), None)
+    if gpu:
+        meta["machine"]["gpu"] = gpu
+    payload = {"meta": meta, "summary": summary, "targets": target_rows, "errors": errors, "runs": runs}
+    write_json(out_path, payload)
+    if setup["returncode"] == 0:
+        print()
+        print(format_report(summary, target_rows, meta))
+    for err in errors:
+        print(f"FAILED {err['workload']} {err['arm']} rep {err['rep']}: {err['error']} (log: {err['log']})", file=sys.stderr)
+    print(f"\nresults: {out_path} ({meta['total_wall_s']} s)")
+    if not args.keep_workdir and not args.workdir and not errors:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The benchmark harness end to end at smoke size (`python -m benchmarks.run --smoke`: tiny models,
+one step, one repetition, one thread), so the benchmarks cannot rot. Nothing about speed is
+asserted: only that every workload and MFU reach the table and the JSON with sane fields, and
+the structural facts that do not depend on timing."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT, shared_data
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, cache_env):
+    shared_data("wikitext-2", "valid.txt")
+    shared_data("banking77", "train.csv")
+    root = tmp_path_factory.mktemp("bench")
+    out = root / "bench.json"
+    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_SHARED_DATA=str(shared_data()))
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out), "--workdir", str(root / "work")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return json.loads(out.read_text()), result.stdout
+
+
+def _median(stat):
+    assert stat is not None and stat["n"] == 1
+    return stat["median"]
+
+
+def test_every_workload_and_mfu_reach_the_table_and_json(smoke):
+    payload, stdout = smoke
+    assert payload["errors"] == []
+    assert {"w1", "w2", "w3", "w4", "mfu"} <= set(payload["summary"])
+    meta = payload["meta"]
+    assert meta["smoke"] is True and meta["reps"] == 1 and meta["threads"] == 1
+    assert len(meta["loadavg_start"]) == 3 and meta["max_loadavg_1min"] is not None
+    for heading in ("W1 causal-LM", "W2 classification", "W3 memory", "W4 data preparation", "Targets"):
+        assert heading in stdout
+    # every arm logged the load average around itself
+    assert all(len(run["loadavg_before"]) == 3 and len(run["result"]["loadavg_after"]) == 3 for run in payload["runs"])
+    assert len(payload["targets"]) == 11
+    assert all(t["value"] is not None and t["met"] in (True, False) for t in payload["targets"])
+
+
+def test_w1_arms_train_the_same_model_on_the_same_tokens(smoke):
+    payload, _ = smoke
+    w1 = payload["summary"]["w1"]
+    vocab = payload["meta"]["spec"]["w1"]["vocab_size"]
+    for arm in ("ours", "baseline"):
+        assert _median(w1[arm]["tokens_per_s"]) > 0
+        for key in ("eval_loss", "eval_loss_packed"):  # one step from random weights: about ln(vocab)
+            assert 0.5 * math.log(vocab) < _median(w1[arm][key]) < 2 * math.log(vocab)
+        assert w1[arm]["settings"]["bf16"] is False  # never bf16 on a CPU
+    assert w1["ours"]["matmul_parameters"] == w1["baseline"]["matmul_parameters"]
+    assert w1["ours"]["settings"]["dropout"] == {"resid": 0.0, "embd": 0.0, "attn": 0.0}  # the project's default
+    assert w1["baseline"]["settings"]["lr_scheduler_type"] == "linear"  # TrainingArguments' default
+    assert w1["ours"]["settings"]["learning_rate"] == w1["baseline"]["settings"]["learning_rate"]
+
+
+def test_mfu_is_measured_against_a_peak_at_the_models_shapes(smoke):
+    payload, _ = smoke
+    mfu = payload["summary"]["mfu"]
+    for arm in ("w1_ours", "w1_baseline", "w2_ours", "w2_pad128", "w2_dynamic"):
+        assert 0 < _median(mfu[arm]["mfu"])
+        assert _median(mfu[arm]["mfu_vs_max"]) <= _median(mfu[arm]["mfu"])  # the mix is never above the best shape
+    peak = next(r["result"] for r in payload["runs"] if r["workload"] == "w1" and r["arm"] == "peak")
+    s = payload["meta"]["spec"]["w1"]
+    assert len(peak["shapes"]) == 5 * 3  # 4 GEMMs per block and the head, forward and two backward
+    assert {r["m"] for r in peak["shapes"] if r["pass"] == "forward"} == {s["batch_size"] * s["block_size"]}
+    assert peak["dtype"] == "float32" and peak["threads"] == 1
+
+
+def test_w2_reports_padding_and_accuracy_for_every_batching(smoke):
+    payload, _ = smoke
+    w2 = payload["summary"]["w2"]
+    max_length = payload["meta"]["spec"]["w2"]["max_length"]
+    for arm in ("ours", "pad128", "dynamic"):
+        assert 0 <= _median(w2[arm]["accuracy"]) <= 1
+        assert 0 <= _median(w2[arm]["padded_share"]) < 1
+        assert _median(w2[arm]["examples_per_s"]) > 0
+    pad = next(r["result"] for r in payload["runs"] if r["workload"] == "w2" and r["arm"] == "pad128")
+    timed = pad["timed_batches"]  # run_glue's default pads every text to max_length
+    assert timed["tokens"] + timed["padded_tokens"] == timed["examples"] * max_length
+    ours = next(r["result"] for r in payload["runs"] if r["workload"] == "w2" and r["arm"] == "ours")
+    assert ours["settings"]["train_sampling_strategy"] == "group_by_length"
+
+
+def test_w3_measures_each_strategy_in_its_own_process(smoke):
+    payload, _ = smoke
+    w3 = payload["summary"]["w3"]
+    for arm in ("full", "lora", "qlora"):
+        assert _median(w3[arm]["growth_mb"]) > 0
+        assert w3[arm]["baseline_rss_mb"] > 0
+    assert w3["lora"]["trainable_parameters"] == w3["qlora"]["trainable_parameters"] < w3["full"]["trainable_parameters"]
+    assert {r["result"]["env"]["torch_threads"] for r in payload["runs"] if r["workload"] == "w3"} == {1}
+    if sys.platform == "linux":  # the peak is reset after the imports through /proc/self/clear_refs
+        assert all(r["result"]["hwm_reset"] for r in payload["runs"] if r["workload"] == "w3")
+
+
+def test_w4_cached_rerun_reuses_the_cache_and_packing_drops_less(smoke):
+    payload, _ = smoke
+    results = {(r["arm"], r["phase"]): r["result"] for r in payload["runs"] if r["workload"] == "w4"}
+    for arm in ("ours", "baseline"):
+        assert results[(arm, "cold")]["blocks"] == results[(arm, "cached")]["blocks"] > 0
+        assert results[(arm, "cold")]["mb_per_s"] > 0
+    # the project drops one partial block in all (and adds EOS tokens); run_clm drops one per map batch
+    assert results[("ours", "cold")]["blocks"] >= results[("baseline", "cold")]["blocks"]
