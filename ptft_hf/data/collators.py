@@ -109,14 +109,14 @@ class MaskedLMCollator:
         if self.seed is None:
             inputs, labels = self._mask_rows(ids, maskable, None)
         else:  # one generator per example, seeded by its content: batching cannot change a mask
-            rows = []
+            inputs, labels = ids.clone(), torch.full_like(ids, -100)
             for row in range(ids.shape[0]):
-                length = int(attention[row].sum())
+                length = int(attention[row].sum())  # right padding: the example is the first `length` ids
                 digest = zlib.crc32(ids[row, :length].numpy().astype("int64").tobytes())
                 generator = torch.Generator().manual_seed((self.seed * 1_000_003 + digest) % 2**63)
-                rows.append(self._mask_rows(ids[row : row + 1], maskable[row : row + 1], generator))
-            inputs = torch.cat([r[0] for r in rows])
-            labels = torch.cat([r[1] for r in rows])
+                # draw over the example's own length: the batch's padding must not shift the draws
+                row_inputs, row_labels = self._mask_rows(ids[row : row + 1, :length], maskable[row : row + 1, :length], generator)
+                inputs[row, :length], labels[row, :length] = row_inputs[0], row_labels[0]
         return {"input_ids": inputs, "attention_mask": attention, "labels": labels}
 
 
