@@ -121,15 +121,21 @@ def step_seconds(timer: Any, warmup: int) -> list[float]:
 
 
 class BatchRecorder:
-    """Wraps a collator and records, per batch: examples, real (non-padding) tokens, tokens
-    including padding, and the sum of squared real lengths (for the attention FLOPs)."""
+    """Records, per batch: examples, real (non-padding) tokens, tokens including padding, and the
+    sum of squared real lengths (for the attention FLOPs). Either wraps a collator (the plain
+    Trainer arms, whose loaders have no worker processes) or observes the batches where they
+    arrive (`PtftTrainer.batch_observers`: right with dataloader workers, as on CUDA)."""
 
-    def __init__(self, inner: Any):
+    def __init__(self, inner: Any = None):
         self.inner = inner
         self.batches: list[dict[str, int]] = []
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(examples)
+        self.observe(batch)
+        return batch
+
+    def observe(self, batch: dict[str, Any]) -> None:
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
         if mask is None:
@@ -139,7 +145,6 @@ class BatchRecorder:
         self.batches.append({"examples": int(ids.shape[0]), "tokens": sum(lengths),
                              "padded_tokens": int(ids.numel()) - sum(lengths),
                              "sum_len_sq": sum(n * n for n in lengths)})
-        return batch
 
     def kept(self, steps: int, warmup: int) -> list[dict[str, int]]:
         """The batches of the kept (timed) steps: one batch per step, no gradient accumulation."""

@@ -84,7 +84,7 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, recorder: BatchRecor
         **params, "model_flops_timed": flops, "achieved_gflops_per_s": flops / seconds / 1e9,
         "prep_s": round(prep_s, 2), "device": device,
         "settings": {"optim": plain(args.optim), "bf16": args.bf16, "train_sampling_strategy": plain(args.train_sampling_strategy),
-                     **{k: plain(getattr(args, k)) for k in SHARED_TRAINER_FIELDS}, "collator": type(recorder.inner).__name__,
+                     **{k: plain(getattr(args, k)) for k in SHARED_TRAINER_FIELDS}, "collator": type(trainer.data_collator).__name__,
                      "attn_implementation": getattr(model.config, "_attn_implementation", None)},
         **extra, "env": environment(),
     }
@@ -125,8 +125,8 @@ def ours(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, {})
     timer = step_timer()
     trainer = build_trainer(conf, run_dir, tokenizer, prepared, [timer])
-    recorder = BatchRecorder(trainer.data_collator)
-    trainer.data_collator = recorder
+    recorder = BatchRecorder()
+    trainer.batch_observers.append(recorder)  # counts in this process, also with dataloader workers (CUDA preset)
     prep_s = time.perf_counter() - started
     trainer.train()
     return _result(spec, trainer, timer, recorder, prepared.model, tokenizer, prepared.model.config.label2id, device,

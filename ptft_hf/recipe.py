@@ -108,6 +108,7 @@ def build_trainer(conf: PtftConfig, run_dir: Path, tokenizer: Any, prepared: Pre
         shift_labels=prepared.shift_labels,
         token_metrics=prepared.token_metrics,
         labelled_positions_only=prepared.labelled_positions_only,
+        batch_observers=prepared.batch_observers,
     )
 
 

@@ -82,6 +82,7 @@ class ObjectiveConfig:
     whole_word_mask: bool = False  # mlm: mask all tokens of a chosen word together
     eval_mask_seed: int = 1234  # mlm: eval masks depend only on this seed and the text
     predict_masked_only: bool = True  # mlm: vocabulary projection only at masked positions (faster)
+    line_by_line: bool = False  # mlm: one document per row, padded per batch (run_mlm.py's --line_by_line)
     max_length: int = 128  # classification: longer texts are truncated (and counted)
     group_by_length: bool = True  # classification: batches of similar length, little padding
     metrics: List[str] = field(default_factory=lambda: ["accuracy", "f1"])  # classification: evaluate ids

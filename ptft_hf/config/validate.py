@@ -159,6 +159,12 @@ def _check_objective(cfg: DictConfig) -> list[Problem]:
     if objective.name == "classification" and not cfg.data.label_column:
         problems.append(Problem("data.label_column", "is not set, but objective=classification needs labels",
                                 "set data.label_column= to the column holding the label (e.g. category)"))
+    if objective.get("line_by_line") and objective.name != "mlm":
+        problems.append(Problem("objective.line_by_line", f"only masked-LM rows can be line by line, not objective={objective.name}",
+                                "drop objective.line_by_line (clm packs blocks; sft has objective.packing)"))
+    if objective.get("line_by_line") and objective.block_size < 3:
+        problems.append(Problem("objective.block_size", f"{objective.block_size} leaves no room for text between [CLS] and [SEP]",
+                                "use at least 3 (128 is usual)"))
     if not 0.0 < objective.mlm_probability < 1.0:
         problems.append(Problem("objective.mlm_probability", f"{objective.mlm_probability} is not a probability", "use a value such as 0.15"))
     return problems

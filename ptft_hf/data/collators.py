@@ -121,21 +121,21 @@ class MaskedLMCollator:
 
 
 class PaddingCounter:
-    """Wraps a padding collator and counts real and padded tokens of the batches it builds.
+    """Counts the real and padded tokens of the training batches a trainer sees.
 
+    Registered as one of `PtftTrainer`'s batch observers, it counts in the training process, where
+    the batches arrive, so the counts are right with `dataloader_num_workers > 0` too (a counting
+    collator would count inside the worker processes, and the trainer's copy would stay at 0).
     `stats` is a live dict (read it after training): tokens, padded tokens and their share.
     """
 
-    def __init__(self, inner: Any):
-        self.inner = inner
+    def __init__(self) -> None:
         self.stats: dict[str, float] = {"tokens": 0, "padded_tokens": 0, "padded_share": 0.0}
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.inner(examples)
+    def observe(self, batch: dict[str, Any]) -> None:
         mask = batch["attention_mask"]
         real = int(mask.sum())
         self.stats["tokens"] += real
         self.stats["padded_tokens"] += int(mask.numel()) - real
         total = self.stats["tokens"] + self.stats["padded_tokens"]
         self.stats["padded_share"] = round(self.stats["padded_tokens"] / total, 4) if total else 0.0
-        return batch

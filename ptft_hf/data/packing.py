@@ -104,3 +104,37 @@ def block_array(packed: Dataset) -> np.ndarray:
     column = packed.data.column("input_ids").combine_chunks()
     size = column.type.list_size
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, size)
+
+
+def _split_rows(batch: dict[str, list], body: int, prefix_id: int | None, suffix_id: int | None) -> dict[str, list]:
+    rows: list[list[int]] = []
+    for ids in batch["input_ids"]:
+        for start in range(0, len(ids), body):
+            row = ids[start : start + body]
+            rows.append(([prefix_id] if prefix_id is not None else []) + row + ([suffix_id] if suffix_id is not None else []))
+    return {"input_ids": rows, "length": [len(r) for r in rows]}
+
+
+def document_rows(tokenized: Dataset, block_size: int, prefix_id: int | None = None, suffix_id: int | None = None,
+                  num_proc: int | None = None) -> tuple[Dataset, PackingStats]:
+    """One row per document (`run_mlm.py`'s `--line_by_line`) instead of packed blocks, so no row
+    mixes unrelated documents: `[prefix] tokens [suffix]`, at most `block_size` long; a longer
+    document is cut into several rows, nothing is dropped. Rows carry a `length` column for the
+    Trainer's length-grouped sampler, and batches are padded by the collator.
+
+    `tokenized` must hold the documents without separators (`tokenize_dataset(add_eos=False)`).
+    """
+    body = block_size - (prefix_id is not None) - (suffix_id is not None)
+    if body < 1:
+        raise ValueError("block_size leaves no room for text between the special tokens")
+    rows = tokenized.map(
+        _split_rows, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=tokenized.column_names,
+        fn_kwargs={"body": body, "prefix_id": prefix_id, "suffix_id": suffix_id},
+        features=Features({"input_ids": Sequence(Value("int32")), "length": Value("int32")}),
+        desc="cutting documents into rows",
+    )
+    specials = len(rows) * ((prefix_id is not None) + (suffix_id is not None))
+    tokens = int(np.sum(rows["length"], dtype=np.int64)) - specials if len(rows) else 0
+    stats = PackingStats(documents=len(tokenized), tokens=tokens, blocks=len(rows), block_size=block_size,
+                         tokens_dropped=0)
+    return rows, stats

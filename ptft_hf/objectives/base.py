@@ -8,7 +8,7 @@ from typing import Any, Callable
 from datasets import Dataset, DatasetDict
 
 from ptft_hf.config.schema import DataConfig, PtftConfig
-from ptft_hf.data.packing import PackingStats, pack_blocks, tokenize_dataset
+from ptft_hf.data.packing import PackingStats, document_rows, document_separator, pack_blocks, tokenize_dataset
 from ptft_hf.data.sources import load_text_splits
 from ptft_hf.errors import UserError
 from ptft_hf.models.loading import max_positions
@@ -27,6 +27,7 @@ class Prepared:
     labelled_positions_only: bool = False  # run the vocabulary projection only where labels are
     compute_metrics: Callable | None = None  # for the stock evaluation loop (classification)
     training_overrides: dict[str, Any] = field(default_factory=dict)  # TrainingArguments the objective needs
+    batch_observers: list[Any] = field(default_factory=list)  # objects with observe(batch), e.g. PaddingCounter
     references: dict[str, Dataset] = field(default_factory=dict)  # other eval sets (general text)
     metrics: dict[str, Any] = field(default_factory=dict)  # data accounting and the like
     generates: bool = False  # whether generated samples make sense
@@ -42,6 +43,12 @@ def check_block_fits(model: Any, block_size: int) -> None:
 
 def pack_texts(texts: Dataset, tokenizer: Any, conf: PtftConfig, field: str, prefix_id: int | None = None) -> tuple[Dataset, PackingStats]:
     block = conf.objective.block_size
+    if conf.objective.line_by_line:  # mlm: a row per document, [CLS] text [SEP], padded per batch
+        tokenized = tokenize_dataset(texts, tokenizer, add_eos=False, num_proc=conf.objective.num_proc)
+        rows, stats = document_rows(tokenized, block, prefix_id, document_separator(tokenizer), conf.objective.num_proc)
+        if stats.blocks == 0:
+            raise UserError.of(field, "holds no text", "give a file with at least one non-empty document")
+        return rows, stats
     tokenized = tokenize_dataset(texts, tokenizer, conf.objective.add_eos, conf.objective.num_proc)
     blocks, stats = pack_blocks(tokenized, block, prefix_id=prefix_id)
     if stats.blocks == 0:

@@ -99,10 +99,11 @@ def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any
     if any(truncated.values()):
         log.warning("texts longer than %d tokens were truncated: %s", max_length, truncated)
     train, eval_ = train.remove_columns("truncated"), eval_.remove_columns("truncated")
-    counter = PaddingCounter(DataCollatorWithPadding(tokenizer))
+    counter = PaddingCounter()
     overrides = {"train_sampling_strategy": "group_by_length"} if obj.group_by_length else {}
     return Prepared(
-        model=model, train_dataset=train, eval_dataset=eval_, collator=counter,
+        model=model, train_dataset=train, eval_dataset=eval_, collator=DataCollatorWithPadding(tokenizer),
+        batch_observers=[counter],
         eval_collator=DataCollatorWithPadding(tokenizer), task_type="SEQ_CLS", token_metrics=False,
         compute_metrics=metrics_fn(list(obj.metrics), obj.f1_average), training_overrides=overrides,
         metrics={"num_labels": len(id2label), "max_length": max_length, "truncated": truncated,

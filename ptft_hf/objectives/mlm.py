@@ -1,4 +1,7 @@
-"""Masked language modelling on packed blocks ([CLS] + text with [SEP] between documents)."""
+"""Masked language modelling on packed blocks ([CLS] + text with [SEP] between documents), or with
+`objective.line_by_line` on one row per document ([CLS] text [SEP]), padded per batch and grouped by
+length: short, unrelated documents (intents, titles) then never share a row, so every masked
+token's context is its own document."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 from datasets import DatasetDict
 
 from ptft_hf.config.schema import DataConfig, PtftConfig
-from ptft_hf.data.collators import MaskedLMCollator
+from ptft_hf.data.collators import MaskedLMCollator, PaddingCounter
 from ptft_hf.data.words import tokenizer_family, word_start_table
 from ptft_hf.errors import UserError
 from ptft_hf.models.loading import load_model
@@ -29,13 +32,17 @@ def prepare_mlm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
     train_blocks, train_stats = pack_texts(splits["train"], tokenizer, conf, "data.path", prefix)
     eval_blocks, eval_stats = pack_texts(splits["eval"], tokenizer, conf, "data.eval_path", prefix)
     starts = word_start_table(tokenizer) if obj.whole_word_mask else None
+    counter = PaddingCounter() if obj.line_by_line else None
     common = dict(mlm_probability=obj.mlm_probability, whole_word=obj.whole_word_mask, word_starts=starts)
     return Prepared(
         model=model, train_dataset=train_blocks, eval_dataset=eval_blocks,
         collator=MaskedLMCollator.for_tokenizer(tokenizer, **common),
         eval_collator=MaskedLMCollator.for_tokenizer(tokenizer, seed=obj.eval_mask_seed, **common),
         task_type=None, shift_labels=False, labelled_positions_only=obj.predict_masked_only,
+        training_overrides={"train_sampling_strategy": "group_by_length"} if obj.line_by_line else {},
+        batch_observers=[counter] if counter else [],
         references=reference_blocks(references, tokenizer, conf, prefix),
         metrics={"data_train": train_stats.as_dict(), "data_eval": eval_stats.as_dict(),
-                 "tokenizer_family": tokenizer_family(tokenizer), "whole_word_mask": obj.whole_word_mask},
+                 "tokenizer_family": tokenizer_family(tokenizer), "whole_word_mask": obj.whole_word_mask,
+                 "line_by_line": obj.line_by_line, **({"padding": counter.stats} if counter else {})},
     )

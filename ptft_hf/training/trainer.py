@@ -34,7 +34,8 @@ class PtftTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, shift_labels: bool = True, token_metrics: bool = True,
-                 eval_data_collator: Any = None, labelled_positions_only: bool = False, **kwargs: Any):
+                 eval_data_collator: Any = None, labelled_positions_only: bool = False,
+                 batch_observers: Any = (), **kwargs: Any):
         if labelled_positions_only:
             kwargs.setdefault("compute_loss_func", selected_label_loss)
         super().__init__(*args, **kwargs)
@@ -42,6 +43,7 @@ class PtftTrainer(Trainer):
         self.token_metrics = token_metrics
         self.eval_data_collator = eval_data_collator
         self.labelled_positions_only = labelled_positions_only
+        self.batch_observers = list(batch_observers)  # observe(batch) for each training batch, in this process
         if not any(isinstance(cb, TrainLossTally) for cb in self.callback_handler.callbacks):
             self.add_callback(TrainLossTally())
         self._loss_tally().trainer = self
@@ -49,6 +51,8 @@ class PtftTrainer(Trainer):
     # ---- safety and resume ----
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        for observer in self.batch_observers:
+            observer.observe(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not bool(torch.isfinite(loss).all()):  # the Trainer syncs on this value every step anyway
             raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))

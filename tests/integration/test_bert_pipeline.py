@@ -41,6 +41,26 @@ def test_mlm_run_learns_with_fixed_eval_masks(mlm_run):
     assert not (run_dir / "samples.jsonl").exists()
 
 
+def test_mlm_line_by_line_rows_keep_intents_apart(tmp_path, cache_env):
+    banking = shared_data("banking77")
+    result = run_cli(
+        ["model=tiny_bert", "objective=mlm", "objective.line_by_line=true", "data=text_files", f"data.path={banking / 'train.csv'}",
+         "data.max_train_samples=1500", "data.max_eval_samples=200", *TINY_BERT, "trainer.max_steps=12", "trainer.eval_steps=6",
+         "trainer.per_device_train_batch_size=32", f"hydra.run.dir={tmp_path / 'mlm'}"],
+        cache_env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "mlm" / "metrics.json").read_text())
+    assert metrics["line_by_line"] is True
+    train = metrics["data_train"]
+    assert train["documents"] == 1500 and train["blocks"] == 1500 and train["tokens_dropped"] == 0  # one row per intent
+    padding = metrics["padding"]
+    assert padding["tokens"] > 12 * 32 * 3  # [CLS] + text + [SEP], every row seen by the trainer counted
+    assert padding["padded_share"] < 0.15  # length-grouped batches of short texts
+    log = [json.loads(line) for line in (tmp_path / "mlm" / "train_log.jsonl").read_text().splitlines()]
+    assert len({r["eval_tokens"] for r in log if "eval_tokens" in r}) == 1
+
+
 def test_classification_from_the_mlm_stage(mlm_run, cache_env):
     banking = shared_data("banking77")
     root, mlm_dir = mlm_run

@@ -35,3 +35,31 @@ def test_trainer_eval_is_token_weighted_mean_over_all_blocks(tmp_path):
     assert metrics["eval_tokens"] == 5 * 7
     assert metrics["eval_loss"] == pytest.approx(reference, rel=1e-5)
     assert metrics["eval_perplexity"] == pytest.approx(torch.tensor(reference).exp().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_padding_counter_counts_in_the_training_process_with_dataloader_workers(tmp_path, workers):
+    """A counting collator would count inside the worker processes (and report 0 here with
+    workers); the trainer's batch observer sees every batch where it arrives."""
+    from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    from ptft_hf.data.collators import PaddingCounter
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                     intermediate_size=32, max_position_embeddings=32, num_labels=2))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]")),
+                                        pad_token="[PAD]", unk_token="[UNK]")
+    lengths = [3, 9, 4, 12, 5, 7, 2, 10]
+    ds = Dataset.from_dict({"input_ids": [[5] * n for n in lengths], "attention_mask": [[1] * n for n in lengths],
+                            "labels": [i % 2 for i in range(len(lengths))]})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, num_train_epochs=1, report_to="none",
+                             use_cpu=True, dataloader_num_workers=workers, train_sampling_strategy="sequential",
+                             save_strategy="no", disable_tqdm=True)
+    counter = PaddingCounter()
+    trainer = PtftTrainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tokenizer),
+                          batch_observers=[counter], token_metrics=False)
+    trainer.train()
+    # batches in order: (3, 9) (4, 12) (5, 7) (2, 10): padded to 9, 12, 7, 10
+    assert counter.stats == {"tokens": sum(lengths), "padded_tokens": 6 + 8 + 2 + 8, "padded_share": round(24 / (52 + 24), 4)}

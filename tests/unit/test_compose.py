@@ -68,3 +68,13 @@ def test_validation_reports_every_problem_at_once(compose_cfg, tmp_path):
 
 def test_conf_dir_is_the_checkout_conf():
     assert conf_dir() == Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_line_by_line_is_refused_outside_masked_lm(compose_cfg, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("one line\n")
+    problems = collect_problems(compose_cfg("data=text_files", f"data.path={corpus}", "objective=clm", "objective.line_by_line=true"))
+    assert [p.field for p in problems] == ["objective.line_by_line"]
+    assert "objective=clm" in str(problems[0])
+    assert collect_problems(compose_cfg("model=tiny_bert", "objective=mlm", "data=text_files", f"data.path={corpus}",
+                                        "objective.line_by_line=true")) == []

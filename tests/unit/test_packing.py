@@ -70,3 +70,19 @@ def test_tokenize_appends_eos_to_every_document():
         assert tokenizer.decode(ids[:-1]) == text
     plain = tokenize_dataset(ds, tokenizer, add_eos=False)
     assert [len(x) + 1 for x in plain["input_ids"]] == [len(x) for x in tokenized["input_ids"]]
+
+
+def test_document_rows_keep_each_document_apart_and_cut_long_ones():
+    from ptft_hf.data.packing import document_rows
+
+    rows, stats = document_rows(_tokenized([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]), block_size=5, prefix_id=101, suffix_id=102)
+    assert rows["input_ids"] == [[101, 1, 2, 3, 102], [101, 4, 5, 6, 102], [101, 7, 8, 9, 102], [101, 10, 102], [101, 11, 102]]
+    assert rows["length"] == [5, 5, 5, 3, 3]
+    assert stats.as_dict() == {"documents": 3, "tokens": 11, "blocks": 5, "block_size": 5, "tokens_dropped": 0}
+
+
+def test_document_rows_need_room_for_text():
+    from ptft_hf.data.packing import document_rows
+
+    with pytest.raises(ValueError, match="no room"):
+        document_rows(_tokenized([[1, 2]]), block_size=2, prefix_id=101, suffix_id=102)
