@@ -119,8 +119,9 @@ def document_rows(tokenized: Dataset, block_size: int, prefix_id: int | None = N
                   num_proc: int | None = None) -> tuple[Dataset, PackingStats]:
     """One row per document (`run_mlm.py`'s `--line_by_line`) instead of packed blocks, so no row
     mixes unrelated documents: `[prefix] tokens [suffix]`, at most `block_size` long; a longer
-    document is cut into several rows, nothing is dropped. Rows carry a `length` column for the
-    Trainer's length-grouped sampler, and batches are padded by the collator.
+    document is cut into several rows, nothing is dropped. Rows carry their `length` (for
+    accounting; the Trainer drops unused columns and its length-grouped sampler measures
+    `input_ids` itself), and batches are padded by the collator.
 
     `tokenized` must hold the documents without separators (`tokenize_dataset(add_eos=False)`).
     """

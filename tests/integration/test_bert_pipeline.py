@@ -55,8 +55,12 @@ def test_mlm_line_by_line_rows_keep_intents_apart(tmp_path, cache_env):
     train = metrics["data_train"]
     assert train["documents"] == 1500 and train["blocks"] == 1500 and train["tokens_dropped"] == 0  # one row per intent
     padding = metrics["padding"]
-    assert padding["tokens"] > 12 * 32 * 3  # [CLS] + text + [SEP], every row seen by the trainer counted
-    assert padding["padded_share"] < 0.15  # length-grouped batches of short texts
+    mean_row = (train["tokens"] + 2 * train["blocks"]) / train["blocks"]  # text + [CLS] + [SEP]
+    # 1500 rows fit one length-grouped megabatch, served longest first: 12 x 32 rows of at least the mean length
+    assert 12 * 32 * mean_row <= padding["tokens"] <= 12 * 32 * 128
+    # length-grouped: random batches of these texts are ~60% padding (benchmarks W2, dynamic arm); the
+    # 12 batches here are the long tail, served first, so their share is higher than a whole epoch's
+    assert padding["padded_share"] < 0.4
     log = [json.loads(line) for line in (tmp_path / "mlm" / "train_log.jsonl").read_text().splitlines()]
     assert len({r["eval_tokens"] for r in log if "eval_tokens" in r}) == 1
 

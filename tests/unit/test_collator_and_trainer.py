@@ -37,8 +37,8 @@ def test_trainer_eval_is_token_weighted_mean_over_all_blocks(tmp_path):
     assert metrics["eval_perplexity"] == pytest.approx(torch.tensor(reference).exp().item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_padding_counter_counts_in_the_training_process_with_dataloader_workers(tmp_path, workers):
+@pytest.mark.parametrize("workers, accumulation", [(0, 1), (2, 1), (0, 2)])
+def test_padding_counter_counts_in_the_training_process_with_dataloader_workers(tmp_path, workers, accumulation):
     """A counting collator would count inside the worker processes (and report 0 here with
     workers); the trainer's batch observer sees every batch where it arrives."""
     from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding, PreTrainedTokenizerFast
@@ -56,6 +56,7 @@ def test_padding_counter_counts_in_the_training_process_with_dataloader_workers(
                             "labels": [i % 2 for i in range(len(lengths))]})
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, num_train_epochs=1, report_to="none",
                              use_cpu=True, dataloader_num_workers=workers, train_sampling_strategy="sequential",
+                             gradient_accumulation_steps=accumulation,
                              save_strategy="no", disable_tqdm=True)
     counter = PaddingCounter()
     trainer = PtftTrainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tokenizer),

@@ -78,3 +78,6 @@ def test_line_by_line_is_refused_outside_masked_lm(compose_cfg, tmp_path):
     assert "objective=clm" in str(problems[0])
     assert collect_problems(compose_cfg("model=tiny_bert", "objective=mlm", "data=text_files", f"data.path={corpus}",
                                         "objective.line_by_line=true")) == []
+    short = collect_problems(compose_cfg("model=tiny_bert", "objective=mlm", "data=text_files", f"data.path={corpus}",
+                                         "objective.line_by_line=true", "objective.block_size=2"))
+    assert [p.field for p in short] == ["objective.block_size"] and "[CLS] and [SEP]" in str(short[0])
