@@ -109,6 +109,7 @@ def build_trainer(conf: PtftConfig, run_dir: Path, tokenizer: Any, prepared: Pre
         token_metrics=prepared.token_metrics,
         labelled_positions_only=prepared.labelled_positions_only,
         batch_observers=prepared.batch_observers,
+        length_megabatch=conf.objective.length_megabatch,
     )
 
 

@@ -14,6 +14,7 @@ from transformers.trainer_utils import TrainOutput, speed_metrics
 
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
 from ptft_hf.training.safety import NonFiniteLoss, TrainLossTally
+from ptft_hf.training.sampling import ShuffledLengthGroupedSampler
 from ptft_hf.training.sparse_head import predict_only_at, selected_label_loss
 
 
@@ -26,6 +27,9 @@ class PtftTrainer(Trainer):
     `shift_labels=True` for causal LMs (position t predicts t+1); False for masked LMs.
     `labelled_positions_only=True` (masked LMs) runs the vocabulary projection only at the masked
     positions, in training and evaluation (see `sparse_head`).
+    `length_megabatch=N` (with `train_sampling_strategy="group_by_length"`): sort by length within
+    megabatches of N batches and shuffle the batches (see `sampling`); None keeps transformers'
+    `LengthGroupedSampler` (50 batches, served longest first).
 
     Safety and resume: a nan/inf training loss raises `NonFiniteLoss` before that step is logged,
     evaluated or saved; checkpoints hold no `training_args.bin` (a pickle that would carry
@@ -35,7 +39,7 @@ class PtftTrainer(Trainer):
 
     def __init__(self, *args: Any, shift_labels: bool = True, token_metrics: bool = True,
                  eval_data_collator: Any = None, labelled_positions_only: bool = False,
-                 batch_observers: Any = (), **kwargs: Any):
+                 batch_observers: Any = (), length_megabatch: int | None = None, **kwargs: Any):
         if labelled_positions_only:
             kwargs.setdefault("compute_loss_func", selected_label_loss)
         super().__init__(*args, **kwargs)
@@ -44,9 +48,27 @@ class PtftTrainer(Trainer):
         self.eval_data_collator = eval_data_collator
         self.labelled_positions_only = labelled_positions_only
         self.batch_observers = list(batch_observers)  # observe(batch) for each training batch, in this process
+        self.length_megabatch = length_megabatch
         if not any(isinstance(cb, TrainLossTally) for cb in self.callback_handler.callbacks):
             self.add_callback(TrainLossTally())
         self._loss_tally().trainer = self
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if (self.args.train_sampling_strategy != "group_by_length" or not self.length_megabatch
+                or dataset is None or not hasattr(dataset, "column_names")):
+            return super()._get_train_sampler(train_dataset)
+        return ShuffledLengthGroupedSampler(self._example_lengths(dataset), self.args.train_batch_size,
+                                            self.length_megabatch)
+
+    def _example_lengths(self, dataset: Any) -> list[int]:
+        """The `length` column the objectives write; the Trainer drops it (not a model input) before
+        the sampler is built, so it is read from the unfiltered training set when that has it."""
+        name = self.args.length_column_name
+        for source in (dataset, self.train_dataset):
+            if name in getattr(source, "column_names", ()) and len(source) == len(dataset):
+                return list(source[name])
+        return [len(ids) for ids in dataset["input_ids"]]
 
     # ---- safety and resume ----
 
