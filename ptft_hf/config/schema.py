@@ -85,7 +85,7 @@ class ObjectiveConfig:
     line_by_line: bool = False  # mlm: one document per row, padded per batch (run_mlm.py's --line_by_line)
     max_length: int = 128  # classification: longer texts are truncated (and counted)
     group_by_length: bool = True  # classification: batches of similar length, little padding
-    length_megabatch: int = 200  # length grouping sorts within this many batches, then shuffles batches
+    length_megabatch: Optional[int] = 200  # length grouping sorts within N batches, then shuffles them; null: transformers'
     metrics: List[str] = field(default_factory=lambda: ["accuracy", "f1"])  # classification: evaluate ids
     f1_average: str = "macro"
     # sft: chat formatting, loss masking, batching, generation-based evaluation

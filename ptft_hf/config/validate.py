@@ -165,9 +165,9 @@ def _check_objective(cfg: DictConfig) -> list[Problem]:
     if objective.get("line_by_line") and objective.block_size < 3:
         problems.append(Problem("objective.block_size", f"{objective.block_size} leaves no room for text between [CLS] and [SEP]",
                                 "use at least 3 (128 is usual)"))
-    if objective.length_megabatch < 1:
+    if objective.length_megabatch is not None and objective.length_megabatch < 1:
         problems.append(Problem("objective.length_megabatch", f"{objective.length_megabatch} batches cannot hold a batch",
-                                "use at least 1 (200 is the default; 50 is transformers' LengthGroupedSampler)"))
+                                "use at least 1 (200 is the default), or null for transformers' LengthGroupedSampler"))
     if not 0.0 < objective.mlm_probability < 1.0:
         problems.append(Problem("objective.mlm_probability", f"{objective.mlm_probability} is not a probability", "use a value such as 0.15"))
     return problems

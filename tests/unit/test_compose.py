@@ -81,3 +81,14 @@ def test_line_by_line_is_refused_outside_masked_lm(compose_cfg, tmp_path):
     short = collect_problems(compose_cfg("model=tiny_bert", "objective=mlm", "data=text_files", f"data.path={corpus}",
                                          "objective.line_by_line=true", "objective.block_size=2"))
     assert [p.field for p in short] == ["objective.block_size"] and "[CLS] and [SEP]" in str(short[0])
+
+
+@pytest.mark.parametrize("value,fields", [("0", ["objective.length_megabatch"]), ("-3", ["objective.length_megabatch"]),
+                                          ("1", []), ("null", [])])
+def test_length_megabatch_must_hold_a_batch(compose_cfg, tmp_path, value, fields):
+    train = tmp_path / "train.csv"
+    train.write_text("text,category\nhello,a\n")
+    problems = collect_problems(compose_cfg("objective=classification", "data=banking77", f"data.path={train}",
+                                            f"data.eval_path={train}", "data.label_column=category",
+                                            f"objective.length_megabatch={value}"))
+    assert [p.field for p in problems] == fields
