@@ -92,7 +92,8 @@ def summarise_w3(runs: list[dict[str, Any]]) -> dict[str, Any]:
     arms = {arm: _results(runs, "w3", arm) for arm in ("full", "lora", "qlora")}
     out: dict[str, Any] = {}
     for arm, results in arms.items():
-        out[arm] = _arm_stats(results, ["growth_mb", "anon_growth_mb", "cuda_peak_mb", "peak_rss_mb", "seconds"])
+        out[arm] = _arm_stats(results, ["growth_mb", "growth_step1_mb", "anon_growth_mb", "cuda_peak_mb", "peak_rss_mb",
+                                         "seconds", "last_step_s"])
         if results:
             first = next(iter(results.values()))
             out[arm]["parameters"] = first.get("parameters")
@@ -238,8 +239,10 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
         out.append(f"W3 memory of {s['steps']} training step(s): GPT-2 {s['n_layer']}x{s['n_embd']}, vocab {s['vocab_size']}"
                    f" ({_fmt(params / 1e6 if params else None)}M parameters), batch {s['batch_size']}x{s['block_size']} tokens")
         rows = [[arm, _fmt(w3[arm].get("trainable_parameters")), _fmt(w3[arm].get("baseline_rss_mb")), _spread(w3[arm]["growth_mb"], 5),
-                 _spread(w3[arm]["anon_growth_mb"], 5), _spread(w3[arm]["cuda_peak_mb"], 5)] for arm in ("full", "lora", "qlora")]
-        out += _table(["strategy", "trainable", "RSS after imports MB", "peak growth MB (VmHWM)", "anon growth MB", "CUDA peak MB"], rows)
+                 _spread(w3[arm]["growth_step1_mb"], 5), _spread(w3[arm]["anon_growth_mb"], 5), _spread(w3[arm]["cuda_peak_mb"], 5),
+                 _spread(w3[arm]["last_step_s"])] for arm in ("full", "lora", "qlora")]
+        out += _table(["strategy", "trainable", "RSS after imports MB", "peak growth MB (VmHWM)", "after step 1 MB",
+                       "anon growth MB", "CUDA peak MB", "last step s"], rows)
         out.append(f"growth / full: LoRA {_spread(w3.get('lora_over_full'))} (anon {_spread(w3.get('lora_over_full_anon'))}),"
                    f" QLoRA {_spread(w3.get('qlora_over_full'))} (anon {_spread(w3.get('qlora_over_full_anon'))})")
         out.append("")

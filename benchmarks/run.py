@@ -41,7 +41,7 @@ FULL = {
            "max_position_embeddings": 512, "vocab_size": 8000, "batch_size": 16, "max_length": 128, "steps": 300,
            "warmup_steps": 5, "learning_rate": 3e-4},
     "w3": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 32000, "block_size": 256,
-           "batch_size": 2, "steps": 1},
+           "batch_size": 2, "steps": 3},
     "w4": {"block_size": 256},
     "peak_min_time_s": 0.3, "peak_min_iters": 5,
 }

@@ -1,14 +1,15 @@
-"""W3, memory of one fine-tuning step of a GPT-2 (built from a config, >= 100M parameters in the
+"""W3, peak memory of fine-tuning steps of a GPT-2 (built from a config, >= 100M parameters in the
 full run) with the project's full, LoRA and QLoRA strategies, each in its own process.
 
 Each arm imports everything it will use (torch, transformers, peft, bitsandbytes, datasets and the
 project), reads its resident size (the post-import baseline), resets the kernel's high-water mark
 (/proc/self/clear_refs), then loads the checkpoint saved by the set-up arm through the project's
 own path (model=pretrained, strategy=<arm>, objective=clm: compose -> prepare -> build_trainer)
-and trains `steps` optimiser steps. Reported:
+and trains `steps` optimiser steps (3 in the full run: full fine-tuning's first step has no Adam
+state yet while its activations are alive, so its peak comes from the second step on). Reported:
 
-- growth_mb: VmHWM at the end minus VmRSS after imports: the peak resident memory the step needed,
-  counting every resident page, file-backed ones included;
+- growth_mb: VmHWM at the end minus VmRSS after imports: the peak resident memory the steps needed,
+  counting every resident page, file-backed ones included (growth_step1_mb: the same after step 1);
 - anon_growth_mb: the sampled peak of RssAnon minus RssAnon after imports: the memory the process
   had to own. A memory-mapped safetensors file that is read (QLoRA quantises every weight while
   loading) stays resident as file pages while mapped, which VmHWM counts and the kernel can drop;
@@ -39,10 +40,10 @@ def _memory_callback():
             self.marks: list[dict[str, Any]] = []
 
         def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
-            self.marks.append({"at": "train_begin", **proc_status()})
+            self.marks.append({"at": "train_begin", "t": time.perf_counter(), **proc_status()})
 
         def on_step_end(self, args, state, control, **kwargs):  # noqa: D102
-            self.marks.append({"at": f"step_{state.global_step}", **proc_status()})
+            self.marks.append({"at": f"step_{state.global_step}", "t": time.perf_counter(), **proc_status()})
 
     return MemoryMarks()
 
@@ -102,9 +103,14 @@ def memory_arm(spec: dict[str, Any], run_dir: Path, strategy_name: str) -> dict[
         "strategy": strategy_name, "device": device, "hwm_reset": reset,
         "baseline": baseline, "end": end, "marks": marks.marks,
         "growth_mb": round(end.get("VmHWM", 0.0) - baseline.get("VmRSS", 0.0), 1),
+        # the first step has no optimiser state yet while activations are alive: a lower peak
+        "growth_step1_mb": next((round(m["VmHWM"] - baseline.get("VmRSS", 0.0), 1) for m in marks.marks
+                                 if m["at"] == "step_1"), None),
         "anon_growth_mb": round(anon_peak - baseline.get("RssAnon", 0.0), 1),
         "peak_rss_mb": end.get("VmHWM"), "train_loss": float(train_result.training_loss),
-        "seconds": round(seconds, 2), **params, "checkpoint_parameters": spec.get("w3_parameters"),
+        "seconds": round(seconds, 2), "step_s": [round(b["t"] - a["t"], 3) for a, b in zip(marks.marks, marks.marks[1:])],
+        "last_step_s": round(marks.marks[-1]["t"] - marks.marks[-2]["t"], 3) if len(marks.marks) > 2 else None,
+        **params, "checkpoint_parameters": spec.get("w3_parameters"),
         "overrides": overrides, "env": environment(),
     }
     if device == "cuda":

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any, Sequence
 
 import torch
@@ -31,6 +32,27 @@ def keep_cpu_weights_trainable(model: torch.nn.Module) -> int:
     return touched
 
 
+def copy_mapped_cpu_tensors(model: torch.nn.Module) -> int:
+    """Give a quantised model's full-precision CPU tensors memory of their own.
+
+    transformers reads a safetensors checkpoint through a memory map. The layers left in full
+    precision (embeddings, norms, biases) keep pointing into that map, which keeps the whole
+    mapping, with every fp32 page the quantiser read, resident for the life of the model: 324 of
+    a 110M GPT-2's 421 MB of mapped pages in benchmarks W3. Copying those tensors lets the
+    mapping go. 4-bit weights are already copies; on a GPU nothing points into the map.
+    Returns the number of tensors copied.
+    """
+    copied, seen = 0, set()
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) in seen or tensor.device.type != "cpu" or type(tensor).__name__ == "Params4bit":
+            continue
+        seen.add(id(tensor))  # tied weights (GPT-2's embedding and head) are one tensor
+        tensor.data = tensor.data.clone()
+        copied += 1
+    gc.collect()  # the map closes once the last tensor into it is gone
+    return copied
+
+
 class QLoraStrategy(LoraStrategy):
     def quantization_config(self, full_precision_modules: Sequence[str] = ()) -> BitsAndBytesConfig:
         fields = dict(self.cfg.quantization or {})
@@ -46,6 +68,7 @@ class QLoraStrategy(LoraStrategy):
 
     def prepare(self, model: PreTrainedModel) -> PreTrainedModel:
         keep_cpu_weights_trainable(model)
+        copy_mapped_cpu_tensors(model)
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=self.cfg.gradient_checkpointing,

@@ -34,19 +34,27 @@ class TokenLossAccumulator:
     tokens: int = 0
     correct: int = 0
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, shift: bool = True) -> None:
-        if shift:  # causal LM: position t predicts token t+1
-            logits = logits[..., :-1, :]
-            labels = labels[..., 1:]
-        logits = logits.reshape(-1, logits.shape[-1]).float()
-        labels = labels.reshape(-1)
-        mask = labels != IGNORE_INDEX
-        if not bool(mask.any()):
-            return
-        logits, labels = logits[mask], labels[mask]
-        self.loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-        self.tokens += int(labels.numel())
-        self.correct += int((logits.argmax(-1) == labels).sum())
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, shift: bool = True, chunk_rows: int = 2048) -> None:
+        """Add one batch. The labels are shifted (not the logits), so the model's logits are only
+        viewed, never copied; the loss runs over `chunk_rows` positions at a time, so the extra
+        memory is one chunk's log-softmax, not a batch's (a batch of 32x256 positions over an 8k
+        vocabulary is 262 MB of fp32 logits per copy)."""
+        if shift:  # causal LM: position t predicts token t+1; the last position predicts nothing
+            labels = F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
+        logits = logits.reshape(-1, logits.shape[-1])
+        labels = labels.reshape(-1).to(logits.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
+        tokens = torch.zeros((), dtype=torch.int64, device=logits.device)
+        correct = torch.zeros((), dtype=torch.int64, device=logits.device)
+        for start in range(0, labels.numel(), chunk_rows):
+            part, target = logits[start : start + chunk_rows], labels[start : start + chunk_rows]
+            mask = target != IGNORE_INDEX
+            loss_sum += F.cross_entropy(part.float(), target, ignore_index=IGNORE_INDEX, reduction="sum").double()
+            tokens += mask.sum()
+            correct += ((part.argmax(-1) == target) & mask).sum()
+        self.loss_sum += float(loss_sum)  # one device sync per batch
+        self.tokens += int(tokens)
+        self.correct += int(correct)
 
     def as_tensor(self) -> torch.Tensor:
         return torch.tensor([self.loss_sum, float(self.tokens), float(self.correct)], dtype=torch.float64)

@@ -43,6 +43,21 @@ def test_accumulator_weights_tokens_not_batches():
     assert metrics["eval_accuracy"] == pytest.approx(correct / 9)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7, 2048])
+def test_accumulator_chunks_give_the_same_sums_as_one_pass(chunk_rows):
+    torch.manual_seed(1)
+    logits, labels = torch.randn(3, 6, 13), torch.randint(0, 13, (3, 6))
+    labels[1, :4] = -100
+    whole, chunked = TokenLossAccumulator(), TokenLossAccumulator()
+    whole.update(logits, labels, shift=False, chunk_rows=10**6)
+    chunked.update(logits, labels, shift=False, chunk_rows=chunk_rows)
+    assert chunked.tokens == whole.tokens == 14
+    assert chunked.correct == whole.correct
+    assert chunked.loss_sum == pytest.approx(whole.loss_sum, rel=1e-6)  # fp32 sums in another order
+    expected = F.cross_entropy(logits.reshape(-1, 13), labels.reshape(-1), ignore_index=-100, reduction="sum").item()
+    assert whole.loss_sum == pytest.approx(expected, rel=1e-6)
+
+
 def test_accumulator_tensor_round_trip_for_distributed_reduce():
     acc = TokenLossAccumulator(loss_sum=12.5, tokens=10, correct=3)
     assert TokenLossAccumulator.from_tensor(acc.as_tensor() * 2) == TokenLossAccumulator(25.0, 20, 6)

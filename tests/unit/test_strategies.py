@@ -101,6 +101,33 @@ def test_qlora_linear_layers_are_4bit_nf4(base_dir):
     assert not any(isinstance(m, Conv1D) for m in model.modules())
 
 
+def test_qlora_copies_the_full_precision_tensors_out_of_the_checkpoint_map(base_dir):
+    """Embeddings, norms and biases stay fp32 in QLoRA; loaded through the safetensors memory map
+    they would keep the whole mapped file resident. After prepare they are copies with the same
+    values, GPT-2's tied head still shares the embedding, and the 4-bit weights are untouched."""
+    folder, tokenizer, _ = base_dir
+    strategy = get_strategy(_strategy("qlora"))
+    model = load_causal_lm(ModelConfig(name="base", name_or_path=str(folder)), tokenizer, **strategy.model_kwargs())
+    wte, ln = model.transformer.wte.weight, model.transformer.h[0].ln_1.weight
+    before = {"wte": (wte.data_ptr(), wte.detach().clone()), "ln": (ln.data_ptr(), ln.detach().clone())}
+    packed = next(m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)).weight
+    packed_ptr = packed.data_ptr()
+    strategy.prepare(model)
+    for name, tensor in (("wte", wte), ("ln", ln)):
+        assert tensor.data_ptr() != before[name][0] and torch.equal(tensor.detach(), before[name][1])
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert packed.data_ptr() == packed_ptr
+
+
+def test_adapter_strategies_checkpoint_gradients_by_default():
+    """benchmarks W3: with 2x256 tokens a step's activations are most of what LoRA/QLoRA hold."""
+    from ptft_hf.paths import conf_dir
+
+    for name in ("lora", "qlora"):
+        assert yaml.safe_load((conf_dir() / "strategy" / f"{name}.yaml").read_text())["gradient_checkpointing"] is True
+    assert yaml.safe_load((conf_dir() / "strategy" / "full.yaml").read_text())["gradient_checkpointing"] is False
+
+
 def test_adapter_file_is_small(base_dir, tmp_path):
     model = _wrapped(base_dir, "lora")
     model.save_pretrained(tmp_path / "adapter")
