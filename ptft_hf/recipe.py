@@ -110,6 +110,7 @@ def build_trainer(conf: PtftConfig, run_dir: Path, tokenizer: Any, prepared: Pre
         labelled_positions_only=prepared.labelled_positions_only,
         batch_observers=prepared.batch_observers,
         length_megabatch=conf.objective.length_megabatch,
+        chunked_loss=conf.objective.chunked_loss and prepared.task_type == "CAUSAL_LM",
     )
 
 

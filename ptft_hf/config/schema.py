@@ -81,6 +81,7 @@ class ObjectiveConfig:
     mlm_probability: float = 0.15  # mlm: share of tokens (or words) to predict
     whole_word_mask: bool = False  # mlm: mask all tokens of a chosen word together
     eval_mask_seed: int = 1234  # mlm: eval masks depend only on this seed and the text
+    chunked_loss: bool = True  # clm/sft: loss from hidden states a chunk at a time, no batch of logits kept
     predict_masked_only: bool = True  # mlm: vocabulary projection only at masked positions (faster)
     line_by_line: bool = False  # mlm: one document per row, padded per batch (run_mlm.py's --line_by_line)
     max_length: int = 128  # classification: longer texts are truncated (and counted)

@@ -34,20 +34,27 @@ class TokenLossAccumulator:
     tokens: int = 0
     correct: int = 0
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, shift: bool = True, chunk_rows: int = 2048) -> None:
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, shift: bool = True, chunk_rows: int = 2048,
+               head: torch.nn.Module | None = None) -> None:
         """Add one batch. The labels are shifted (not the logits), so the model's logits are only
         viewed, never copied; the loss runs over `chunk_rows` positions at a time, so the extra
         memory is one chunk's log-softmax, not a batch's (a batch of 32x256 positions over an 8k
-        vocabulary is 262 MB of fp32 logits per copy)."""
+        vocabulary is 262 MB of fp32 logits per copy). With `head`, `logits` are the last hidden
+        states and each chunk is projected here: no batch of logits exists at all."""
         if shift:  # causal LM: position t predicts token t+1; the last position predicts nothing
             labels = F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
         logits = logits.reshape(-1, logits.shape[-1])
         labels = labels.reshape(-1).to(logits.device)
+        if head is not None:  # only labelled positions are projected
+            selected = labels != IGNORE_INDEX
+            logits, labels = logits[selected], labels[selected]
         loss_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
         tokens = torch.zeros((), dtype=torch.int64, device=logits.device)
         correct = torch.zeros((), dtype=torch.int64, device=logits.device)
         for start in range(0, labels.numel(), chunk_rows):
             part, target = logits[start : start + chunk_rows], labels[start : start + chunk_rows]
+            if head is not None:
+                part = head(part)
             mask = target != IGNORE_INDEX
             loss_sum += F.cross_entropy(part.float(), target, ignore_index=IGNORE_INDEX, reduction="sum").double()
             tokens += mask.sum()

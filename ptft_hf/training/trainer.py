@@ -12,6 +12,7 @@ from transformers import Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import TrainOutput, speed_metrics
 
+from ptft_hf.training.chunked_loss import CHUNK_ELEMENTS, chunkable_head, hidden_states_as_logits, linear_cross_entropy
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
 from ptft_hf.training.safety import NonFiniteLoss, TrainLossTally
 from ptft_hf.training.sampling import ShuffledLengthGroupedSampler
@@ -27,6 +28,8 @@ class PtftTrainer(Trainer):
     `shift_labels=True` for causal LMs (position t predicts t+1); False for masked LMs.
     `labelled_positions_only=True` (masked LMs) runs the vocabulary projection only at the masked
     positions, in training and evaluation (see `sparse_head`).
+    `chunked_loss=True` (causal LMs): the training loss is computed from the last hidden states a
+    chunk at a time, without a batch's logits (see `chunked_loss`); same loss and gradients.
     `length_megabatch=N` (with `train_sampling_strategy="group_by_length"`): sort by length within
     megabatches of N batches and shuffle the batches (see `sampling`); None keeps transformers'
     `LengthGroupedSampler` (50 batches, served longest first).
@@ -39,7 +42,8 @@ class PtftTrainer(Trainer):
 
     def __init__(self, *args: Any, shift_labels: bool = True, token_metrics: bool = True,
                  eval_data_collator: Any = None, labelled_positions_only: bool = False,
-                 batch_observers: Any = (), length_megabatch: int | None = None, **kwargs: Any):
+                 batch_observers: Any = (), length_megabatch: int | None = None, chunked_loss: bool = False,
+                 **kwargs: Any):
         if labelled_positions_only:
             kwargs.setdefault("compute_loss_func", selected_label_loss)
         super().__init__(*args, **kwargs)
@@ -49,6 +53,7 @@ class PtftTrainer(Trainer):
         self.labelled_positions_only = labelled_positions_only
         self.batch_observers = list(batch_observers)  # observe(batch) for each training batch, in this process
         self.length_megabatch = length_megabatch
+        self.chunked_loss = chunked_loss and shift_labels and not labelled_positions_only
         if not any(isinstance(cb, TrainLossTally) for cb in self.callback_handler.callbacks):
             self.add_callback(TrainLossTally())
         self._loss_tally().trainer = self
@@ -140,6 +145,15 @@ class PtftTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs.get("labels")
+        head = chunkable_head(self.accelerator.unwrap_model(model)) if self.chunked_loss and labels is not None else None
+        if head is not None and not return_outputs:
+            with hidden_states_as_logits(head):
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            loss = linear_cross_entropy(outputs.logits, head, labels, shift=True, num_items_in_batch=num_items_in_batch)
+            if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
+                    and num_items_in_batch is not None):  # as Trainer.compute_loss
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            return loss
         with self._head_scope(model, labels) if labels is not None else contextlib.nullcontext():
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -169,15 +183,22 @@ class PtftTrainer(Trainer):
         totals = TokenLossAccumulator()
         start = time.time()
         batches = 0
+        head = chunkable_head(self.accelerator.unwrap_model(model)) if self.chunked_loss else None
         with torch.no_grad():
             for batch in dataloader:
                 batch = self._prepare_inputs(batch)
                 labels = batch.pop("labels")
-                with self.compute_loss_context_manager(), self._head_scope(model, labels):
+                with self.compute_loss_context_manager(), self._head_scope(model, labels), \
+                        hidden_states_as_logits(head) if head is not None else contextlib.nullcontext():
                     outputs = model(**batch)
                 if self.labelled_positions_only:
                     labels = labels[labels != IGNORE_INDEX].unsqueeze(0)
-                totals.update(outputs.logits, labels, shift=self.shift_labels)
+                if head is not None:  # hidden states in, projected a chunk at a time
+                    with self.compute_loss_context_manager():
+                        totals.update(outputs.logits, labels, shift=self.shift_labels, head=head,
+                                      chunk_rows=max(1, CHUNK_ELEMENTS // head.weight.shape[0]))
+                else:
+                    totals.update(outputs.logits, labels, shift=self.shift_labels)
                 batches += 1
         if self.args.world_size > 1:
             reduced = self.accelerator.reduce(totals.as_tensor().to(self.args.device), reduction="sum")
