@@ -126,3 +126,22 @@ def test_evaluation_from_hidden_states_gives_the_same_metrics(tmp_path, monkeypa
     assert results[True]["eval_accuracy"] == results[False]["eval_accuracy"]
     assert results[True]["eval_loss"] == pytest.approx(results[False]["eval_loss"], rel=1e-6)
     assert "forward" not in vars(model.lm_head)
+
+
+def test_bf16_autocast_runs_and_stays_close_to_the_stock_loss():
+    """trainer.bf16 (CPU autocast here; CUDA alike): bf16 matmuls inside, fp32 gradients out."""
+    ids, labels = batch(5)
+    stock, chunked = tiny_gpt2().float(), tiny_gpt2().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = stock(input_ids=ids, labels=labels).loss
+        head = chunkable_head(chunked)
+        with hidden_states_as_logits(head):
+            hidden = chunked(input_ids=ids).logits
+        loss = linear_cross_entropy(hidden, head, labels)
+    expected.backward()
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(expected.item(), rel=2e-2)
+    assert chunked.lm_head.weight.grad.dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(chunked.lm_head.weight.grad.flatten(), stock.lm_head.weight.grad.flatten(), dim=0)
+    assert cosine > 0.99
