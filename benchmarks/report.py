@@ -221,7 +221,7 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
         if w1.get("bf16_check"):
             b = w1["bf16_check"]
             out.append(f"bf16 on this CPU at {'x'.join(map(str, b['shape']))}: {_spread(b['bfloat16_gflops_per_s'])} GFLOP/s against fp32 "
-                       f"{_spread(b['float32_gflops_per_s'])} ({_spread(b['bf16_slowdown'])}x slower)")
+                       f"{_spread(b['float32_gflops_per_s'])} (bf16 time / fp32 time: {_spread(b['bf16_slowdown'])}; above 1 bf16 is slower)")
         out.append("")
     if "w2" in summary:
         w2, s = summary["w2"], meta["spec"]["w2"]
