@@ -12,8 +12,9 @@ the head's weight when it trains), backward scales them. The matmul work is the 
 stock path's. Positions without a label (prompt tokens in SFT, padding) are dropped before the
 projection, so they cost nothing.
 
-Used for models whose logits are exactly `hidden @ W.T (+ b)`: a plain `nn.Linear` head and no
-logit soft-capping or scaling in the config; anything else keeps the stock loss.
+Used for architectures whose logits are exactly `hidden @ W.T (+ b)` (a list, with a plain
+`nn.Linear` head and no logit soft-capping or scaling in the config); anything else keeps the
+stock loss, as do label smoothing, DeepSpeed/FSDP and distributed training of an untied head.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ import torch.nn.functional as F
 
 from ptft_hf.training.metrics import IGNORE_INDEX
 
-# config fields that change logits after the projection: such models keep the stock loss
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+# architectures whose causal-LM logits are exactly `lm_head(last hidden state)` (transformers 5.x);
+# others (soft-capped, scaled or multiplied logits: Gemma 2/3, RecurrentGemma, Cohere, Granite,
+# Falcon-H1, ...) keep the stock loss
+PLAIN_HEAD_MODEL_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "opt", "phi3", "olmo2"})
+# config fields that change logits after the projection, checked as well
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "logits_soft_cap", "lm_head_multiplier",
+                    "output_multiplier")
 CHUNK_ELEMENTS = 2**23  # logits of one chunk: 8M floats, 32 MB in fp32
 
 
@@ -35,10 +41,13 @@ def chunkable_head(model: Any) -> torch.nn.Linear | None:
     """The model's vocabulary projection when logits are exactly `Linear(hidden)`, else None."""
     getter = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
-    if type(head) is not torch.nn.Linear or not head.weight.is_floating_point():
+    if type(head) is not torch.nn.Linear or not head.weight.is_floating_point() or head.weight.numel() == 0:
         return None
     config = getattr(model, "config", None)
-    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS):
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    configs = [config, config.get_text_config()] if hasattr(config, "get_text_config") else [config]
+    if any(getattr(c, name, None) not in (None, 1, 1.0) for c in configs for name in LOGIT_TRANSFORMS):
         return None
     return head
 
@@ -50,11 +59,15 @@ def _identity(hidden: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def hidden_states_as_logits(head: torch.nn.Module) -> Iterator[None]:
     """Within the block the head returns its input: the model's `logits` are its last hidden states."""
+    previous = vars(head).get("forward")  # e.g. an accelerate hook's wrapper
     head.forward = _identity  # an instance attribute shadows the class's forward
     try:
         yield
     finally:
-        del head.forward
+        if previous is None:
+            del head.forward
+        else:
+            head.forward = previous
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

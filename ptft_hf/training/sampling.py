@@ -6,7 +6,9 @@ with one of similar length), but in that sampler they would also turn every mega
 long-to-short sweep. Here the batches are cut from the sorted megabatches and then shuffled, so
 the megabatch can be large (less padding) while the order of lengths stays random. As in
 transformers, the batch holding the longest example goes first (an out-of-memory error shows at
-step one) and the randomness comes from torch's generator (seeded by the Trainer).
+step one). The order depends only on `seed` and the epoch (`set_epoch`, which the Trainer and
+accelerate call), so every process of a distributed run builds the same order, and a resumed run
+rebuilds the order it is skipping into.
 """
 
 from __future__ import annotations
@@ -44,16 +46,20 @@ class ShuffledLengthGroupedSampler(Sampler[int]):
     """Indices in `length_grouped_batches` order, flattened for the Trainer's DataLoader, which cuts
     them back into the same batches (its batch size must be `batch_size`)."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, megabatch_batches: int,
-                 generator: torch.Generator | None = None):
+    def __init__(self, lengths: Sequence[int], batch_size: int, megabatch_batches: int, seed: int = 0):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.megabatch_batches = megabatch_batches
-        self.generator = generator
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
-        batches = length_grouped_batches(self.lengths, self.batch_size, self.megabatch_batches, self.generator)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = length_grouped_batches(self.lengths, self.batch_size, self.megabatch_batches, generator)
         return iter([i for batch in batches for i in batch])

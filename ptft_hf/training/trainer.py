@@ -63,8 +63,9 @@ class PtftTrainer(Trainer):
         if (self.args.train_sampling_strategy != "group_by_length" or not self.length_megabatch
                 or dataset is None or not hasattr(dataset, "column_names")):
             return super()._get_train_sampler(train_dataset)
-        return ShuffledLengthGroupedSampler(self._example_lengths(dataset), self.args.train_batch_size,
-                                            self.length_megabatch)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return ShuffledLengthGroupedSampler(self._example_lengths(dataset), self._train_batch_size,
+                                            self.length_megabatch, seed=seed)
 
     def _example_lengths(self, dataset: Any) -> list[int]:
         """The `length` column the objectives write; the Trainer drops it (not a model input) before
@@ -145,17 +146,33 @@ class PtftTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs.get("labels")
-        head = chunkable_head(self.accelerator.unwrap_model(model)) if self.chunked_loss and labels is not None else None
-        if head is not None and not return_outputs:
+        head = self._chunk_head(model) if labels is not None and not return_outputs and "shift_labels" not in inputs else None
+        if head is not None:
             with hidden_states_as_logits(head):
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            loss = linear_cross_entropy(outputs.logits, head, labels, shift=True, num_items_in_batch=num_items_in_batch)
+            with self.accelerator.autocast():  # accelerate autocasts only the model's forward
+                loss = linear_cross_entropy(outputs.logits, head, labels, shift=True, num_items_in_batch=num_items_in_batch)
             if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
                     and num_items_in_batch is not None):  # as Trainer.compute_loss
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
             return loss
         with self._head_scope(model, labels) if labels is not None else contextlib.nullcontext():
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _chunk_head(self, model: Any) -> torch.nn.Linear | None:
+        """The head to compute the loss from hidden states with, or None for the stock loss: not
+        with label smoothing (the stock smoother), DeepSpeed or FSDP (the head's weight is sharded
+        outside forward), or distributed training of an untied head (DDP would see its weight
+        unused in forward, then get its gradient)."""
+        if not self.chunked_loss or self.label_smoother is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return None
+        unwrapped = self.accelerator.unwrap_model(model)
+        head = chunkable_head(unwrapped)
+        if head is not None and self.args.world_size > 1 and head.weight.requires_grad:
+            embeddings = unwrapped.get_input_embeddings()
+            if embeddings is None or embeddings.weight is not head.weight:
+                return None
+        return head
 
     def get_eval_dataloader(self, eval_dataset: Any = None):
         """Evaluation may batch differently from training (fixed MLM masks, no padding counter)."""
@@ -183,7 +200,7 @@ class PtftTrainer(Trainer):
         totals = TokenLossAccumulator()
         start = time.time()
         batches = 0
-        head = chunkable_head(self.accelerator.unwrap_model(model)) if self.chunked_loss else None
+        head = self._chunk_head(model)
         with torch.no_grad():
             for batch in dataloader:
                 batch = self._prepare_inputs(batch)
@@ -194,7 +211,7 @@ class PtftTrainer(Trainer):
                 if self.labelled_positions_only:
                     labels = labels[labels != IGNORE_INDEX].unsqueeze(0)
                 if head is not None:  # hidden states in, projected a chunk at a time
-                    with self.compute_loss_context_manager():
+                    with self.accelerator.autocast():
                         totals.update(outputs.logits, labels, shift=self.shift_labels, head=head,
                                       chunk_rows=max(1, CHUNK_ELEMENTS // head.weight.shape[0]))
                 else:

@@ -88,6 +88,12 @@ def test_models_whose_logits_are_not_a_plain_projection_keep_the_stock_loss():
     assert chunkable_head(model) is model.lm_head
     model.config.final_logit_softcapping = 30.0  # Gemma-2 style: logits are capped after the head
     assert chunkable_head(model) is None
+    model.config.final_logit_softcapping = None
+    model.config.logits_soft_cap = 30.0  # RecurrentGemma's name for it
+    assert chunkable_head(model) is None
+    unlisted = tiny_gpt2()
+    unlisted.config.model_type = "gemma3_text"  # an architecture not on the list keeps the stock loss
+    assert chunkable_head(unlisted) is None
     other = tiny_gpt2()
     other.lm_head = torch.nn.Sequential(other.lm_head)  # not a plain nn.Linear
     assert chunkable_head(other) is None
@@ -109,6 +115,30 @@ def test_trainer_with_chunked_loss_trains_like_the_stock_trainer(tmp_path):
     assert len(losses[True]) == 3
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     assert torch.allclose(weights[True], weights[False], atol=1e-5)
+
+
+def test_label_smoothing_keeps_the_stock_loss(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.1, report_to="none", use_cpu=True)
+    trainer = PtftTrainer(model=tiny_gpt2().float(), args=args, data_collator=CausalLMCollator(), chunked_loss=True)
+    assert trainer._chunk_head(trainer.model) is None
+    plain = PtftTrainer(model=tiny_gpt2().float(), args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+                        data_collator=CausalLMCollator(), chunked_loss=True)
+    assert plain._chunk_head(plain.model) is plain.model.lm_head
+
+
+def test_bf16_weights_train_under_the_trainers_mixed_precision(tmp_path):
+    """accelerate autocasts only the model's forward and hands back fp32 hidden states; the chunked
+    loss runs under the trainer's autocast, so bf16 weights meet them without a dtype error."""
+    g = torch.Generator().manual_seed(6)
+    blocks = Dataset.from_dict({"input_ids": torch.randint(0, 97, (8, 16), generator=g).tolist()})
+    model = tiny_gpt2().to(torch.bfloat16)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, bf16=True, report_to="none",
+                             use_cpu=True, save_strategy="no", disable_tqdm=True, logging_steps=1)
+    trainer = PtftTrainer(model=model, args=args, train_dataset=blocks, eval_dataset=blocks, data_collator=CausalLMCollator(),
+                          chunked_loss=True)
+    losses = [h["loss"] for h in trainer.train() and trainer.state.log_history if "loss" in h]
+    assert len(losses) == 2 and all(4.0 < loss < 5.0 for loss in losses)  # ln(97) = 4.57 for a fresh model
+    assert 4.0 < trainer.evaluate()["eval_loss"] < 5.0
 
 
 def test_evaluation_from_hidden_states_gives_the_same_metrics(tmp_path, monkeypatch):

@@ -59,6 +59,22 @@ def test_same_generator_seed_same_order_and_larger_megabatches_pad_less():
     assert padded_share(lengths, [stock[i : i + 16] for i in range(0, 2000, 16)]) > shares[2]
 
 
+def test_the_order_depends_only_on_seed_and_epoch():
+    """Every process of a distributed run, and a resumed run, must build the same order."""
+    lengths = [(i * 13) % 29 + 1 for i in range(300)]
+    first, other_rank = ShuffledLengthGroupedSampler(lengths, 8, 5, seed=7), ShuffledLengthGroupedSampler(lengths, 8, 5, seed=7)
+    torch.manual_seed(123)  # the global generator plays no part
+    epoch0 = list(first)
+    torch.rand(1000)
+    assert list(other_rank) == epoch0
+    first.set_epoch(1)
+    epoch1 = list(first)
+    assert epoch1 != epoch0 and sorted(epoch1) == list(range(300))
+    other_rank.set_epoch(1)
+    assert list(other_rank) == epoch1
+    assert list(ShuffledLengthGroupedSampler(lengths, 8, 5, seed=8)) != epoch0
+
+
 @pytest.mark.parametrize("bad", [(0, 5), (4, 0)])
 def test_sizes_below_one_are_refused(bad):
     with pytest.raises(ValueError, match="must be >= 1"):
