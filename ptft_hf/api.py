@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -89,7 +90,9 @@ def run(experiment: Experiment | DictConfig | Sequence[str], run_dir: str | Path
         experiment = Experiment(experiment)
     elif not isinstance(experiment, Experiment):
         experiment = compose(*experiment)
-    run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    if run_dir is None:  # as the CLI: outputs/<date>/<time>, or under PTFT_HF_OUTPUTS
+        run_dir = Path(os.environ.get("PTFT_HF_OUTPUTS", "outputs")) / datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    run_dir = Path(run_dir)
     cfg = experiment.cfg.copy()
     cfg.overwrite = bool(overwrite or cfg.get("overwrite"))
     guard_run_dir(run_dir, cfg.overwrite, field="run_dir")

@@ -1,22 +1,37 @@
-"""Shared fixtures: compose the real config tree once per test, shrink it, and give each test its
-own run folder (after lightning-hydra-template's tests/conftest.py)."""
+"""Shared fixtures: compose the real config tree, shrink it, give each test its own run folder
+(after lightning-hydra-template's tests/conftest.py), and train each distinct shared run once.
+
+- Hermetic: `pytest_configure` points every cache (HF datasets and Hub, the project's cache,
+  Hydra's default output folders, matplotlib, Jupyter) under pytest's temporary folder before any
+  test module imports the libraries; `pytest_sessionfinish` fails the session if the checkout or
+  `~/.cache/ptft_hf` changed anyway.
+- Shared runs (`tiny_run`, `quickstart_run`, `sweep_run`) are trained once per session, by the
+  first pytest-xdist worker that needs them, into a folder every worker reads (a file lock keeps
+  the others waiting). Tests read them; a test that writes works on a copy (`copy_run`).
+- Under pytest-xdist every worker and its subprocesses use one thread (`OMP_NUM_THREADS=1`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
+from typing import Callable
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from ptft_hf.config import schema  # noqa: F401  (registers the schema)
-from ptft_hf.paths import conf_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PTFT_HF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ptft_hf"
+
+# A Hub token planted in the environment and on the command line of the shared runs: the secrets
+# tests grep every file and every captured output for it.
+PLANTED_TOKEN = "hf_plantedTokenThatMustNeverLeak0123456789"
 
 # Small enough to train in seconds on 2 CPU cores; big enough that the loss visibly falls.
 TINY_OVERRIDES = [
@@ -36,6 +51,46 @@ TINY_OVERRIDES = [
     "samples.max_new_tokens=8",
 ]
 
+# The one finished tiny run (CLI, resume reference, bad inputs, secrets): 60 steps, a checkpoint
+# every 15 (all kept), an eval every 15, the planted token on the command line and in HF_TOKEN.
+TINY_RUN = ["data=builtin_docs", "data.max_train_samples=600", "data.max_eval_samples=40", *TINY_OVERRIDES,
+            "trainer.max_steps=60", "trainer.learning_rate=3e-3", "trainer.save_total_limit=10",
+            f"trainer.hub_token={PLANTED_TOKEN}"]
+
+# The quickstart pipeline, shrunk (pipeline, Hub and secrets tests): a 64-wide GPT-2 pretrained
+# for 40 steps, then LoRA for 30 with a checkpoint every 15, and a dry run of the adapter's push.
+QUICKSTART_TINY_MODEL = ("['model.config.n_layer=1','model.config.n_head=2','model.config.n_embd=64',"
+                         "'model.tokenizer.vocab_size=512']")
+QUICKSTART_SHARED = ["objective.block_size=32", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=5",
+                     "trainer.warmup_steps=2", "trainer.disable_tqdm=true", "samples.max_new_tokens=8",
+                     "data.max_train_samples=300", "data.max_eval_samples=60"]
+QUICKSTART_RUN = [
+    "experiment=quickstart", f"stages.pretrain.extra={QUICKSTART_TINY_MODEL}",
+    "stages.pretrain.overrides=['trainer.max_steps=40','trainer.learning_rate=3e-3','trainer.eval_steps=20','trainer.save_steps=20']",
+    "stages.finetune.overrides=['trainer.max_steps=30','trainer.learning_rate=5e-3','trainer.eval_steps=15','trainer.save_steps=15']",
+    *QUICKSTART_SHARED, "hub.dry_run=true", "hub.repo_id=me/quickstart-legal", f"trainer.hub_token={PLANTED_TOKEN}",
+]
+
+# A two-job multirun sweep with the planted token (multirun folders, secrets in multirun.yaml).
+SWEEP_RUN = ["-m", "trainer.learning_rate=1e-3,3e-4", "data=builtin_docs", "data.max_train_samples=200",
+             "data.max_eval_samples=20", *TINY_OVERRIDES, "trainer.max_steps=6", "trainer.save_steps=3",
+             f"trainer.hub_token={PLANTED_TOKEN}"]
+
+_HERMETIC_DIRS = {  # environment variable -> folder under pytest's temporary folder
+    "PTFT_HF_CACHE": "ptft_hf",
+    "PTFT_HF_OUTPUTS": "outputs",
+    "HF_HOME": "hf_home",
+    "HF_DATASETS_CACHE": "hf_datasets",
+    "XDG_CACHE_HOME": "xdg_cache",
+    "XDG_DATA_HOME": "xdg_data",
+    "XDG_CONFIG_HOME": "xdg_config",
+    "MPLCONFIGDIR": "matplotlib",
+    "JUPYTER_RUNTIME_DIR": "jupyter_runtime",
+    "IPYTHONDIR": "ipython",
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+    "TRITON_CACHE_DIR": "triton",
+}
+
 
 def shared_data(*parts: str) -> Path:
     """A path under ../shared/data, or skip the test with the reason when it is absent."""
@@ -45,9 +100,69 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def _xdist_worker() -> str | None:
+    return os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def _checkout_state() -> dict[str, str]:
+    """Every file of the checkout outside the ignored build/venv folders, with its content hash."""
+    skip = {".git", "__pycache__", ".ci", ".venv", "build", "dist"}
+    state = {}
+    for path in REPO_ROOT.rglob("*"):
+        rel = path.relative_to(REPO_ROOT)
+        if set(rel.parts) & skip or any(p.endswith(".egg-info") for p in rel.parts) or not path.is_file():
+            continue
+        state[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def _user_cache_state() -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in USER_CACHE.rglob("*")} if USER_CACHE.exists() else {}
+
+
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin has set up its factory
+def pytest_configure(config: pytest.Config) -> None:
+    base = config._tmp_path_factory.getbasetemp() / "hermetic"  # the worker's own basetemp under xdist
+    for name, sub in _HERMETIC_DIRS.items():
+        os.environ[name] = str(base / sub)
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                      HF_HUB_DISABLE_TELEMETRY="1")
+    os.environ["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    if _xdist_worker():  # two workers on two cores: one thread each, for the subprocesses too
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
+    if not _xdist_worker():  # the controller (or a run without xdist) watches what the session leaves behind
+        config.stash[_STATE_KEY] = (_checkout_state(), _user_cache_state())
+
+
+_STATE_KEY = pytest.StashKey[tuple]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when it wrote into the checkout or into ~/.cache/ptft_hf."""
+    if _STATE_KEY not in session.config.stash:
+        return
+    checkout, cache = session.config.stash[_STATE_KEY]
+    now_checkout, now_cache = _checkout_state(), _user_cache_state()
+    changed = sorted(k for k in checkout.keys() | now_checkout.keys() if checkout.get(k) != now_checkout.get(k))
+    changed += sorted(k for k in cache.keys() | now_cache.keys() if cache.get(k) != now_cache.get(k))
+    if changed:
+        session.config.get_terminal_writer().line(
+            f"not hermetic: the suite changed {len(changed)} file(s) outside pytest's temporary folders: "
+            + ", ".join(changed[:20]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture
 def compose_cfg():
     """compose_cfg(*overrides) -> DictConfig from the real conf/ tree (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ptft_hf.config import schema  # noqa: F401  (registers the schema)
+    from ptft_hf.paths import conf_dir
 
     def _compose(*overrides: str):
         GlobalHydra.instance().clear()
@@ -59,19 +174,9 @@ def compose_cfg():
 
 
 @pytest.fixture(scope="session")
-def cache_env(tmp_path_factory) -> dict[str, str]:
-    """Environment for subprocess runs: offline, own caches, no GPU."""
-    cache = tmp_path_factory.mktemp("cache")
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        PTFT_HF_CACHE=str(cache / "ptft"),
-        HF_DATASETS_CACHE=str(cache / "datasets"),
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    return env
+def cache_env() -> dict[str, str]:
+    """Environment for subprocess runs: offline, the session's own caches (see pytest_configure)."""
+    return dict(os.environ)
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -80,3 +185,81 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600)
         [sys.executable, "-m", "ptft_hf", *args],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def shared_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """`build(folder)` once per session for every xdist worker; the folder it filled.
+
+    The first worker to ask builds under a file lock; the others wait and reuse it. A failed build
+    is recorded, so the other workers fail at once with the same message instead of retrying.
+    """
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if _xdist_worker() else base) / "shared-runs"
+    root.mkdir(parents=True, exist_ok=True)
+    folder, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with FileLock(str(root / f"{name}.lock")):
+        if failed.exists():
+            pytest.fail(f"shared run {name!r} failed to build in another worker:\n{failed.read_text()}")
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException as err:
+                failed.write_text("".join(traceback.format_exception(err))[-6000:])
+                raise
+            done.write_text("")
+    return folder
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    """A private copy of a shared run folder, for a test that writes into it."""
+    shutil.copytree(source, target, symlinks=True)
+    return target
+
+
+def _cli_or_fail(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    result = run_cli(args, env, cwd)
+    (cwd / "stdout.txt").write_text(result.stdout)
+    (cwd / "stderr.txt").write_text(result.stderr)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_env) -> Path:
+    """The finished tiny GPT-2 run (`TINY_RUN`), trained once: `<folder>/run`; the CLI's output in
+    `<folder>/stdout.txt` and `stderr.txt`."""
+    env = dict(cache_env, HF_TOKEN=PLANTED_TOKEN)
+    folder = shared_run(tmp_path_factory, "tiny",
+                        lambda root: _cli_or_fail([*TINY_RUN, f"hydra.run.dir={root / 'run'}"], env, root))
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory, cache_env) -> Path:
+    """The shrunk quickstart pipeline with a dry run of its push (`QUICKSTART_RUN`), trained once."""
+    env = dict(cache_env, HF_TOKEN=PLANTED_TOKEN)
+    folder = shared_run(tmp_path_factory, "quickstart",
+                        lambda root: _cli_or_fail([*QUICKSTART_RUN, f"hydra.run.dir={root / 'run'}"], env, root))
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def sweep_run(tmp_path_factory, cache_env) -> Path:
+    """A two-job multirun sweep with the planted token (`SWEEP_RUN`): `<folder>/sweep/{0,1}`."""
+    env = dict(cache_env, HF_TOKEN=PLANTED_TOKEN)
+    folder = shared_run(tmp_path_factory, "sweep",
+                        lambda root: _cli_or_fail([*SWEEP_RUN, f"hydra.sweep.dir={root / 'sweep'}"], env, root))
+    return folder / "sweep"
+
+
+def cli_output(run_dir: Path) -> str:
+    """What the CLI printed while training a shared run (stdout and stderr)."""
+    return (run_dir.parent / "stdout.txt").read_text() + (run_dir.parent / "stderr.txt").read_text()
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())

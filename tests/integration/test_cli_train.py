@@ -10,9 +10,11 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import TINY_OVERRIDES, run_cli, shared_data
+from tests.conftest import TINY_OVERRIDES, read_json, shared_data
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+NON_EMPTY_VALID_LINES = 2461  # lines of wikitext-2/valid.txt with text on them: one document each
 
 RUN_FILES = ["config.yaml", ".hydra/config.yaml", "metrics.json", "train_log.jsonl", "loss.png",
              "samples.jsonl", "report.md", "model/config.json", "model/model.safetensors",
@@ -20,16 +22,9 @@ RUN_FILES = ["config.yaml", ".hydra/config.yaml", "metrics.json", "train_log.jso
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, cache_env):
-    root = tmp_path_factory.mktemp("cli")
-    run_dir = root / "run"
-    result = run_cli(
-        ["data=builtin_docs", "data.max_train_samples=600", "data.max_eval_samples=40",
-         *TINY_OVERRIDES, "trainer.max_steps=60", "trainer.learning_rate=3e-3", f"hydra.run.dir={run_dir}"],
-        cache_env, cwd=root,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir, json.loads((run_dir / "metrics.json").read_text())
+def trained_run(tiny_run):
+    """The session's shared tiny run (tests/conftest.py TINY_RUN: 60 steps of a 1-layer GPT-2)."""
+    return tiny_run, read_json(tiny_run / "metrics.json")
 
 
 def test_run_folder_is_complete(trained_run):
@@ -65,57 +60,60 @@ def test_token_accounting_is_consistent(trained_run):
 
 
 def test_saved_model_reloads_and_generates(trained_run):
+    """The saved folder reloads to the trained model: greedy continuations of the run's prompts
+    equal the ones the run itself wrote at its final evaluation (step 60)."""
+    from ptft_hf.config.schema import SamplesConfig
+    from ptft_hf.training.callbacks import generate_samples
+
     run_dir, metrics = trained_run
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
     assert sum(p.numel() for p in model.parameters()) == metrics["parameters"]
     inputs = tokenizer("The function returns", return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert out.shape[1] == inputs["input_ids"].shape[1] + 5 or tokenizer.eos_token_id in out[0].tolist()
+    out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 5
     samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert {s["step"] for s in samples} == {0, 15, 30, 45, 60}
-    assert all(isinstance(s["completion"], str) for s in samples)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    prompts = config["samples"]["prompts"]
+    final = [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples if s["step"] == 60][-len(prompts):]
+    assert [s["prompt"] for s in final] == prompts  # the final evaluation's samples, one per prompt
+    assert generate_samples(model, tokenizer, SamplesConfig(**config["samples"])) == final
+    assert any(s["completion"].strip() for s in final)  # the model says something
 
 
-def test_local_folder_loads_through_from_pretrained(trained_run, cache_env, tmp_path):
-    """Continued pretraining from a saved folder: same data and seed give the same starting loss."""
+def test_local_folder_loads_through_from_pretrained(trained_run, compose_cfg, tmp_path):
+    """Continued pretraining from a saved folder (in-process: the recipe, not the CLI, is under
+    test): same data and seed give the same starting loss as the run's own final eval."""
+    from ptft_hf.recipe import run
+
     run_dir, first = trained_run
-    result = run_cli(
-        ["data=builtin_docs", "data.max_train_samples=600", "data.max_eval_samples=40", *TINY_OVERRIDES,
-         f"model.name_or_path={run_dir / 'model'}", "model.tokenizer.train=false", "model.config={}",
-         "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'continued'}"],
-        cache_env, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    second = json.loads((tmp_path / "continued" / "metrics.json").read_text())
+    cfg = compose_cfg("data=builtin_docs", "data.max_train_samples=600", "data.max_eval_samples=40", *TINY_OVERRIDES,
+                      f"model.name_or_path={run_dir / 'model'}", "model.tokenizer.train=false", "model.config={}",
+                      "trainer.max_steps=2")
+    second = run(cfg, tmp_path / "continued")
     assert second["eval_loss_before"] == pytest.approx(first["eval_loss"], rel=1e-5)
 
 
-def test_wikitext_files_train_and_report_perplexity(cache_env, tmp_path):
+def test_wikitext_files_train_and_report_perplexity(compose_cfg, tmp_path):
+    from ptft_hf.recipe import run
+
     wikitext = shared_data("wikitext-2")
-    result = run_cli(
-        ["data=text_files", f"data.path={wikitext / 'valid.txt'}", f"data.eval_path={wikitext / 'test.txt'}",
-         "data.max_eval_samples=200", *TINY_OVERRIDES, "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'wt'}"],
-        cache_env, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "wt" / "metrics.json").read_text())
+    cfg = compose_cfg("data=text_files", f"data.path={wikitext / 'valid.txt'}", f"data.eval_path={wikitext / 'test.txt'}",
+                      "data.max_eval_samples=200", *TINY_OVERRIDES, "trainer.max_steps=20")
+    metrics = run(cfg, tmp_path / "wt")
+    assert read_json(tmp_path / "wt" / "metrics.json")["eval_loss"] == metrics["eval_loss"]
     assert metrics["data"] == "text_files"
-    assert metrics["data_train"]["documents"] > 2000  # non-empty lines of valid.txt
+    assert metrics["data_train"]["documents"] == NON_EMPTY_VALID_LINES
     assert metrics["eval_perplexity"] < metrics["eval_perplexity_before"]
     assert torch.isfinite(torch.tensor(metrics["eval_perplexity"]))
 
 
-def test_multirun_sweep_runs_each_job(cache_env, tmp_path):
-    result = run_cli(
-        ["-m", "trainer.learning_rate=1e-3,3e-4", "data=builtin_docs", "data.max_train_samples=200",
-         "data.max_eval_samples=20", *TINY_OVERRIDES, "trainer.max_steps=3", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cache_env, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_multirun_sweep_runs_each_job(sweep_run):
     rates = []
     for job in ("0", "1"):
-        job_dir = tmp_path / "sweep" / job
+        job_dir = sweep_run / job
         assert (job_dir / "metrics.json").is_file()
         rates.append(yaml.safe_load((job_dir / "config.yaml").read_text())["trainer"]["learning_rate"])
     assert rates == [1e-3, 3e-4]
+    assert (sweep_run / "multirun.yaml").is_file() and (sweep_run / "summary.md").is_file()

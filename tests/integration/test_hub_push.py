@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,15 +25,12 @@ from ptft_hf.hub import push as push_module
 from ptft_hf.hub.publish import publish_run
 from ptft_hf.hub.push_cli import push_main
 from ptft_hf.hub.stage import reload_check, stage_run
-from tests.conftest import run_cli
+from tests.conftest import PLANTED_TOKEN, QUICKSTART_SHARED, cli_output, copy_run, run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TOKEN = "hf_plantedTokenThatMustNeverLeak0123456789"
-TINY = "['model.config.n_layer=1','model.config.n_head=2','model.config.n_embd=32','model.tokenizer.vocab_size=512']"
-SHARED = ["objective.block_size=32", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=5",
-          "trainer.warmup_steps=2", "trainer.disable_tqdm=true", "samples.max_new_tokens=4",
-          "data.max_train_samples=300", "data.max_eval_samples=20"]
+TOKEN = PLANTED_TOKEN
+SHARED = QUICKSTART_SHARED
 ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"]
 FULL_FILES = ["README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
               "tokenizer_config.json"]
@@ -75,20 +70,12 @@ def _calls(recorder, name: str) -> list[dict]:
     return [kwargs for call, kwargs in recorder.calls if call == name]
 
 
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory, cache_env):
-    """The quickstart pipeline, shrunk, with a dry run of its adapter and a planted token in the environment."""
-    root = tmp_path_factory.mktemp("hub")
-    env = dict(cache_env, HF_TOKEN=TOKEN)
-    result = run_cli(
-        ["experiment=quickstart", f"stages.pretrain.extra={TINY}",
-         "stages.pretrain.overrides=['trainer.max_steps=20','trainer.learning_rate=3e-3','trainer.eval_steps=20','trainer.save_steps=20']",
-         "stages.finetune.overrides=['trainer.max_steps=10','trainer.learning_rate=5e-3','trainer.eval_steps=10','trainer.save_steps=10']",
-         *SHARED, "hub.dry_run=true", "hub.repo_id=me/quickstart-legal", f"hydra.run.dir={root / 'run'}"],
-        env, cwd=root,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "run", result.stdout + result.stderr
+@pytest.fixture
+def quickstart(quickstart_run, tmp_path):
+    """A private copy of the session's shared quickstart pipeline (tests/conftest.py QUICKSTART_RUN: trained
+    with a dry run of its adapter and the token planted in the environment and on the command line), and
+    what the CLI printed while training it. Pushing stages into the run folder, hence the copy."""
+    return copy_run(quickstart_run, tmp_path / "quickstart"), cli_output(quickstart_run)
 
 
 def _front_matter(card: str) -> dict:
@@ -169,13 +156,12 @@ def test_push_full_run_public_to_a_branch(quickstart, recorder):
     assert meta["library_name"] == "transformers" and "base_model" not in meta and "full" in meta["tags"]
 
 
-def test_full_run_dry_run_loads_back(quickstart, cache_env):
+def test_full_run_dry_run_loads_back(quickstart, capsys):
     run_dir, _ = quickstart
     staging = run_dir.parent / "full-staging"
-    result = subprocess.run([sys.executable, "-m", "ptft_hf.hub.push_cli", str(run_dir / "pretrain"), "--dry-run",
-                             "--staging-dir", str(staging)], env=cache_env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "dry run: nothing uploaded" in result.stdout and "largest logit difference 0 " in result.stdout
+    assert push_main([str(run_dir / "pretrain"), "--dry-run", "--staging-dir", str(staging)]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: nothing uploaded" in out and "largest logit difference 0 " in out
     assert sorted(p.name for p in staging.iterdir()) == FULL_FILES
     tokenizer = AutoTokenizer.from_pretrained(staging)
     for got, want in zip(_logits(AutoModelForCausalLM.from_pretrained(staging), tokenizer),
@@ -247,3 +233,51 @@ def test_the_token_is_in_no_file_and_no_log(quickstart, recorder, caplog, capsys
     assert TOKEN not in output + caplog.text + captured.out + captured.err
     leaks = [p for p in run_dir.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert leaks == []
+
+
+class FailingHfApi(RecordingHfApi):
+    """The network boundary failing at the upload, with the token in the server's message."""
+
+    def upload_folder(self, **kwargs):
+        RecordingHfApi.calls.append(("upload_folder", kwargs))
+        raise RuntimeError(f"403 Forbidden: token {TOKEN} cannot write to this repo\\nrequest id 1 with {TOKEN}")
+
+
+def _hub_folder_hashes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_upload_error_is_one_line_with_the_token_masked(quickstart, recorder, monkeypatch, capsys):
+    run_dir, _ = quickstart
+    monkeypatch.setattr(push_module, "HfApi", FailingHfApi)
+    assert push_main([str(run_dir / "finetune"), "--repo-id", "me/forbidden"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "ptft-hf-push: error: hub.push: uploading to 'me/forbidden' failed (RuntimeError: 403 Forbidden: token *** "
+        "cannot write to this repo); check the network and the token's write access; the staged folder is kept: "
+        "retry with ptft-hf-push RUN_DIR"]
+    assert TOKEN not in captured.out + captured.err
+    assert len(_calls(recorder, "upload_folder")) == 1
+    assert sorted(p.name for p in (run_dir / "finetune" / "hub").iterdir()) == ADAPTER_FILES  # kept for a retry
+
+
+def test_push_refuses_a_pipeline_folder(quickstart, recorder, capsys):
+    run_dir, _ = quickstart
+    before = _hub_folder_hashes(run_dir)
+    assert push_main([str(run_dir), "--repo-id", "me/pipeline"]) == 2
+    stage_dirs = ", ".join(str(run_dir.resolve() / s) for s in ("pretrain", "finetune"))
+    assert capsys.readouterr().err.splitlines() == [
+        f"ptft-hf-push: error: run_dir: '{run_dir.resolve()}' is a pipeline folder; give one stage's folder: {stage_dirs}"]
+    assert recorder.calls == [] and _hub_folder_hashes(run_dir) == before
+
+
+@pytest.mark.parametrize("where", ["run", "model", "parent"])
+def test_push_refuses_a_staging_dir_that_would_wipe_the_run(quickstart, recorder, capsys, where):
+    run_dir, _ = quickstart
+    stage = (run_dir / "finetune").resolve()
+    staging = {"run": stage, "model": stage / "model", "parent": stage.parent}[where]
+    before = _hub_folder_hashes(run_dir)
+    assert push_main([str(stage), "--dry-run", "--staging-dir", str(staging)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"ptft-hf-push: error: hub.dir: '{staging}' would wipe the run folder or its model; choose an empty folder of its own"]
+    assert _hub_folder_hashes(run_dir) == before

@@ -5,35 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from tests.conftest import run_cli
+from tests.conftest import PLANTED_TOKEN, QUICKSTART_RUN, QUICKSTART_SHARED, copy_run, run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TINY_MODEL = "['model.config.n_layer=1','model.config.n_head=2','model.config.n_embd=64','model.tokenizer.vocab_size=512']"
-SHARED = ["objective.block_size=32", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=5",
-          "trainer.warmup_steps=2", "trainer.disable_tqdm=true", "samples.max_new_tokens=8",
-          "data.max_eval_samples=60"]
-
-
-PIPELINE = ["experiment=quickstart", f"stages.pretrain.extra={TINY_MODEL}",
-            "stages.pretrain.overrides=['trainer.max_steps=40','trainer.learning_rate=3e-3','trainer.eval_steps=20','trainer.save_steps=20']",
-            "stages.finetune.overrides=['trainer.max_steps=30','trainer.learning_rate=5e-3','trainer.eval_steps=15','trainer.save_steps=15']",
-            *SHARED]
+SHARED = QUICKSTART_SHARED
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, cache_env):
-    root = tmp_path_factory.mktemp("pipeline")
-    result = run_cli([*PIPELINE, f"hydra.run.dir={root / 'run'}"], cache_env, cwd=root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, root / "run"
+def pipeline_run(quickstart_run):
+    """The session's shared quickstart pipeline (tests/conftest.py QUICKSTART_RUN)."""
+    return quickstart_run.parent, quickstart_run
 
 
 def test_stage_two_starts_from_stage_one_and_records_its_lineage(pipeline_run):
@@ -43,7 +31,7 @@ def test_stage_two_starts_from_stage_one_and_records_its_lineage(pipeline_run):
     assert (pretrain["strategy"], finetune["strategy"]) == ("full", "lora")
     assert finetune["base_model"] == str((run_dir / "pretrain" / "model").resolve())
     stage_one_cfg = OmegaConf.load(run_dir / "pretrain" / "config.yaml")
-    assert len(finetune["lineage"]["base_config_sha256"]) == 64
+    assert finetune["lineage"]["base_config_sha256"] == _composed_stage_sha256("pretrain")
     assert finetune["lineage"]["base_run_dir"] == str((run_dir / "pretrain").resolve())
     assert stage_one_cfg.model.name == "tiny_gpt2" and stage_one_cfg.model.config.n_embd == 64
     # general perplexity before fine-tuning is stage 1's own final eval: same model, same eval data
@@ -51,6 +39,15 @@ def test_stage_two_starts_from_stage_one_and_records_its_lineage(pipeline_run):
     assert finetune["eval_perplexity"] < finetune["eval_perplexity_before"]
     assert sorted(p.name for p in (run_dir / "finetune" / "model").iterdir()) == [
         "README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+
+
+def _composed_stage_sha256(stage: str) -> str:
+    """config_sha256 of a stage as the pipeline composes it from QUICKSTART_RUN."""
+    import ptft_hf
+    from ptft_hf.pipeline import compose_stages, config_sha256, shared_overrides
+
+    experiment = ptft_hf.compose(*QUICKSTART_RUN)
+    return config_sha256(compose_stages(experiment.cfg, Path("unused"), shared_overrides(list(QUICKSTART_RUN)))[stage])
 
 
 def _hashes(folder) -> dict[str, str]:
@@ -61,14 +58,13 @@ def test_rerun_after_a_crash_skips_the_finished_stage_and_resumes_the_other(pipe
     """The state a crash in stage 2 after its checkpoint-15 leaves (no metrics.json there or at the
     top, no stage-2 model/); the same command again skips stage 1 and resumes stage 2."""
     _, finished = pipeline_run
-    run_dir = tmp_path / "run"
-    shutil.copytree(finished, run_dir)
+    run_dir = copy_run(finished, tmp_path / "run")
     for path in ("metrics.json", "report.md", "finetune/metrics.json", "finetune/report.md", "finetune/loss.png"):
         (run_dir / path).unlink()
     for path in ("finetune/model", "finetune/checkpoints/checkpoint-30"):
         shutil.rmtree(run_dir / path)
     pretrain = _hashes(run_dir / "pretrain")
-    result = run_cli([*PIPELINE, f"hydra.run.dir={run_dir}"], cache_env, cwd=tmp_path)
+    result = run_cli([*QUICKSTART_RUN, f"hydra.run.dir={run_dir}"], dict(cache_env, HF_TOKEN=PLANTED_TOKEN), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pipeline stage 'pretrain' already finished" in result.stdout
     assert _hashes(run_dir / "pretrain") == pretrain  # not run again
@@ -97,8 +93,9 @@ def test_shared_overrides_reach_every_stage(pipeline_run):
         assert cfg["objective"]["block_size"] == 32 and cfg["trainer"]["disable_tqdm"] is True
 
 
-def test_strategy_sweep_compares_all_four(pipeline_run, cache_env):
-    root, run_dir = pipeline_run
+def test_strategy_sweep_compares_all_four(pipeline_run, cache_env, tmp_path):
+    _, run_dir = pipeline_run
+    root = tmp_path
     result = run_cli(
         ["-m", "strategy=full,lora,qlora,dora", "model=pretrained", f"model.name_or_path={run_dir / 'pretrain' / 'model'}",
          "data=builtin_licenses", *SHARED, "trainer.max_steps=4", "trainer.eval_steps=4", "trainer.save_steps=4",
@@ -115,20 +112,23 @@ def test_strategy_sweep_compares_all_four(pipeline_run, cache_env):
 
 
 @pytest.mark.parametrize("case", ["adapter", "full-model"])
-def test_merge_command(pipeline_run, cache_env, case):
+def test_merge_command(pipeline_run, case, tmp_path, capsys):
+    """`ptft-hf-merge` through its main(argv), on a copy of the stage folder."""
+    from ptft_hf.hub.cli import merge_main
+
     _, run_dir = pipeline_run
-    target = run_dir / ("finetune" if case == "adapter" else "pretrain")
-    result = subprocess.run([sys.executable, "-m", "ptft_hf.hub.cli", str(target)], env=cache_env,
-                            capture_output=True, text=True, timeout=300)
+    target = copy_run(run_dir / ("finetune" if case == "adapter" else "pretrain"), tmp_path / case)
+    status = merge_main([str(target)])
+    captured = capsys.readouterr()
     if case == "full-model":
-        assert result.returncode == 2
-        assert result.stderr.strip().endswith("holds a full model, not an adapter; nothing to merge: use its model/ folder as it is")
+        assert status == 2
+        assert captured.err.strip().endswith("holds a full model, not an adapter; nothing to merge: use its model/ folder as it is")
+        assert not (target / "merged").exists()
         return
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "largest logit difference" in result.stdout
+    assert status == 0, captured.err[-2000:]
+    assert f"merged model saved to {target / 'merged'}; largest logit difference" in captured.out
     assert (target / "merged" / "model.safetensors").is_file()
     digest = hashlib.sha256((target / "merged" / "model.safetensors").read_bytes()).hexdigest()
-    again = subprocess.run([sys.executable, "-m", "ptft_hf.hub.cli", str(target)], env=cache_env,
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "is not empty; choose another folder or add --overwrite" in again.stderr
+    assert merge_main([str(target)]) == 2
+    assert "is not empty; choose another folder or add --overwrite" in capsys.readouterr().err
     assert hashlib.sha256((target / "merged" / "model.safetensors").read_bytes()).hexdigest() == digest
