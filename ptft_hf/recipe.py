@@ -29,6 +29,7 @@ from transformers import TrainingArguments, set_seed
 
 from ptft_hf.config.redact import redact, redact_file, secret_values
 from ptft_hf.config.schema import DataConfig, HubConfig, ModelConfig, PtftConfig, set_trainer_fields
+from ptft_hf.config.training_args import build_training_arguments
 from ptft_hf.config.validate import validate
 from ptft_hf.data.chat import as_messages, prompt_text
 from ptft_hf.data.sources import load_text_splits
@@ -65,9 +66,7 @@ def _resolved_config(cfg: DictConfig) -> dict[str, Any]:
 def _training_arguments(cfg: PtftConfig, run_dir: Path, objective_defaults: dict[str, Any]) -> TrainingArguments:
     """The trainer group's fields; an objective's needs (e.g. length grouping) unless set there.
     `resume_from_checkpoint` is the run's business (see `run_dir.resume_checkpoint`), not the Trainer's."""
-    trainer = {**objective_defaults, **set_trainer_fields(vars(cfg.trainer))}
-    trainer.pop("resume_from_checkpoint", None)
-    return TrainingArguments(output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, **trainer)
+    return build_training_arguments(vars(cfg.trainer), run_dir / "checkpoints", cfg.seed, objective_defaults)
 
 
 def _save_model(trainer: PtftTrainer, tokenizer: Any, model_dir: Path) -> None:

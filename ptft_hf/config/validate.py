@@ -6,9 +6,14 @@ import dataclasses
 import difflib
 import importlib.util
 import inspect
+import json
+import math
+import tempfile
+import warnings
+from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ptft_hf.config.schema import set_trainer_fields
 from ptft_hf.config.trainer_fields import training_argument_names
@@ -56,6 +61,109 @@ def _check_trainer(trainer: Any) -> list[Problem]:
 
 
 REPORT_TO_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+# Values TrainingArguments passes through but torch.optim.Adam/AdamW refuse when the Trainer builds
+# the optimizer, after the data, tokenizer and model work (torch/optim/adam.py: `not 0.0 <= lr`,
+# `not 0.0 <= eps`, `not 0.0 <= betas[i] < 1.0`, `not 0.0 <= weight_decay`), and values the Trainer
+# misuses without a word (a negative max_grad_norm turns clipping off). field: (accepts, what, fix).
+_NON_NEGATIVE = "is negative, which the optimizer refuses"
+_BETA = "is outside [0, 1), which the optimizer refuses"
+TRAINER_VALUE_CHECKS: dict[str, tuple[Callable[[float], bool], str, str]] = {
+    "learning_rate": (lambda v: 0.0 <= v, _NON_NEGATIVE, "set a positive value such as 3e-4"),
+    "weight_decay": (lambda v: 0.0 <= v, _NON_NEGATIVE, "use 0 (no decay) or a small positive value such as 0.01"),
+    "adam_beta1": (lambda v: 0.0 <= v < 1.0, _BETA, "use a value such as 0.9"),
+    "adam_beta2": (lambda v: 0.0 <= v < 1.0, _BETA, "use a value such as 0.999"),
+    "adam_epsilon": (lambda v: 0.0 <= v, _NON_NEGATIVE, "use a small positive value such as 1e-8"),
+    "max_grad_norm": (lambda v: 0.0 <= v, "is negative, which is no gradient norm (the Trainer would skip clipping without saying so)",
+                      "use a positive norm such as 1.0, or 0 to turn clipping off"),
+    "warmup_steps": (lambda v: 0.0 <= v, "is negative, which TrainingArguments refuses",
+                     "use 0 (no warmup), a number of steps, or a fraction of the steps below 1 such as 0.03"),
+}
+# Whole numbers of at least 1: a batch size of 0 is refused by the DataLoader, 0 accumulation steps divide by zero.
+TRAINER_COUNT_CHECKS: dict[str, tuple[str, str]] = {
+    "per_device_train_batch_size": ("is not a positive whole number, which the data loader refuses", "use 1 or more, such as 8"),
+    "per_device_eval_batch_size": ("is not a positive whole number, which the data loader refuses", "use 1 or more, such as 8"),
+    "gradient_accumulation_steps": ("is not a positive whole number of batches per optimiser step",
+                                    "use 1 (no accumulation) or more"),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _trainer_value_problem(key: str, value: Any) -> Problem | None:
+    field = f"trainer.{key}"
+    if key in TRAINER_VALUE_CHECKS:
+        accepts, what, fix = TRAINER_VALUE_CHECKS[key]
+        if not _is_number(value) or math.isnan(value):
+            return Problem(field, f"{value!r} is not a number", fix)
+        return None if accepts(value) else Problem(field, f"{value} {what}", fix)
+    if key in TRAINER_COUNT_CHECKS:
+        what, fix = TRAINER_COUNT_CHECKS[key]
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        return None if whole and value >= 1 else Problem(field, f"{value!r} {what}", fix)
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value as typed in an override: true, 0.5, steps, [a, b]."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _refusal(kwargs: dict[str, Any], seed: Any) -> str | None:
+    """What TrainingArguments says when it refuses these fields (one line), or None."""
+    from transformers.utils import logging as hf_logging
+
+    from ptft_hf.config.training_args import build_training_arguments
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the run builds them again and shows the warnings then
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # nothing is written: TrainingArguments only records output_dir
+            build_training_arguments(kwargs, Path(tempfile.gettempdir()) / "ptft_hf-validation", seed)
+    except (ValueError, TypeError) as err:
+        return " ".join(str(err).split()) or type(err).__name__
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return None
+
+
+def _training_arguments_problems(kwargs: dict[str, Any], seed: Any) -> list[Problem]:
+    """Build TrainingArguments from the set fields as the run will; each refusal becomes one problem
+    on the fields it concerns (those whose removal ends it, else those whose removal changes it),
+    and the rest are tried again."""
+    problems: list[Problem] = []
+    kwargs = dict(kwargs)
+    while (error := _refusal(kwargs, seed)) is not None:
+        without = {k: _refusal({o: v for o, v in kwargs.items() if o != k}, seed) for k in kwargs}
+        keys = [k for k, e in without.items() if e is None] or [k for k, e in without.items() if e != error]
+        if not keys:  # refused whatever is left out: not one field's doing
+            problems.append(Problem("trainer", f"transformers.TrainingArguments refuses these settings ({error})",
+                                    "check the trainer.* values against the TrainingArguments documentation"))
+            break
+        fields = [f"trainer.{k}" for k in keys]
+        settings = ", ".join(f"{k}={_shown(kwargs[k])}" for k in keys)
+        problems.append(Problem(", ".join(fields), f"transformers.TrainingArguments refuses {settings} ({error})",
+                                f"change or drop {' or '.join(fields)}"))
+        kwargs = {k: v for k, v in kwargs.items() if k not in keys}
+    return problems
+
+
+def _check_trainer_values(cfg: DictConfig) -> list[Problem]:
+    """The values of the trainer fields: what the optimizer or data loader would refuse later, then
+    whatever TrainingArguments refuses (one problem per field). Names are `_check_trainer`'s business.
+
+    The objective's own TrainingArguments (e.g. length grouping) are fixed valid values and left out."""
+    valid = trainer_field_names()
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs = {k: v for k, v in set_trainer_fields(trainer).items() if k in valid and k not in RUN_OWNED_TRAINER_FIELDS}
+    kwargs.pop("resume_from_checkpoint", None)
+    problems = [p for p in (_trainer_value_problem(k, v) for k, v in kwargs.items()) if p]
+    refused = {p.field.removeprefix("trainer.") for p in problems}
+    return problems + _training_arguments_problems({k: v for k, v in kwargs.items() if k not in refused}, cfg.get("seed", 42))
 
 
 def _check_data(data: DictConfig) -> list[Problem]:
@@ -220,6 +328,28 @@ def hub_problems(hub: Any, strategy: str, objective: str, name: Callable[[str], 
     return problems
 
 
+UNSAVED_BASE_FIX = "publish adapters of runs that start from a saved model (model.name_or_path)"
+
+
+def base_is_unsaved(model: Any) -> bool:
+    """A model built from a config (no name_or_path) or with fresh weights (random_init): its
+    weights exist only in the run, so an adapter trained on it cannot be published."""
+    return not model.name_or_path or bool(model.random_init)
+
+
+def adapter_base_problems(cfg: DictConfig) -> list[Problem]:
+    """Publishing an adapter (hub.push or hub.dry_run) whose base has random weights that are never
+    saved: refused when staging (`ptft_hf.hub.stage`), so refused here before training. A pipeline
+    stage starting from an earlier stage has that stage's model/ as name_or_path: not refused."""
+    hub = cfg.hub
+    if not (hub.push or hub.dry_run) or cfg.strategy.name not in PEFT_STRATEGIES or not base_is_unsaved(cfg.model):
+        return []
+    how = "has model.random_init=true" if cfg.model.name_or_path else "is built from a config"
+    return [Problem("hub.dry_run" if hub.dry_run else "hub.push",
+                    f"the adapter of strategy={cfg.strategy.name} would sit on a base with random weights that is never "
+                    f"saved (model={cfg.model.name} {how})", UNSAVED_BASE_FIX)]
+
+
 def collect_problems(cfg: DictConfig) -> list[Problem]:
     """Every problem found in the composed config, in group order."""
     problems: list[Problem] = []
@@ -234,8 +364,10 @@ def collect_problems(cfg: DictConfig) -> list[Problem]:
     problems += _check_model(cfg)
     problems += _check_data(cfg.data)
     problems += _check_trainer(cfg.trainer)
+    problems += _check_trainer_values(cfg)
     if "hub" in cfg:
         problems += hub_problems(cfg.hub, cfg.strategy.name, cfg.objective.name)
+        problems += adapter_base_problems(cfg)
     return problems
 
 

@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ptft_hf.config.schema import HubConfig, PtftConfig, TokenizerConfig
+from ptft_hf.config.validate import UNSAVED_BASE_FIX, base_is_unsaved
 from ptft_hf.errors import UserError
 from ptft_hf.hub.card import ADAPTER, AUTO_CLASSES, FULL, MERGED, write_card
 from ptft_hf.hub.merge import CHECK_TEXTS
@@ -90,9 +91,9 @@ def _source_folder(run_dir: Path, merged: bool) -> tuple[Path, str]:
     model_dir = run_dir / "model"
     kind = model_kind(model_dir)
     conf = load_run_config(run_dir)
-    if kind == ADAPTER and (not conf.model.name_or_path or conf.model.random_init):
+    if kind == ADAPTER and base_is_unsaved(conf.model):  # validation refuses this before training (adapter_base_problems)
         raise UserError.of("run_dir", f"the adapter in '{model_dir}' sits on a base with random weights that was never saved",
-                           "publish adapters of runs that start from a saved model (model.name_or_path)")
+                           UNSAVED_BASE_FIX)
     if not merged:
         return model_dir, kind
     if kind != ADAPTER:

@@ -56,7 +56,8 @@ def test_push_without_a_token_is_refused_before_training(compose_cfg, no_token):
 def test_merging_needs_an_adapter(compose_cfg, token):
     lines = _hub_lines(compose_cfg("hub.push=true", "hub.repo_id=me/model", "hub.merged=true", "strategy=full"))
     assert lines == ["hub.merged: strategy=full saves a full model, there is no adapter to merge; drop hub.merged"]
-    assert _hub_lines(compose_cfg("hub.push=true", "hub.repo_id=me/model", "hub.merged=true", "strategy=lora")) == []
+    assert _hub_lines(compose_cfg("hub.push=true", "hub.repo_id=me/model", "hub.merged=true", "strategy=lora",
+                                  "model=gpt2")) == []  # a pretrained base: tiny_gpt2's random one is refused
 
 
 def test_pipeline_hub_settings_go_to_the_last_stage_only(compose_cfg, tmp_path):
