@@ -240,7 +240,12 @@ class FailingHfApi(RecordingHfApi):
 
     def upload_folder(self, **kwargs):
         RecordingHfApi.calls.append(("upload_folder", kwargs))
-        raise RuntimeError(f"403 Forbidden: token {TOKEN} cannot write to this repo\\nrequest id 1 with {TOKEN}")
+        raise RuntimeError(f"403 Forbidden: token {TOKEN} cannot write to this repo\nrequest id 1 with {TOKEN}")
+
+
+def _push_errors(err: str) -> list[str]:
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("ptft-hf-push: error:")]
 
 
 def _hub_folder_hashes(folder: Path) -> dict[str, bytes]:
@@ -252,7 +257,7 @@ def test_upload_error_is_one_line_with_the_token_masked(quickstart, recorder, mo
     monkeypatch.setattr(push_module, "HfApi", FailingHfApi)
     assert push_main([str(run_dir / "finetune"), "--repo-id", "me/forbidden"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [
+    assert _push_errors(captured.err) == [
         "ptft-hf-push: error: hub.push: uploading to 'me/forbidden' failed (RuntimeError: 403 Forbidden: token *** "
         "cannot write to this repo); check the network and the token's write access; the staged folder is kept: "
         "retry with ptft-hf-push RUN_DIR"]
@@ -266,7 +271,7 @@ def test_push_refuses_a_pipeline_folder(quickstart, recorder, capsys):
     before = _hub_folder_hashes(run_dir)
     assert push_main([str(run_dir), "--repo-id", "me/pipeline"]) == 2
     stage_dirs = ", ".join(str(run_dir.resolve() / s) for s in ("pretrain", "finetune"))
-    assert capsys.readouterr().err.splitlines() == [
+    assert _push_errors(capsys.readouterr().err) == [
         f"ptft-hf-push: error: run_dir: '{run_dir.resolve()}' is a pipeline folder; give one stage's folder: {stage_dirs}"]
     assert recorder.calls == [] and _hub_folder_hashes(run_dir) == before
 
@@ -278,6 +283,6 @@ def test_push_refuses_a_staging_dir_that_would_wipe_the_run(quickstart, recorder
     staging = {"run": stage, "model": stage / "model", "parent": stage.parent}[where]
     before = _hub_folder_hashes(run_dir)
     assert push_main([str(stage), "--dry-run", "--staging-dir", str(staging)]) == 2
-    assert capsys.readouterr().err.splitlines() == [
+    assert _push_errors(capsys.readouterr().err) == [
         f"ptft-hf-push: error: hub.dir: '{staging}' would wipe the run folder or its model; choose an empty folder of its own"]
     assert _hub_folder_hashes(run_dir) == before
