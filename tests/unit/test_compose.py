@@ -34,8 +34,26 @@ def test_every_option_composes(compose_cfg, group, option):
     cfg = compose_cfg(*overrides)
     typed = OmegaConf.to_object(cfg)
     assert isinstance(typed, PtftConfig)
-    if group != "experiment":
-        assert cfg[group].get("name", option) == option or group == "trainer"
+    if group != "experiment":  # every value the option's file sets (or the command line) is what the run gets
+        expected = _option_values(group, option) | ({"path": "corpus.txt"} if "data.path=corpus.txt" in overrides else {})
+        assert _missing(OmegaConf.to_container(cfg[group]), expected) == []
+
+
+def _option_values(group: str, option: str) -> dict:
+    values = OmegaConf.to_container(OmegaConf.load(conf_dir() / group / f"{option}.yaml"))
+    values.pop("defaults", None)
+    return values.get(group, values) if list(values) == [group] else values  # `# @package` wrappers
+
+
+def _missing(whole: dict, part: dict, prefix: str = "") -> list[str]:
+    """Keys of `part` whose value `whole` does not hold (nested dicts compared key by key)."""
+    missing = []
+    for key, value in part.items():
+        if isinstance(value, dict) and isinstance(whole.get(key), dict):
+            missing += _missing(whole[key], value, f"{prefix}{key}.")
+        elif whole.get(key, object()) != value:
+            missing.append(f"{prefix}{key}: {whole.get(key)!r} != {value!r}")
+    return missing
 
 
 def test_each_yaml_option_starts_with_a_launch_example():

@@ -119,13 +119,25 @@ def test_qlora_copies_the_full_precision_tensors_out_of_the_checkpoint_map(base_
     assert packed.data_ptr() == packed_ptr
 
 
-def test_adapter_strategies_checkpoint_gradients_by_default():
-    """benchmarks W3: with 2x256 tokens a step's activations are most of what LoRA/QLoRA hold."""
-    from ptft_hf.paths import conf_dir
-
-    for name in ("lora", "qlora"):
-        assert yaml.safe_load((conf_dir() / "strategy" / f"{name}.yaml").read_text())["gradient_checkpointing"] is True
-    assert yaml.safe_load((conf_dir() / "strategy" / "full.yaml").read_text())["gradient_checkpointing"] is False
+@pytest.mark.parametrize("name,checkpoints", [("lora", True), ("qlora", True), ("dora", False), ("full", False)])
+def test_adapter_strategies_checkpoint_gradients_by_default(base_dir, compose_cfg, name, checkpoints):
+    """benchmarks W3: with 2x256 tokens a step's activations are most of what LoRA/QLoRA hold. With
+    the composed defaults, a checkpointed block runs its forward twice in a training step (again in
+    the backward pass, to recompute what was not kept); an unchecked one once."""
+    folder, tokenizer, blocks = base_dir
+    conf = OmegaConf.to_object(compose_cfg(f"strategy={name}"))
+    assert conf.strategy.gradient_checkpointing is checkpoints
+    strategy = get_strategy(conf.strategy)
+    model = load_causal_lm(ModelConfig(name="base", name_or_path=str(folder)), tokenizer, **strategy.model_kwargs())
+    model = strategy.wrap(model, task_type="CAUSAL_LM")
+    model.train()
+    block = next(m for m in model.modules() if type(m).__name__ == "GPT2Block")
+    calls = []  # hooked inside the block: transformers checkpoints a layer's forward, not its hooks
+    block.attn.register_forward_hook(lambda *args: calls.append(1))
+    batch = CausalLMCollator()([blocks[i] for i in range(2)])
+    model(**batch).loss.backward()
+    assert len(calls) == (2 if checkpoints else 1)  # recomputed in the backward pass
+    assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_adapter_file_is_small(base_dir, tmp_path):
