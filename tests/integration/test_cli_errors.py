@@ -14,7 +14,7 @@ import pytest
 from ptft_hf.paths import conf_dir
 from tests.conftest import TINY_OVERRIDES, run_cli
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a CLI subprocess each
 
 
 def _errors(stderr: str) -> list[str]:

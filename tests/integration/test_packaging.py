@@ -45,6 +45,7 @@ def _no_index_reason(built: subprocess.CompletedProcess) -> str | None:
     return next((f"no package index reachable to install the build requirements ({m})" for m in offline if m in text), None)
 
 
+@pytest.mark.slow
 def test_wheel_ships_conf_and_the_installed_cli_composes(tmp_path):
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     source = _source_copy(tmp_path / "source")

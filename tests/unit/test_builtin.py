@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ptft_hf.data.builtin import builtin_corpus_file, iter_stdlib_docstrings, prose_of
 
 
@@ -30,6 +32,7 @@ def test_stdlib_docstrings_are_deterministic_and_real():
     assert all(len(d) >= 80 and ">>>" not in d for d in first)
 
 
+@pytest.mark.slow
 def test_builtin_corpus_is_built_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("PTFT_HF_CACHE", str(tmp_path))
     path = builtin_corpus_file("docs")

@@ -99,6 +99,7 @@ def test_models_whose_logits_are_not_a_plain_projection_keep_the_stock_loss():
     assert chunkable_head(other) is None
 
 
+@pytest.mark.slow
 def test_trainer_with_chunked_loss_trains_like_the_stock_trainer(tmp_path):
     g = torch.Generator().manual_seed(3)
     blocks = Dataset.from_dict({"input_ids": torch.randint(0, 97, (24, 16), generator=g).tolist()})

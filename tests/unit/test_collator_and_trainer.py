@@ -37,6 +37,7 @@ def test_trainer_eval_is_token_weighted_mean_over_all_blocks(tmp_path):
     assert metrics["eval_perplexity"] == pytest.approx(torch.tensor(reference).exp().item(), rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, accumulation", [(0, 1), (2, 1), (0, 2)])
 def test_padding_counter_counts_in_the_training_process_with_dataloader_workers(tmp_path, workers, accumulation):
     """A counting collator would count inside the worker processes (and report 0 here with

@@ -70,7 +70,8 @@ def _frozen_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
 
 
-@pytest.mark.parametrize("name,expected_trainable", [("lora", 8192), ("dora", 8192 + 2 * (192 + 64 + 256 + 64)), ("qlora", 8192)])
+@pytest.mark.parametrize("name,expected_trainable", [("lora", 8192), pytest.param("dora", 8192 + 2 * (192 + 64 + 256 + 64), marks=pytest.mark.slow),
+                                                     ("qlora", 8192)])
 def test_only_adapters_train_and_the_base_stays_bit_for_bit(base_dir, tmp_path, name, expected_trainable):
     model = _wrapped(base_dir, name)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -119,6 +120,7 @@ def test_qlora_copies_the_full_precision_tensors_out_of_the_checkpoint_map(base_
     assert packed.data_ptr() == packed_ptr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,checkpoints", [("lora", True), ("qlora", True), ("dora", False), ("full", False)])
 def test_adapter_strategies_checkpoint_gradients_by_default(base_dir, compose_cfg, name, checkpoints):
     """benchmarks W3: with 2x256 tokens a step's activations are most of what LoRA/QLoRA hold. With
@@ -158,6 +160,7 @@ def test_unknown_target_module_lists_the_linear_layers(base_dir):
         strategy.wrap(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lora", "dora", "qlora"])
 def test_merged_model_matches_the_adapter_model(base_dir, tmp_path, name):
     model = _wrapped(base_dir, name)
