@@ -166,16 +166,19 @@ class RunResult:
         return tokenizer.decode(out[0], skip_special_tokens=True)
 
     def predict(self, texts: Iterable[str], batch_size: int = 64) -> list[str]:
-        """Predicted label names for `texts` (classification runs)."""
+        """Predicted label names for `texts` (classification runs), each text cut at the run's
+        `max_length` tokens as its training and evaluation cut it."""
         import torch
 
         model, tokenizer = self.load()
         texts = list(texts)
         labels: list[str] = []
         id2label = model.config.id2label
+        max_length = self.metrics.get("max_length")  # objective.max_length, capped at the model's positions
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
-                batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+                batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
+                                  return_tensors="pt")
                 labels += [id2label[int(i)] for i in model(**batch).logits.argmax(-1)]
         return labels
 

@@ -4,6 +4,7 @@ read the run back, refuse a finished folder, and TensorBoard event files written
 from __future__ import annotations
 
 import pytest
+import torch
 
 import ptft_hf
 from ptft_hf.errors import UserError
@@ -35,6 +36,17 @@ def test_compose_run_open_and_tensorboard(tmp_path, monkeypatch):
 
     reopened = ptft_hf.open_run(tmp_path / "run")
     assert reopened.metrics["eval_loss"] == result.metrics["eval_loss"]
-    assert isinstance(reopened.generate("def ", max_new_tokens=3), str)
+    # the prompt and exactly the model's greedy continuation: 3 tokens chosen by hand, argmax after argmax
+    # (end-of-text barred, as min_new_tokens bars it, so the continuation cannot stop early)
+    text = reopened.generate("def ", max_new_tokens=3, min_new_tokens=3)
+    model, tokenizer = reopened.load()
+    ids = tokenizer("def ", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        for _ in range(3):
+            logits = model(ids).logits[0, -1]
+            logits[tokenizer.eos_token_id] = float("-inf")
+            ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
+    assert text.startswith("def ") and len(text) > len("def ")
+    assert text == tokenizer.decode(ids[0], skip_special_tokens=True)
     with pytest.raises(UserError, match="run_dir: .* already holds a finished run"):
         experiment.run(tmp_path / "run")
