@@ -6,17 +6,27 @@ preset's `overrides`, then the user's `extra`. A stage with `init_from` loads th
 `model/` (model=pretrained) and also measures perplexity on that stage's eval data, so the cost of
 specialising (general knowledge lost) is a number next to the gain.
 
-Re-running a pipeline into the same folder after a crash skips the stages that finished with the
-same config (their `metrics.json` holds the config's fingerprint) and resumes the unfinished one
-from its latest checkpoint; `overwrite=true` runs every stage again.
+Re-running a pipeline into its folder compares each stage with the finished run there (the
+fingerprint of its config in its `metrics.json`):
+
+- without `overwrite`: stages that finished with the same config are skipped and an unfinished one
+  resumes from its latest checkpoint (a re-run after a crash); a finished stage whose config changed
+  is refused, one line per changed stage, before anything is written.
+- `overwrite=true`: the stages before the first one that changed (or has no finished run) are kept
+  as they are; that stage and every stage after it in pipeline order train again (a later stage
+  starts from a re-trained one, or follows it). When no stage changed, every stage trains again.
+  The replaced stages and the old pipeline report wait in `.replaced/` until the new pipeline
+  finishes; the kept stages stay in place, untouched.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +36,8 @@ from ptft_hf.config.compose import compose_config
 from ptft_hf.config.schema import HubConfig, StageConfig
 from ptft_hf.config.validate import collect_problems
 from ptft_hf.errors import Problem, UserError
-from ptft_hf.run_dir import FINISHED_MARKER, discard_aside, guard_run_dir, is_finished, mark_started, set_aside
+from ptft_hf.run_dir import (FINISHED_MARKER, discard_aside, guard_run_dir, holds_unfinished_run, is_finished, mark_started,
+                             set_aside)
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +95,36 @@ def config_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def init_from_problem(name: str, init_from: str, names: list[str]) -> Problem | None:
+    """`stages.<name>.init_from` must name a stage before `name` in pipeline order (`names`)."""
+    earlier = names[:names.index(name)]
+    if init_from in earlier:
+        return None
+    choices = (f"use one of: {', '.join(earlier)}" if earlier
+               else "remove it: this is the first stage (it starts from its model option)")
+    if init_from == name:
+        return Problem(f"stages.{name}.init_from", "a stage cannot start from its own model", choices)
+    if init_from in names:
+        return Problem(f"stages.{name}.init_from", f"'{init_from}' comes after '{name}'; a stage starts from an earlier stage",
+                       choices)
+    return Problem(f"stages.{name}.init_from", f"'{init_from}' is not a stage of this pipeline (stages: {', '.join(names)})",
+                   choices)
+
+
 def compose_stages(cfg: DictConfig, run_dir: Path, shared: list[str] = ()) -> dict[str, DictConfig]:
     """Compose and validate every stage before any of them runs; report all problems at once."""
     stages: dict[str, StageConfig] = OmegaConf.to_object(cfg.stages)
+    names = list(stages)
     composed: dict[str, DictConfig] = {}
     problems: list[Problem] = []
     for name, stage in stages.items():
-        if stage.init_from and stage.init_from not in composed:
-            problems.append(Problem(f"stages.{name}.init_from", f"'{stage.init_from}' is not an earlier stage",
-                                    f"use one of: {', '.join(composed) or '(none: this is the first stage)'}"))
-            continue
+        if stage.init_from:
+            problem = init_from_problem(name, stage.init_from, names)
+            if problem is not None:
+                problems.append(problem)
+                continue
+            if stage.init_from not in composed:
+                continue  # the earlier stage failed to compose: its own problem is reported
         try:
             stage_cfg = compose_config(stage_overrides(name, stage, run_dir, cfg.seed, list(shared)))
         except Exception as err:  # Hydra composition errors: name the stage, keep the message
@@ -102,7 +133,7 @@ def compose_stages(cfg: DictConfig, run_dir: Path, shared: list[str] = ()) -> di
             problems.append(Problem(f"stages.{name}", describe_compose_error(err), "fix the stage's options or overrides"))
             continue
         stage_cfg.overwrite = cfg.overwrite
-        if name == list(stages)[-1]:
+        if name == names[-1]:
             _with_pipeline_hub(stage_cfg, cfg)
         for problem in collect_problems(stage_cfg):
             if problem.field == "model.name_or_path" and stage.init_from:
@@ -112,6 +143,119 @@ def compose_stages(cfg: DictConfig, run_dir: Path, shared: list[str] = ()) -> di
     if problems:
         raise UserError(problems)
     return composed
+
+
+@dataclass
+class StagePlan:
+    """What a (re-)run of a pipeline does with each stage: `kept` (name -> the finished run's
+    metrics, skipped and left untouched) and `run` (name -> why it trains), both in pipeline order."""
+
+    kept: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run: dict[str, str] = field(default_factory=dict)
+    resume: set[str] = field(default_factory=set)  # an unfinished stage that continues from its checkpoint
+    restart: set[str] = field(default_factory=set)  # unfinished stages that start over instead of resuming
+
+
+def plan_stages(composed: dict[str, DictConfig], stages: dict[str, StageConfig], run_dir: Path,
+                overwrite: bool) -> StagePlan:
+    """Compare every stage with the run its folder holds and decide which stages are kept and which
+    train (see the module docstring). Without `overwrite`, a finished stage that would have to train
+    again is refused, one line per changed stage, and so is a finished pipeline with nothing to do."""
+    names = list(composed)
+    finished: dict[str, dict[str, Any]] = {}
+    state: dict[str, str] = {}
+    for name, stage_cfg in composed.items():
+        marker = run_dir / name / FINISHED_MARKER
+        if marker.is_file():
+            finished[name] = json.loads(marker.read_text(encoding="utf-8"))
+            recorded = config_fingerprint(_as_recorded(stage_cfg, stages[name], finished[name]))
+            same = finished[name].get("config_fingerprint") == recorded
+            state[name] = "same" if same else "changed"
+        else:
+            state[name] = "unfinished" if holds_unfinished_run(run_dir / name) else "absent"
+    first = next((i for i, name in enumerate(names) if state[name] != "same"), None)
+    rerun_all = first is None and overwrite
+    if rerun_all:
+        first = 0
+    plan = StagePlan(kept={name: finished[name] for name in names[:first]})  # all of them when nothing runs
+    for name in names[first:] if first is not None else ():
+        reasons = []
+        if rerun_all:
+            reasons.append("overwrite=true and no stage changed: every stage trains again")
+        elif state[name] == "absent":
+            reasons.append("it has not run yet")
+        else:
+            if state[name] == "changed":
+                reasons.append(f"its config changed since the run in {run_dir / name}"
+                               + _changed_keys(run_dir / name, _as_recorded(composed[name], stages[name], finished[name])))
+            if name == names[first] and state[name] == "unfinished":
+                reasons.append("its run is unfinished: it resumes from its latest checkpoint")
+                plan.resume.add(name)
+            elif name != names[first]:
+                base = stages[name].init_from
+                reasons.append(f"its base stage '{base}' trains again" if base in plan.run
+                               else f"it comes after stage '{names[first]}', which trains again")
+                if state[name] == "unfinished":
+                    plan.restart.add(name)
+        plan.run[name] = "; ".join(reasons)
+    if not overwrite:
+        _refuse_finished(plan, state, run_dir)
+    return plan
+
+
+def _as_recorded(stage_cfg: DictConfig, stage: StageConfig, metrics: dict[str, Any]) -> DictConfig:
+    """The stage's config as its finished run (`metrics`) would have it. A stage that starts from an
+    earlier stage names that stage's `model/` by absolute path: where the run recorded the same
+    stage as its base, its path then stands in for today's, so a pipeline folder moved or copied
+    elsewhere still matches (whether the base itself changed is judged on the base stage)."""
+    lineage = metrics.get("lineage") or {}
+    if stage.init_from and lineage.get("init_from_stage") == stage.init_from and lineage.get("base_model"):
+        stage_cfg = copy.deepcopy(stage_cfg)
+        stage_cfg.model.name_or_path = lineage["base_model"]
+    return stage_cfg
+
+
+def _refuse_finished(plan: StagePlan, state: dict[str, str], run_dir: Path) -> None:
+    """Without overwrite: no finished stage is trained over, and a finished pipeline is not re-run."""
+    problems: list[Problem] = []
+    running = list(plan.run)
+    for i, name in enumerate(running):
+        after = running[i + 1:]
+        also = f" and the stages after it ({', '.join(after)})" if after else ""
+        kept = ""
+        if i == 0 and plan.kept:
+            kept = f"; {', '.join(plan.kept)} kept as {'it is' if len(plan.kept) == 1 else 'they are'}"
+        if state[name] == "changed":
+            problems.append(Problem(f"stages.{name}", f"'{run_dir / name}' holds a finished stage run with another config",
+                                    f"add overwrite=true to train it again{also}{kept}, or choose another hydra.run.dir"))
+        elif state[name] == "same" and not any(state[n] == "changed" for n in running[:i]):
+            problems.append(Problem(f"stages.{name}", f"'{run_dir / name}' holds a finished stage run, but stage "
+                                    f"'{running[0]}' before it trains again", "add overwrite=true to train it again too, "
+                                    "or choose another hydra.run.dir"))
+    if not problems and is_finished(run_dir):
+        problems.append(Problem("hydra.run.dir", f"'{run_dir}' already holds a finished run",
+                                "choose another folder or add overwrite=true"))
+    if problems:
+        raise UserError(problems)
+
+
+def _changed_keys(stage_dir: Path, stage_cfg: DictConfig, limit: int = 4) -> str:
+    """` (trainer.max_steps: 30 -> 10, ...)`: settings that differ from the stage's saved
+    config.yaml (best effort: the saved file is pruned and redacted), or ''."""
+    try:
+        from ptft_hf.config.redact import redact, secret_values
+        from ptft_hf.run_dir import _flatten
+
+        old = _flatten(OmegaConf.to_container(OmegaConf.load(stage_dir / "config.yaml")))
+        resolved = OmegaConf.to_container(stage_cfg, resolve=True)
+        new = _flatten(redact(resolved, secret_values(resolved)))  # as config.yaml holds it: no secrets in the log
+    except Exception:  # no readable config.yaml: the fingerprint alone says it changed
+        return ""
+    changed = [f"{k}: {old[k]} -> {new[k]}" for k in sorted(old.keys() & new.keys())
+               if old[k] != new[k] and old[k] != "***" and k not in _NOT_FINGERPRINTED and k != "trainer.resume_from_checkpoint"]
+    if not changed:
+        return ""
+    return f" ({', '.join(changed[:limit])}{' ...' if len(changed) > limit else ''})"
 
 
 def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -> dict[str, Any]:
@@ -124,31 +268,41 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     from ptft_hf.training.report import write_pipeline_report
 
     run_dir = Path(run_dir)
-    guard_run_dir(run_dir, bool(cfg.overwrite))
+    overwrite = bool(cfg.overwrite)
+    guard_run_dir(run_dir, overwrite, pipeline=True)  # a finished single run; a pipeline's stages are compared below
     composed = compose_stages(cfg, run_dir, shared)
     stages: dict[str, StageConfig] = OmegaConf.to_object(cfg.stages)
-    finished = {} if cfg.overwrite else _finished_stages(composed, run_dir)
-    if is_finished(run_dir):  # overwrite=true: the old pipeline waits in .replaced/ until this one finishes
+    plan = plan_stages(composed, stages, run_dir, overwrite)
+    for name in plan.kept:
+        log.info("pipeline stage '%s' already finished in %s with the same config: kept as it is", name, run_dir / name)
+    for name, why in plan.run.items():
+        log.info("pipeline stage '%s' %s: %s", name, "starts over" if name in plan.restart else "trains", why)
+    if is_finished(run_dir):  # overwrite=true: the replaced stages and the old report wait in .replaced/
         mark_started(run_dir)
-        log.info("moved the earlier pipeline's files to %s", set_aside(run_dir))
+        aside = set_aside(run_dir, keep=(".hydra", *plan.kept, *plan.resume))
+        log.info("moved the earlier pipeline's report and replaced stages (%s) to %s; the kept stages stay in place",
+                 ", ".join(sorted(p.name for p in aside.iterdir())) if aside else "none", aside)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results: dict[str, Any] = {}
     publish_problems: list[Problem] = []
     for name, stage_cfg in composed.items():
         stage = stages[name]
-        if name in finished:
-            log.info("pipeline stage '%s' already finished in %s with the same config: skipped", name, run_dir / name)
-            results[name] = finished[name]
+        if name in plan.kept:
+            results[name] = plan.kept[name]
             continue
+        if name in plan.restart:  # its unfinished run started from a base that trains again: set aside, not resumed
+            OmegaConf.update(stage_cfg, "trainer.resume_from_checkpoint", False, force_add=True)
         references, lineage = {}, {}
         if stage.init_from:
             parent_cfg = composed[stage.init_from]
+            base_cfg = copy.deepcopy(parent_cfg)
+            base_cfg.overwrite = False  # a run switch: the base's hash is the same with or without it
             references = {parent_cfg.data.name: OmegaConf.to_object(parent_cfg).data}
             lineage = {
                 "init_from_stage": stage.init_from,
                 "base_run_dir": str((run_dir / stage.init_from).resolve()),
-                "base_config_sha256": config_sha256(parent_cfg),
+                "base_config_sha256": config_sha256(base_cfg),
                 "base_model": str((run_dir / stage.init_from / "model").resolve()),
             }
         log.info("pipeline stage '%s' (%d of %d)", name, len(results) + 1, len(composed))
@@ -158,7 +312,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
             results[name] = json.loads((run_dir / name / FINISHED_MARKER).read_text(encoding="utf-8"))
             publish_problems += [Problem(f"stages.{name}: {p.field}", p.what, p.fix) for p in err.problems]
     summary = {"stages": results, "wall_time_s": round(time.time() - started, 2),
-               "stage_order": list(composed)}
+               "stage_order": list(composed), "stages_kept": list(plan.kept), "stages_trained": list(plan.run)}
     write_pipeline_report(run_dir, summary, stages)
     (run_dir / FINISHED_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
     discard_aside(run_dir)
@@ -166,22 +320,3 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
         raise PublishError(publish_problems)
     return summary
 
-
-def _finished_stages(composed: dict[str, DictConfig], run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Stages whose folder already holds a finished run of the same config (a re-run after a
-    crash); a finished stage with another config is an error, reported for all stages at once."""
-    finished: dict[str, dict[str, Any]] = {}
-    problems: list[Problem] = []
-    for name, stage_cfg in composed.items():
-        marker = run_dir / name / FINISHED_MARKER
-        if not marker.exists():
-            continue
-        metrics = json.loads(marker.read_text(encoding="utf-8"))
-        if metrics.get("config_fingerprint") == config_fingerprint(stage_cfg):
-            finished[name] = metrics
-        else:
-            problems.append(Problem(f"stages.{name}", f"'{run_dir / name}' holds a finished stage run with another config",
-                                    "add overwrite=true to run the pipeline again, or choose another hydra.run.dir"))
-    if problems:
-        raise UserError(problems)
-    return finished

@@ -4,7 +4,9 @@ is continued from its latest checkpoint, and a failed start leaves an earlier ru
 - finished (`metrics.json` present): refused unless `overwrite=true`. With overwrite the old
   run's files are moved into `<run>/.replaced/` just before the new run starts writing, and
   deleted only once the new run has finished. Checks and data preparation come first, so a
-  mistake found there leaves the old run where it was.
+  mistake found there leaves the old run where it was. A finished pipeline's folder is judged
+  stage by stage (`ptft_hf.pipeline`): kept stages stay in place, replaced ones wait in
+  `<pipeline>/.replaced/` with the old report until the new pipeline finishes.
 - unfinished (checkpoints present, no `metrics.json`, e.g. after a crash or a kill): the run
   continues from its latest complete checkpoint (see `latest_checkpoint`).
 - Hydra writes `.hydra/` and its job log into the folder before the job starts; the CLI keeps a
@@ -34,16 +36,31 @@ TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last into a checkp
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-def guard_run_dir(run_dir: Path, overwrite: bool, field: str = "hydra.run.dir") -> None:
-    if (Path(run_dir) / FINISHED_MARKER).exists() and not overwrite:
-        raise UserError.of(
-            field, f"'{run_dir}' already holds a finished run",
-            "choose another folder or add overwrite=true",
-        )
+def guard_run_dir(run_dir: Path, overwrite: bool, field: str = "hydra.run.dir", pipeline: bool | None = None) -> None:
+    """Refuse a folder that holds a finished run unless `overwrite`.
+
+    A finished pipeline's folder passes unless `pipeline` is False (a single run): the pipeline
+    compares its stages with the command's and names the changed ones (`ptft_hf.pipeline`), so a
+    caller that does not know yet what will run (the CLI before composing: None) lets it through,
+    and a single run not told `pipeline=False` is refused by `start_writing`, before it writes."""
+    if not is_finished(run_dir) or overwrite or (pipeline is not False and is_pipeline_run(run_dir)):
+        return
+    raise UserError.of(
+        field, f"'{run_dir}' already holds a finished run",
+        "choose another folder or add overwrite=true",
+    )
 
 
 def is_finished(run_dir: Path) -> bool:
     return (Path(run_dir) / FINISHED_MARKER).exists()
+
+
+def is_pipeline_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a finished pipeline (its `metrics.json` is the stages' summary)."""
+    try:
+        return "stage_order" in json.loads((Path(run_dir) / FINISHED_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def checkpoint_step(checkpoint: str | Path) -> int:
@@ -128,6 +145,9 @@ def start_writing(run_dir: Path, config: dict[str, Any], resume_from: Path | Non
     earlier run aside unless continuing it, write `config.yaml`, and when resuming drop the log
     records the resumed steps will write again."""
     run_dir = Path(run_dir)
+    if is_pipeline_run(run_dir) and not config.get("overwrite"):  # see guard_run_dir
+        raise UserError.of("hydra.run.dir", f"'{run_dir}' already holds a finished pipeline run",
+                           "choose another folder or add overwrite=true")
     continuing = resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents
     if is_finished(run_dir) or (holds_unfinished_run(run_dir) and not continuing):
         log.info("moved the earlier run's files in %s to %s; they are deleted once this run finishes",
