@@ -1,10 +1,12 @@
 """The benchmark harness end to end at smoke size (`python -m benchmarks.run --smoke`: tiny models,
 one step, one repetition, one thread), so the benchmarks cannot rot. Nothing about speed is
-asserted: only that every workload and MFU reach the table and the JSON with sane fields, and
-the structural facts that do not depend on timing."""
+asserted: only that every workload and MFU reach the table and the JSON with sane fields, that the
+targets table is the harness's own and each verdict follows from its numbers, and the structural
+facts that do not depend on timing."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -12,9 +14,10 @@ import sys
 
 import pytest
 
+from benchmarks.report import targets
 from tests.conftest import REPO_ROOT, shared_data
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # about 15 processes, each importing torch
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +51,19 @@ def test_every_workload_and_mfu_reach_the_table_and_json(smoke):
         assert heading in stdout
     # every arm logged the load average around itself
     assert all(len(run["loadavg_before"]) == 3 and len(run["result"]["loadavg_after"]) == 3 for run in payload["runs"])
-    assert len(payload["targets"]) == 11
-    assert all(t["value"] is not None and t["met"] in (True, False) for t in payload["targets"])
+
+
+def test_targets_are_the_harness_own_and_each_verdict_follows_from_its_numbers(smoke):
+    payload, _ = smoke
+    rows = payload["targets"]
+    expected = targets(payload["summary"])  # what the harness defines, computed from the JSON's own summary
+    assert {t["target"] for t in rows} == {t["target"] for t in expected} and len(rows) == len(expected)
+    assert {t["target"]: (t["op"], t["threshold"]) for t in rows} == {t["target"]: (t["op"], t["threshold"]) for t in expected}
+    assert rows == expected
+    for t in rows:
+        assert isinstance(t["value"], (int, float)) and math.isfinite(t["value"]), t
+        assert t["op"] in (">=", "<="), t
+        assert t["met"] is (t["value"] >= t["threshold"] if t["op"] == ">=" else t["value"] <= t["threshold"]), t
 
 
 def test_w1_arms_train_the_same_model_on_the_same_tokens(smoke):
@@ -84,9 +98,20 @@ def test_w2_reports_padding_and_accuracy_for_every_batching(smoke):
     payload, _ = smoke
     w2 = payload["summary"]["w2"]
     max_length = payload["meta"]["spec"]["w2"]["max_length"]
+    with open(payload["meta"]["spec"]["files"]["banking_test"], encoding="utf-8", newline="") as f:
+        test_rows = len(list(csv.DictReader(f)))  # the smoke subset of the test split every arm is scored on
+    assert test_rows > 0
     for arm in ("ours", "pad128", "dynamic"):
-        assert 0 <= _median(w2[arm]["accuracy"]) <= 1
-        assert 0 <= _median(w2[arm]["padded_share"]) < 1
+        result = next(r["result"] for r in payload["runs"] if r["workload"] == "w2" and r["arm"] == arm)
+        accuracy = _median(w2[arm]["accuracy"])
+        assert accuracy == result["accuracy"]
+        correct = round(accuracy * test_rows)  # a share of those rows: a whole number of them right
+        assert 0 <= correct <= test_rows and math.isclose(accuracy, correct / test_rows, abs_tol=1e-12), (arm, accuracy)
+        assert result["num_labels"] > 1
+        # one step, no warm-up: the timed batches are all the batches, so the padded share is theirs
+        timed = result["timed_batches"]
+        assert result["steps"] == result["timed_steps"] == payload["meta"]["spec"]["w2"]["steps"]
+        assert _median(w2[arm]["padded_share"]) == timed["padded_tokens"] / (timed["tokens"] + timed["padded_tokens"])
         assert _median(w2[arm]["examples_per_s"]) > 0
     pad = next(r["result"] for r in payload["runs"] if r["workload"] == "w2" and r["arm"] == "pad128")
     timed = pad["timed_batches"]  # run_glue's default pads every text to max_length
