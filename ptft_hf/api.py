@@ -95,7 +95,7 @@ def run(experiment: Experiment | DictConfig | Sequence[str], run_dir: str | Path
     run_dir = Path(run_dir)
     cfg = experiment.cfg.copy()
     cfg.overwrite = bool(overwrite or cfg.get("overwrite"))
-    guard_run_dir(run_dir, cfg.overwrite, field="run_dir")
+    guard_run_dir(run_dir, cfg.overwrite, field="run_dir", pipeline=experiment.is_pipeline)
     _show_logs_in_notebook()
     if experiment.is_pipeline:
         run_pipeline(cfg, run_dir, shared_overrides(list(experiment.overrides)))

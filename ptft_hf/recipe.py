@@ -128,7 +128,7 @@ def run(
     started = time.time()
     reset_peak_memory()
     run_dir = Path(run_dir)
-    guard_run_dir(run_dir, bool(cfg.overwrite))
+    guard_run_dir(run_dir, bool(cfg.overwrite), pipeline=False)  # a single run: a finished pipeline folder too
     validate(cfg)
     conf: PtftConfig = OmegaConf.to_object(cfg)
     resume_from = resume_checkpoint(run_dir, getattr(conf.trainer, "resume_from_checkpoint", None))

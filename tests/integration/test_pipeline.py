@@ -213,8 +213,8 @@ def test_overwrite_retrains_from_a_changed_first_stage_and_everything_when_nothi
 
 
 def test_a_single_run_into_a_finished_pipeline_folder_is_refused(pipeline_run, tmp_path):
-    """The folder guard lets a finished pipeline's folder through (the pipeline judges it stage by
-    stage); a single run without overwrite is still refused before it writes anything."""
+    """The folder guard lets a finished pipeline's folder through for a pipeline (which judges it
+    stage by stage); a single run without overwrite is refused at once, before any work."""
     import ptft_hf
     from ptft_hf.errors import UserError
 
@@ -224,7 +224,7 @@ def test_a_single_run_into_a_finished_pipeline_folder_is_refused(pipeline_run, t
     with pytest.raises(UserError) as err:
         ptft_hf.run(["data=builtin_docs", "data.max_train_samples=50", "data.max_eval_samples=10", *TINY_OVERRIDES], run_dir)
     assert [str(p) for p in err.value.problems] == [
-        f"hydra.run.dir: '{run_dir}' already holds a finished pipeline run; choose another folder or add overwrite=true"]
+        f"run_dir: '{run_dir}' already holds a finished run; choose another folder or add overwrite=true"]
     assert _hashes(run_dir) == before and not (run_dir / ".replaced").exists()
 
 
