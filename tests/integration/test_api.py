@@ -10,7 +10,7 @@ import ptft_hf
 from ptft_hf.errors import UserError
 from tests.conftest import TINY_OVERRIDES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_compose_run_open_and_tensorboard(tmp_path, monkeypatch):
