@@ -65,10 +65,6 @@ def stage_overrides(name: str, stage: StageConfig, run_dir: Path, seed: int, sha
     return [*overrides, f"seed={seed}", *stage.overrides, *shared, *stage.extra]
 
 
-def config_sha256(cfg: DictConfig) -> str:
-    return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True).encode()).hexdigest()
-
-
 def _with_pipeline_hub(stage_cfg: DictConfig, cfg: DictConfig) -> None:
     """The pipeline's `hub.*` settings (the command line's) on its last stage: one repo receives
     the final model. Earlier stages publish only through their own `extra` (e.g. hub.push=true)."""
@@ -80,18 +76,22 @@ def _with_pipeline_hub(stage_cfg: DictConfig, cfg: DictConfig) -> None:
         stage_cfg.hub = OmegaConf.merge(stage_cfg.hub, changed)
 
 
-# switches that change how a run is carried out, not what it computes
-_NOT_FINGERPRINTED = {"overwrite", "verbose"}
+# switches that change how a run is carried out or published, not what it computes
+_NOT_FINGERPRINTED = {"overwrite", "verbose", "hub"}
 _NOT_FINGERPRINTED_TRAINER = {"resume_from_checkpoint", "disable_tqdm"}
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
-    """sha256 of what a run computes: its resolved config less `overwrite`, `verbose` and the like.
-    A pipeline re-run skips a finished stage whose `metrics.json` holds the same fingerprint."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    """sha256 of what a run computes: its resolved config less `overwrite`, `verbose`, `hub.*` and
+    the like, secrets (tokens) masked, so a rotated token or a push added later changes nothing.
+    A pipeline re-run skips a finished stage whose `metrics.json` holds the same fingerprint; a
+    later stage's lineage records its base stage's fingerprint."""
+    from ptft_hf.config.redact import MASK, redact
+
+    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     resolved = {k: v for k, v in resolved.items() if k not in _NOT_FINGERPRINTED}
     resolved["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
-                           if v is not None and k not in _NOT_FINGERPRINTED_TRAINER}
+                           if v is not None and v != MASK and k not in _NOT_FINGERPRINTED_TRAINER}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -252,7 +252,8 @@ def _changed_keys(stage_dir: Path, stage_cfg: DictConfig, limit: int = 4) -> str
     except Exception:  # no readable config.yaml: the fingerprint alone says it changed
         return ""
     changed = [f"{k}: {old[k]} -> {new[k]}" for k in sorted(old.keys() & new.keys())
-               if old[k] != new[k] and old[k] != "***" and k not in _NOT_FINGERPRINTED and k != "trainer.resume_from_checkpoint"]
+               if old[k] != new[k] and old[k] != "***" and k.split(".")[0] not in _NOT_FINGERPRINTED
+               and k != "trainer.resume_from_checkpoint"]
     if not changed:
         return ""
     return f" ({', '.join(changed[:limit])}{' ...' if len(changed) > limit else ''})"
@@ -296,13 +297,11 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
         references, lineage = {}, {}
         if stage.init_from:
             parent_cfg = composed[stage.init_from]
-            base_cfg = copy.deepcopy(parent_cfg)
-            base_cfg.overwrite = False  # a run switch: the base's hash is the same with or without it
             references = {parent_cfg.data.name: OmegaConf.to_object(parent_cfg).data}
             lineage = {
                 "init_from_stage": stage.init_from,
                 "base_run_dir": str((run_dir / stage.init_from).resolve()),
-                "base_config_sha256": config_sha256(base_cfg),
+                "base_config_sha256": config_fingerprint(parent_cfg),  # = the base stage's metrics.json config_fingerprint
                 "base_model": str((run_dir / stage.init_from / "model").resolve()),
             }
         log.info("pipeline stage '%s' (%d of %d)", name, len(results) + 1, len(composed))

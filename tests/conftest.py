@@ -79,6 +79,7 @@ SWEEP_RUN = ["-m", "trainer.learning_rate=1e-3,3e-4", "data=builtin_docs", "data
 _HERMETIC_DIRS = {  # environment variable -> folder under pytest's temporary folder
     "PTFT_HF_CACHE": "ptft_hf",
     "PTFT_HF_OUTPUTS": "outputs",
+    "PTFT_HF_MULTIRUN": "multirun",
     "HF_HOME": "hf_home",
     "HF_DATASETS_CACHE": "hf_datasets",
     "XDG_CACHE_HOME": "xdg_cache",
@@ -106,7 +107,7 @@ def _xdist_worker() -> str | None:
 
 def _checkout_state() -> dict[str, str]:
     """Every file of the checkout outside the ignored build/venv folders, with its content hash."""
-    skip = {".git", "__pycache__", ".ci", ".venv", "build", "dist"}
+    skip = {".git", "__pycache__", ".ci", ".venv", "venv", "build", "dist"}
     state = {}
     for path in REPO_ROOT.rglob("*"):
         rel = path.relative_to(REPO_ROOT)

@@ -124,7 +124,7 @@ def _refusal(kwargs: dict[str, Any], seed: Any) -> str | None:
             warnings.simplefilter("ignore")
             # nothing is written: TrainingArguments only records output_dir
             build_training_arguments(kwargs, Path(tempfile.gettempdir()) / "ptft_hf-validation", seed)
-    except (ValueError, TypeError) as err:
+    except Exception as err:  # whatever it raises is a refusal of these settings, reported as one
         return " ".join(str(err).split()) or type(err).__name__
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -17,7 +17,8 @@ import pytest
 from benchmarks.report import targets
 from tests.conftest import REPO_ROOT, shared_data
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # about 15 processes, each importing torch
+# about 15 processes, each importing torch; the fixture's own subprocess limit is 900 s
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(960)]
 
 
 @pytest.fixture(scope="module")

@@ -49,8 +49,11 @@ def _no_index_reason(built: subprocess.CompletedProcess) -> str | None:
 def test_wheel_ships_conf_and_the_installed_cli_composes(tmp_path):
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     source = _source_copy(tmp_path / "source")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(source)],
-                           capture_output=True, text=True, timeout=300)
+    try:
+        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "--timeout", "30", "--retries", "1",
+                                "-w", str(wheel_dir), str(source)], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.skip("no package index answered within 300 s to install the build requirements")
     if built.returncode != 0 and (reason := _no_index_reason(built)):
         pytest.skip(reason)
     assert built.returncode == 0, built.stderr[-3000:]

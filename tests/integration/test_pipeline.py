@@ -32,7 +32,8 @@ def test_stage_two_starts_from_stage_one_and_records_its_lineage(pipeline_run):
     assert (pretrain["strategy"], finetune["strategy"]) == ("full", "lora")
     assert finetune["base_model"] == str((run_dir / "pretrain" / "model").resolve())
     stage_one_cfg = OmegaConf.load(run_dir / "pretrain" / "config.yaml")
-    assert finetune["lineage"]["base_config_sha256"] == _composed_stage_sha256("pretrain")
+    # the lineage names the base stage's own config fingerprint, the one its metrics.json records
+    assert finetune["lineage"]["base_config_sha256"] == pretrain["config_fingerprint"] == _composed_stage_fingerprint("pretrain")
     assert finetune["lineage"]["base_run_dir"] == str((run_dir / "pretrain").resolve())
     assert stage_one_cfg.model.name == "tiny_gpt2" and stage_one_cfg.model.config.n_embd == 64
     # general perplexity before fine-tuning is stage 1's own final eval: same model, same eval data
@@ -42,13 +43,13 @@ def test_stage_two_starts_from_stage_one_and_records_its_lineage(pipeline_run):
         "README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"]
 
 
-def _composed_stage_sha256(stage: str) -> str:
-    """config_sha256 of a stage as the pipeline composes it from QUICKSTART_RUN."""
+def _composed_stage_fingerprint(stage: str) -> str:
+    """config_fingerprint of a stage as the pipeline composes it from QUICKSTART_RUN."""
     import ptft_hf
-    from ptft_hf.pipeline import compose_stages, config_sha256, shared_overrides
+    from ptft_hf.pipeline import compose_stages, config_fingerprint, shared_overrides
 
     experiment = ptft_hf.compose(*QUICKSTART_RUN)
-    return config_sha256(compose_stages(experiment.cfg, Path("unused"), shared_overrides(list(QUICKSTART_RUN)))[stage])
+    return config_fingerprint(compose_stages(experiment.cfg, Path("unused"), shared_overrides(list(QUICKSTART_RUN)))[stage])
 
 
 def _hashes(folder) -> dict[str, str]:
@@ -143,7 +144,7 @@ def test_overwrite_after_a_changed_stage_keeps_the_stages_before_it(pipeline_run
     assert metrics["train_steps"] == 10 and metrics["resumed_from_step"] == 0
     assert yaml.safe_load((run_dir / "finetune" / "config.yaml").read_text())["trainer"]["max_steps"] == 10
     assert sorted(p.name for p in (run_dir / "finetune" / "checkpoints").iterdir()) == ["checkpoint-10"]
-    assert metrics["lineage"]["base_config_sha256"] == _composed_stage_sha256("pretrain")
+    assert metrics["lineage"]["base_config_sha256"] == json.loads((run_dir / "pretrain" / "metrics.json").read_text())["config_fingerprint"]
     top = json.loads((run_dir / "metrics.json").read_text())
     assert top == json.loads(json.dumps(summary, default=str))
     assert top["stage_order"] == ["pretrain", "finetune"]
@@ -174,9 +175,6 @@ def test_overwrite_retrains_from_a_changed_first_stage_and_everything_when_nothi
                                                                                           caplog):
     """(1) pretrain changed: both stages train again, finetune (its own config unchanged) from the
     new pretrain; (2) the same command again with overwrite=true: nothing changed, both train again."""
-    import ptft_hf
-    from ptft_hf.pipeline import compose_stages, config_sha256, shared_overrides
-
     _, finished = pipeline_run
     run_dir = copy_run(finished, tmp_path / "run")
     args = _quickstart_with(pretrain=PRETRAIN_SHORTER)
@@ -187,8 +185,7 @@ def test_overwrite_retrains_from_a_changed_first_stage_and_everything_when_nothi
     pretrain, finetune = (json.loads((run_dir / s / "metrics.json").read_text()) for s in ("pretrain", "finetune"))
     old_finetune = json.loads((finished / "finetune" / "metrics.json").read_text())
     assert pretrain["train_steps"] == 10 and finetune["train_steps"] == 30
-    new_sha = config_sha256(compose_stages(ptft_hf.compose(*args).cfg, run_dir, shared_overrides(args))["pretrain"])
-    assert finetune["lineage"]["base_config_sha256"] == new_sha != old_finetune["lineage"]["base_config_sha256"]
+    assert finetune["lineage"]["base_config_sha256"] == pretrain["config_fingerprint"] != old_finetune["lineage"]["base_config_sha256"]
     assert finetune["eval_builtin_docs_perplexity_before"] == pytest.approx(pretrain["eval_perplexity"], rel=1e-5)
     own, old_own = (yaml.safe_load((d / "finetune" / "config.yaml").read_text()) for d in (run_dir, finished))
     assert own["model"].pop("name_or_path") == str((run_dir / "pretrain" / "model").resolve())
@@ -321,7 +318,9 @@ def test_merge_command(pipeline_run, case, tmp_path, capsys):
     captured = capsys.readouterr()
     if case == "full-model":
         assert status == 2
-        assert captured.err.strip().endswith("holds a full model, not an adapter; nothing to merge: use its model/ folder as it is")
+        assert [line for line in captured.err.splitlines() if line.startswith("ptft-hf-merge: error:")] == [
+            f"ptft-hf-merge: error: run_dir: '{target}' holds a full model, not an adapter; nothing to merge: "
+            "use its model/ folder as it is"]
         assert not (target / "merged").exists()
         return
     assert status == 0, captured.err[-2000:]

@@ -34,7 +34,7 @@ def test_every_cache_points_under_pytests_temporary_folder(tmp_path_factory):
 
 
 def test_the_default_run_folder_is_under_pytests_temporary_folder(tmp_path_factory, monkeypatch):
-    """Hydra's default `outputs/<date>/<time>` (and `multirun/...`) follows PTFT_HF_OUTPUTS, so a
+    """Hydra's default `outputs/<date>/<time>` (and `multirun/...`) follows PTFT_HF_OUTPUTS (PTFT_HF_MULTIRUN), so a
     forgotten hydra.run.dir cannot write into the checkout; without it, the usual relative folders."""
     from hydra.core.utils import setup_globals
     from omegaconf import OmegaConf
@@ -44,8 +44,10 @@ def test_the_default_run_folder_is_under_pytests_temporary_folder(tmp_path_facto
     base = tmp_path_factory.getbasetemp().resolve()
     conf = OmegaConf.load(Path(conftest.REPO_ROOT) / "conf" / "config.yaml")
     assert Path(conf.hydra.run.dir).parent.parent == Path(os.environ["PTFT_HF_OUTPUTS"])
-    assert Path(conf.hydra.sweep.dir).resolve().is_relative_to(base)
+    assert Path(conf.hydra.sweep.dir).parent.parent == Path(os.environ["PTFT_HF_MULTIRUN"])
+    assert Path(conf.hydra.run.dir).resolve().is_relative_to(base) and Path(conf.hydra.sweep.dir).resolve().is_relative_to(base)
     monkeypatch.delenv("PTFT_HF_OUTPUTS")
+    monkeypatch.delenv("PTFT_HF_MULTIRUN")
     assert conf.hydra.run.dir.startswith("outputs/") and conf.hydra.sweep.dir.startswith("multirun/")
 
 

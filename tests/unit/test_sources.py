@@ -36,8 +36,10 @@ def test_jsonl_column_is_renamed_to_text(tmp_path):
 
 def test_wrong_column_lists_the_available_ones(tmp_path):
     path = _write(tmp_path / "d.csv", "sentence,label\nhello,1\n")
-    with pytest.raises(UserError, match=r"data.text_column: .*one of: sentence, label"):
+    with pytest.raises(UserError) as err:
         load_text_splits(DataConfig(path=path, eval_path=path), seed=0)
+    assert [str(p) for p in err.value.problems] == [
+        "data.text_column: column 'text' not in the training data; set data.text_column= to one of: sentence, label"]
 
 
 @pytest.mark.parametrize(
@@ -74,8 +76,11 @@ def test_missing_hub_split_lists_the_available_ones(tmp_path):
     folder = tmp_path / "ds"
     folder.mkdir()
     (folder / "train.jsonl").write_text('{"text": "one"}\n')
-    with pytest.raises(UserError, match=r"data.eval_split: split 'validation' not found; use one of: train"):
+    with pytest.raises(UserError) as err:
         load_text_splits(DataConfig(hub_id=str(folder), eval_split="validation"), seed=0)
+    [problem] = err.value.problems
+    assert (problem.field, problem.what) == ("data.eval_split", "split 'validation' not found")
+    assert problem.fix.startswith("use one of: train") and "validation" not in problem.fix.split(";")[0]
 
 
 def test_wikitext2_preset_reads_the_local_files(compose_cfg):
