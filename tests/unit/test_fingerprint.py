@@ -1,0 +1,23 @@
+"""A run's config fingerprint (what a pipeline re-run compares, and what a later stage's lineage
+records) changes with what the run computes, not with how it is launched, published or signed in."""
+
+from __future__ import annotations
+
+from ptft_hf.pipeline import config_fingerprint
+
+
+def test_fingerprint_ignores_switches_publishing_and_secrets(compose_cfg):
+    base = config_fingerprint(compose_cfg("trainer.max_steps=7"))
+    same = [("overwrite=true",), ("verbose=true",), ("trainer.disable_tqdm=true",),
+            ("hub.push=true", "hub.repo_id=me/x"), ("trainer.hub_token=hf_aaaaaaaaaaaaaaaa",)]
+    for overrides in same:
+        assert config_fingerprint(compose_cfg("trainer.max_steps=7", *overrides)) == base, overrides
+    rotated = config_fingerprint(compose_cfg("trainer.max_steps=7", "trainer.hub_token=hf_bbbbbbbbbbbbbbbb"))
+    assert rotated == base
+
+
+def test_fingerprint_follows_what_the_run_computes(compose_cfg):
+    base = config_fingerprint(compose_cfg("trainer.max_steps=7"))
+    for overrides in [("trainer.max_steps=8",), ("seed=1",), ("strategy=lora",), ("data.max_train_samples=10",)]:
+        assert config_fingerprint(compose_cfg(*overrides) if overrides[0].startswith("trainer") else
+                                  compose_cfg("trainer.max_steps=7", *overrides)) != base, overrides
