@@ -102,7 +102,7 @@ def test_classification_from_the_mlm_stage(classification_run):
     assert metrics["eval_accuracy"] >= 4 * CHANCE, metrics["eval_accuracy"]
     assert metrics["eval_accuracy"] >= metrics["eval_accuracy_before"] + 3 * CHANCE, (metrics["eval_accuracy_before"],
                                                                                        metrics["eval_accuracy"])
-    assert 0.0 < metrics["eval_f1"] < 1.0 and "eval_f1_before" in metrics
+    assert metrics["eval_f1"] > max(2 / 77, metrics["eval_f1_before"])  # macro-F1 learnt too (predict test checks its value)
     assert metrics["padding"]["padded_share"] < 0.25 and metrics["data_train"]["documents"] == 10003
     assert metrics["data_eval"]["documents"] == 400 and metrics["max_length"] == 40
 
