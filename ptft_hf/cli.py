@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ptft_hf.config import schema  # noqa: F401  (registers the schema with Hydra's ConfigStore)
 from ptft_hf.config.errors import describe_compose_error
 from ptft_hf.config.redact import redact_file, redact_text, secret_values
+from ptft_hf.distributed import is_distributed_launch, launched_rank_and_world
 from ptft_hf.errors import UserError
 from ptft_hf.run_dir import FolderSnapshot, guard_run_dir, has_started
 from ptft_hf.paths import conf_dir
@@ -164,9 +165,17 @@ def _redact_log_records(secrets: set[str]) -> None:
 
 
 def main() -> None:
-    """`ptft-hf [overrides]`: compose conf/ with Hydra and run."""
+    """`ptft-hf [overrides]`: compose conf/ with Hydra and run (under torchrun or accelerate
+    launch: every rank, in rank 0's run folder; see `ptft_hf.distributed`)."""
     argv = sys.argv[1:]
     _redact_log_records(secret_values(argv))
+    rank = 0
+    if is_distributed_launch():
+        from ptft_hf.distributed import agree_on_launch_time, rank_overrides
+
+        agree_on_launch_time()
+        rank = launched_rank_and_world()[0]
+        sys.argv = [sys.argv[0], *argv, *rank_overrides(rank)]
     run_dir = _explicit_run_dir(argv)
     overwrite = any(a.lstrip("+").lower() in ("overwrite=true", "overwrite=1") for a in argv)
     if run_dir is not None:
@@ -178,6 +187,7 @@ def main() -> None:
             report_user_error([str(p) for p in err.problems])
             sys.exit(EXIT_USER_ERROR)
         global _SNAPSHOT
-        _SNAPSHOT = FolderSnapshot(run_dir)
+        if rank == 0:  # the folder is rank 0's to write and to put back
+            _SNAPSHOT = FolderSnapshot(run_dir)
     _install_compose_error_reporter()
     _train()

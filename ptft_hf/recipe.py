@@ -33,6 +33,7 @@ from ptft_hf.config.training_args import build_training_arguments
 from ptft_hf.config.validate import validate
 from ptft_hf.data.chat import as_messages, prompt_text
 from ptft_hf.data.sources import load_text_splits
+from ptft_hf.distributed import is_main_process, main_process_first, wait_for_everyone
 from ptft_hf.errors import UserError
 from ptft_hf.hub.card import ADAPTER, FULL, write_card
 from ptft_hf.models.loading import count_parameters, load_tokenizer
@@ -135,21 +136,24 @@ def run(
     secrets = secret_values(OmegaConf.to_container(cfg, resolve=True))
     set_seed(conf.seed)
 
-    splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
-    log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
-    if resume_from is not None and conf.model.tokenizer.train:  # the tokenizer the checkpoint was trained with
-        tokenizer = load_tokenizer(ModelConfig(name_or_path=str(resume_from)))
-    else:
-        tokenizer = load_tokenizer(conf.model, training_texts(splits["train"]))
-    strategy = get_strategy(conf.strategy)
-    prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, dict(references or {}))
+    with main_process_first():  # several processes: rank 0 fills the caches, the others read them
+        splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
+        log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
+        if resume_from is not None and conf.model.tokenizer.train:  # the tokenizer the checkpoint was trained with
+            tokenizer = load_tokenizer(ModelConfig(name_or_path=str(resume_from)))
+        else:
+            tokenizer = load_tokenizer(conf.model, training_texts(splits["train"]))
+        strategy = get_strategy(conf.strategy)
+        prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, dict(references or {}))
     params = count_parameters(prepared.model)
     log.info("model %s, objective %s, strategy %s: %d parameters, %d trainable (%.4f%%)", conf.model.name,
              conf.objective.name, conf.strategy.name, params["parameters"], params["trainable_parameters"],
              params["trainable_percent"])
     log.info("data: %s", {k: v for k, v in prepared.metrics.items() if k.startswith("data_")})
 
-    start_writing(run_dir, _resolved_config(cfg), resume_from)
+    if is_main_process():  # the run folder is rank 0's to write
+        start_writing(run_dir, _resolved_config(cfg), resume_from)
+    wait_for_everyone()
     stop = StopOnSignal()
     trainer = build_trainer(conf, run_dir, tokenizer, prepared, [stop], resuming=resume_from is not None)
     args = trainer.args

@@ -193,7 +193,14 @@ class PtftTrainer(Trainer):
         target = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(target, dict) or not self.token_metrics:  # per-name sets / stock metrics loop
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        dataloader = self.get_eval_dataloader(eval_dataset)
+        even_batches = self.accelerator.even_batches
+        # several processes: each row once (accelerate would repeat rows to even out the last batches,
+        # counting their tokens twice); this loop runs no collective per batch, so uneven is safe
+        self.accelerator.even_batches = False
+        try:
+            dataloader = self.get_eval_dataloader(eval_dataset)
+        finally:
+            self.accelerator.even_batches = even_batches
         model = self.model
         was_training = model.training
         model.eval()
