@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptft_hf.config.compose import compose_config
 from ptft_hf.config.schema import HubConfig, StageConfig
 from ptft_hf.config.validate import collect_problems
+from ptft_hf.distributed import is_main_process, wait_for_everyone
 from ptft_hf.errors import Problem, UserError
 from ptft_hf.run_dir import (FINISHED_MARKER, discard_aside, guard_run_dir, holds_unfinished_run, is_finished, mark_started,
                              set_aside)
@@ -278,12 +279,15 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
         log.info("pipeline stage '%s' already finished in %s with the same config: kept as it is", name, run_dir / name)
     for name, why in plan.run.items():
         log.info("pipeline stage '%s' %s: %s", name, "starts over" if name in plan.restart else "trains", why)
-    if is_finished(run_dir):  # overwrite=true: the replaced stages and the old report wait in .replaced/
-        mark_started(run_dir)
-        aside = set_aside(run_dir, keep=(".hydra", *plan.kept, *plan.resume))
-        log.info("moved the earlier pipeline's report and replaced stages (%s) to %s; the kept stages stay in place",
-                 ", ".join(sorted(p.name for p in aside.iterdir())) if aside else "none", aside)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    wait_for_everyone()  # several processes: every rank has planned from the folder as it was
+    if is_main_process():  # the pipeline folder is rank 0's to write
+        if is_finished(run_dir):  # overwrite=true: the replaced stages and the old report wait in .replaced/
+            mark_started(run_dir)
+            aside = set_aside(run_dir, keep=(".hydra", *plan.kept, *plan.resume))
+            log.info("moved the earlier pipeline's report and replaced stages (%s) to %s; the kept stages stay in place",
+                     ", ".join(sorted(p.name for p in aside.iterdir())) if aside else "none", aside)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    wait_for_everyone()
     started = time.time()
     results: dict[str, Any] = {}
     publish_problems: list[Problem] = []
@@ -312,9 +316,10 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
             publish_problems += [Problem(f"stages.{name}: {p.field}", p.what, p.fix) for p in err.problems]
     summary = {"stages": results, "wall_time_s": round(time.time() - started, 2),
                "stage_order": list(composed), "stages_kept": list(plan.kept), "stages_trained": list(plan.run)}
-    write_pipeline_report(run_dir, summary, stages)
-    (run_dir / FINISHED_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-    discard_aside(run_dir)
+    if is_main_process():
+        write_pipeline_report(run_dir, summary, stages)
+        (run_dir / FINISHED_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        discard_aside(run_dir)
     if publish_problems:
         raise PublishError(publish_problems)
     return summary

@@ -227,6 +227,7 @@ def run(
                                             for k in ("eval_perplexity", "eval_accuracy", "eval_f1") if k + "_before" in metrics), run_dir)
     if (conf.hub.push or conf.hub.dry_run) and trainer.is_world_process_zero():
         _publish(run_dir, conf.hub, prepared.model)
+    wait_for_everyone()  # several processes: the folder is complete before any rank reads it (a next stage)
     return metrics
 
 
