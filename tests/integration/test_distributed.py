@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,30 @@ def test_two_processes_write_one_folder_and_train_like_one_process(single_proces
     assert f"run folder {run_dir}" in (run_dir / "cli.log").read_text()
     assert "run folder" not in result.stdout.replace(f"run folder {run_dir}", "", 1)  # logged once, by rank 0
 
+    _assert_same_training(run_dir, single_process_run)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_of_one_process_train_like_one_process(single_process_run, cache_env, tmp_path):
+    """Two torchrun agents as two nodes (`--nnodes 2 --nproc_per_node 1`, c10d rendezvous on
+    127.0.0.1), both started here: one run folder, the single process's training."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = dict(cache_env, OMP_NUM_THREADS="1")
+    run_dir = tmp_path / "run"
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
+                               "--rdzv_id", "ptft-test", "-m", "ptft_hf", *RUN, "trainer.per_device_train_batch_size=4",
+                               f"hydra.run.dir={run_dir}"],
+                              env=env, cwd=tmp_path, stdout=(tmp_path / f"node{rank}.out").open("w"), stderr=subprocess.STDOUT)
+             for rank in (0, 1)]
+    codes = [node.wait(timeout=600) for node in nodes]
+    assert codes == [0, 0], "".join((tmp_path / f"node{r}.out").read_text()[-2000:] for r in (0, 1))
+    assert sorted(p.name for p in run_dir.glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
     _assert_same_training(run_dir, single_process_run)
 
 
