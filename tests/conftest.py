@@ -221,40 +221,35 @@ def copy_run(source: Path, target: Path) -> Path:
     return target
 
 
-def _cli_or_fail(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    result = run_cli(args, env, cwd)
-    (cwd / "stdout.txt").write_text(result.stdout)
-    (cwd / "stderr.txt").write_text(result.stderr)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def _shared_cli_run(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str], name: str, args: list[str],
+                    folder_key: str = "hydra.run.dir", folder: str = "run") -> Path:
+    """`ptft-hf <args> <folder_key>=<shared>/<folder>` once per session, with the planted token in
+    HF_TOKEN; what it printed is kept beside the folder (`cli_output`)."""
+    def build(root: Path) -> None:
+        result = run_cli([*args, f"{folder_key}={root / folder}"], dict(env, HF_TOKEN=PLANTED_TOKEN), root)
+        (root / "stdout.txt").write_text(result.stdout)
+        (root / "stderr.txt").write_text(result.stderr)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return shared_run(tmp_path_factory, name, build) / folder
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, cache_env) -> Path:
-    """The finished tiny GPT-2 run (`TINY_RUN`), trained once: `<folder>/run`; the CLI's output in
-    `<folder>/stdout.txt` and `stderr.txt`."""
-    env = dict(cache_env, HF_TOKEN=PLANTED_TOKEN)
-    folder = shared_run(tmp_path_factory, "tiny",
-                        lambda root: _cli_or_fail([*TINY_RUN, f"hydra.run.dir={root / 'run'}"], env, root))
-    return folder / "run"
+    """The finished tiny GPT-2 run (`TINY_RUN`), trained once."""
+    return _shared_cli_run(tmp_path_factory, cache_env, "tiny", TINY_RUN)
 
 
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory, cache_env) -> Path:
     """The shrunk quickstart pipeline with a dry run of its push (`QUICKSTART_RUN`), trained once."""
-    env = dict(cache_env, HF_TOKEN=PLANTED_TOKEN)
-    folder = shared_run(tmp_path_factory, "quickstart",
-                        lambda root: _cli_or_fail([*QUICKSTART_RUN, f"hydra.run.dir={root / 'run'}"], env, root))
-    return folder / "run"
+    return _shared_cli_run(tmp_path_factory, cache_env, "quickstart", QUICKSTART_RUN)
 
 
 @pytest.fixture(scope="session")
 def sweep_run(tmp_path_factory, cache_env) -> Path:
-    """A two-job multirun sweep with the planted token (`SWEEP_RUN`): `<folder>/sweep/{0,1}`."""
-    env = dict(cache_env, HF_TOKEN=PLANTED_TOKEN)
-    folder = shared_run(tmp_path_factory, "sweep",
-                        lambda root: _cli_or_fail([*SWEEP_RUN, f"hydra.sweep.dir={root / 'sweep'}"], env, root))
-    return folder / "sweep"
+    """A two-job multirun sweep with the planted token (`SWEEP_RUN`): `<folder>/{0,1}`."""
+    return _shared_cli_run(tmp_path_factory, cache_env, "sweep", SWEEP_RUN, "hydra.sweep.dir", "sweep")
 
 
 def cli_output(run_dir: Path) -> str:
