@@ -39,10 +39,10 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 def guard_run_dir(run_dir: Path, overwrite: bool, field: str = "hydra.run.dir", pipeline: bool | None = None) -> None:
     """Refuse a folder that holds a finished run unless `overwrite`.
 
-    A finished pipeline's folder passes unless `pipeline` is False (a single run): the pipeline
-    compares its stages with the command's and names the changed ones (`ptft_hf.pipeline`), so a
-    caller that does not know yet what will run (the CLI before composing: None) lets it through,
-    and a single run not told `pipeline=False` is refused by `start_writing`, before it writes."""
+    A finished pipeline's folder passes unless `pipeline` is False (a single run, as `recipe.run`
+    and the API say): the pipeline compares its stages with the command's and names the changed
+    ones (`ptft_hf.pipeline`), so a caller that does not know yet what will run (the CLI before
+    composing: None) lets it through, and the recipe refuses a single run there before any work."""
     if not is_finished(run_dir) or overwrite or (pipeline is not False and is_pipeline_run(run_dir)):
         return
     raise UserError.of(
@@ -145,9 +145,6 @@ def start_writing(run_dir: Path, config: dict[str, Any], resume_from: Path | Non
     earlier run aside unless continuing it, write `config.yaml`, and when resuming drop the log
     records the resumed steps will write again."""
     run_dir = Path(run_dir)
-    if is_pipeline_run(run_dir) and not config.get("overwrite"):  # see guard_run_dir
-        raise UserError.of("hydra.run.dir", f"'{run_dir}' already holds a finished pipeline run",
-                           "choose another folder or add overwrite=true")
     continuing = resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents
     if is_finished(run_dir) or (holds_unfinished_run(run_dir) and not continuing):
         log.info("moved the earlier run's files in %s to %s; they are deleted once this run finishes",

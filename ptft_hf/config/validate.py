@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptft_hf.config.schema import set_trainer_fields
 from ptft_hf.config.trainer_fields import training_argument_names
+from ptft_hf.config.training_args import trainer_kwargs
 
 from ptft_hf.data.builtin import BUILTIN_CORPORA
 from ptft_hf.data.sources import resolve_files
@@ -159,8 +160,7 @@ def _check_trainer_values(cfg: DictConfig) -> list[Problem]:
     The objective's own TrainingArguments (e.g. length grouping) are fixed valid values and left out."""
     valid = trainer_field_names()
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs = {k: v for k, v in set_trainer_fields(trainer).items() if k in valid and k not in RUN_OWNED_TRAINER_FIELDS}
-    kwargs.pop("resume_from_checkpoint", None)
+    kwargs = {k: v for k, v in trainer_kwargs(trainer).items() if k in valid and k not in RUN_OWNED_TRAINER_FIELDS}
     problems = [p for p in (_trainer_value_problem(k, v) for k, v in kwargs.items()) if p]
     refused = {p.field.removeprefix("trainer.") for p in problems}
     return problems + _training_arguments_problems({k: v for k, v in kwargs.items() if k not in refused}, cfg.get("seed", 42))
