@@ -86,3 +86,15 @@ def wait_for_everyone() -> None:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
+
+
+def weights_are_sharded() -> bool:
+    """True when a forward pass is a collective: FSDP or DeepSpeed on several processes gather
+    each layer's weights from every rank, so every rank must run every forward (evaluation
+    batches, generation) and every save; one rank alone would wait for the others for ever."""
+    if not is_distributed_launch():
+        return False
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+
+    return AcceleratorState._shared_state.get("distributed_type") in (DistributedType.FSDP, DistributedType.DEEPSPEED)

@@ -33,7 +33,7 @@ from ptft_hf.config.training_args import build_training_arguments
 from ptft_hf.config.validate import validate
 from ptft_hf.data.chat import as_messages, prompt_text
 from ptft_hf.data.sources import load_text_splits
-from ptft_hf.distributed import is_main_process, main_process_first, wait_for_everyone
+from ptft_hf.distributed import is_main_process, main_process_first, wait_for_everyone, weights_are_sharded
 from ptft_hf.errors import UserError
 from ptft_hf.hub.card import ADAPTER, FULL, write_card
 from ptft_hf.models.loading import count_parameters, load_tokenizer
@@ -71,10 +71,21 @@ def _training_arguments(cfg: PtftConfig, run_dir: Path, objective_defaults: dict
 
 
 def _save_model(trainer: PtftTrainer, tokenizer: Any, model_dir: Path) -> None:
-    """Save into `model.partial/`, then rename: `model/` is never half-written."""
+    """Save into `model.partial/`, then rename: `model/` is never half-written. Every rank calls
+    this (under FSDP or ZeRO-3 the full weights are gathered from all of them); rank 0 writes."""
     staging = model_dir.with_name(model_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))  # a PeftModel saves only its adapter
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)
+    if trainer._saves_sharded_checkpoints():
+        # sharded checkpoints: the Trainer's save_model would write nothing; model/ is gathered whole
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)  # every rank takes part
+        if main:
+            trainer._save(str(staging), state_dict=state_dict)
+    elif weights_are_sharded() or main:
+        trainer.save_model(str(staging))  # a PeftModel saves only its adapter
+    if not main:
+        return
     tokenizer.save_pretrained(str(staging))
     (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is in config.yaml
     if model_dir.exists():  # from an attempt that died before writing metrics.json
@@ -174,10 +185,11 @@ def run(
     train_wall = time.time() - train_start
     after = trainer.evaluate()
     after_refs = trainer.evaluate(prepared.references) if prepared.references else {}
-    if conf.objective.name == "sft" and conf.objective.exact_match and trainer.is_world_process_zero():
+    sharded = weights_are_sharded()  # FSDP / ZeRO-3: every rank takes part in generation and saving
+    if conf.objective.name == "sft" and conf.objective.exact_match and (trainer.is_world_process_zero() or sharded):
         after.update(exact_match_eval(prepared.model, tokenizer, list(prepared.extras["eval_rows"]),
                                       prepared.extras["template"], conf.objective.max_new_tokens,
-                                      run_dir / "predictions.jsonl"))
+                                      run_dir / "predictions.jsonl" if trainer.is_world_process_zero() else None))
 
     steps = train_result.global_step
     train_tokens = _train_tokens(prepared, args, steps)
@@ -210,11 +222,13 @@ def run(
         **prepared.metrics,
         **params,
     }
+    model_dir = run_dir / "model"
+    _save_model(trainer, tokenizer, model_dir)
+    samples = []
+    if prepared.generates and (trainer.is_world_process_zero() or sharded):
+        samples = generate_samples(prepared.model, tokenizer, conf.samples, _prompt_formatter(prepared, tokenizer))
     if trainer.is_world_process_zero():
-        model_dir = run_dir / "model"
-        _save_model(trainer, tokenizer, model_dir)
         metrics["saved_bytes"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
-        samples = generate_samples(prepared.model, tokenizer, conf.samples, _prompt_formatter(prepared, tokenizer)) if prepared.generates else []
         metrics["sample"] = samples[0] if samples else None
         metrics["wall_time_s"] = round(time.time() - started, 2)
         plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}")
@@ -226,7 +240,7 @@ def run(
     log.info("%s; run folder %s", ", ".join(f"{k} {metrics[k + '_before']:.4g} -> {metrics[k]:.4g}"
                                             for k in ("eval_perplexity", "eval_accuracy", "eval_f1") if k + "_before" in metrics), run_dir)
     if (conf.hub.push or conf.hub.dry_run) and trainer.is_world_process_zero():
-        _publish(run_dir, conf.hub, prepared.model)
+        _publish(run_dir, conf.hub, None if sharded else prepared.model)  # sharded: checked against model/
     wait_for_everyone()  # several processes: the folder is complete before any rank reads it (a next stage)
     return metrics
 

@@ -240,6 +240,19 @@ def tiny_run(tmp_path_factory, cache_env) -> Path:
     return _shared_cli_run(tmp_path_factory, cache_env, "tiny", TINY_RUN)
 
 
+# The run the several-process tests must reproduce: 10 steps of 8 rows on one process (they run
+# 2 processes x 4 rows), one thread as each of their ranks has.
+DISTRIBUTED_RUN = ["data=builtin_docs", "data.max_train_samples=300", "data.max_eval_samples=40", *TINY_OVERRIDES,
+                   "trainer.max_steps=10", "trainer.eval_steps=5", "trainer.save_steps=5", "trainer.logging_steps=1"]
+
+
+@pytest.fixture(scope="session")
+def single_process_run(tmp_path_factory, cache_env) -> Path:
+    """DISTRIBUTED_RUN on one process with 8 rows per step, trained once."""
+    return _shared_cli_run(tmp_path_factory, dict(cache_env, OMP_NUM_THREADS="1"), "single-process",
+                           [*DISTRIBUTED_RUN, "trainer.per_device_train_batch_size=8"])
+
+
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory, cache_env) -> Path:
     """The shrunk quickstart pipeline with a dry run of its push (`QUICKSTART_RUN`), trained once."""

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from ptft_hf.config.trainer_fields import training_argument_names
+from ptft_hf.engines import RESOLVER, engine_file
 
 
 @dataclass
@@ -166,12 +168,21 @@ def set_trainer_fields(trainer: Any) -> Dict[str, Any]:
 
 
 @dataclass
+class DistributedConfig:
+    """Which engine the `distributed` presets (conf/distributed/) configured; they set the trainer's
+    fsdp/fsdp_config/deepspeed fields. The launcher (torchrun, accelerate launch) sets the processes."""
+
+    name: str = "none"  # none, ddp, fsdp, fsdp_qlora, deepspeed_zero2 or deepspeed_zero3
+
+
+@dataclass
 class PtftConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     trainer: Any = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     stages: Dict[str, StageConfig] = field(default_factory=dict)  # non-empty: run as a pipeline
@@ -184,8 +195,10 @@ SCHEMA_NAME = "ptft_schema"
 
 
 def register_schemas() -> None:
-    """Make the schema known to Hydra; config.yaml lists it first in its defaults."""
+    """Make the schema known to Hydra (config.yaml lists it first in its defaults) and the resolver
+    the DeepSpeed presets name their shipped JSON with."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=PtftConfig)
+    OmegaConf.register_new_resolver(RESOLVER, engine_file, replace=True)
 
 
 register_schemas()

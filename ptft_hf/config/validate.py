@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from ptft_hf.config.distributed_checks import distributed_problems
 from ptft_hf.config.schema import set_trainer_fields
 from ptft_hf.config.trainer_fields import training_argument_names
 from ptft_hf.config.training_args import trainer_kwargs
@@ -153,14 +154,19 @@ def _training_arguments_problems(kwargs: dict[str, Any], seed: Any) -> list[Prob
     return problems
 
 
-def _check_trainer_values(cfg: DictConfig) -> list[Problem]:
+ENGINE_FIELDS = {"fsdp", "fsdp_config", "deepspeed"}
+
+
+def _check_trainer_values(cfg: DictConfig, engine_refused: bool = False) -> list[Problem]:
     """The values of the trainer fields: what the optimizer or data loader would refuse later, then
     whatever TrainingArguments refuses (one problem per field). Names are `_check_trainer`'s business.
+    `engine_refused`: the engine fields were reported already (`distributed_problems`) and are left out.
 
     The objective's own TrainingArguments (e.g. length grouping) are fixed valid values and left out."""
     valid = trainer_field_names()
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs = {k: v for k, v in trainer_kwargs(trainer).items() if k in valid and k not in RUN_OWNED_TRAINER_FIELDS}
+    left_out = RUN_OWNED_TRAINER_FIELDS.keys() | (ENGINE_FIELDS if engine_refused else set())
+    kwargs = {k: v for k, v in trainer_kwargs(trainer).items() if k in valid and k not in left_out}
     problems = [p for p in (_trainer_value_problem(k, v) for k, v in kwargs.items()) if p]
     refused = {p.field.removeprefix("trainer.") for p in problems}
     return problems + _training_arguments_problems({k: v for k, v in kwargs.items() if k not in refused}, cfg.get("seed", 42))
@@ -364,7 +370,9 @@ def collect_problems(cfg: DictConfig) -> list[Problem]:
     problems += _check_model(cfg)
     problems += _check_data(cfg.data)
     problems += _check_trainer(cfg.trainer)
-    problems += _check_trainer_values(cfg)
+    engine = distributed_problems(cfg)
+    problems += _check_trainer_values(cfg, engine_refused=bool(engine))
+    problems += engine
     if "hub" in cfg:
         problems += hub_problems(cfg.hub, cfg.strategy.name, cfg.objective.name)
         problems += adapter_base_problems(cfg)

@@ -13,6 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 from ptft_hf.config.schema import SamplesConfig
+from ptft_hf.distributed import weights_are_sharded
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig,
     model.eval()
     results = []
     device = next(model.parameters()).device
+    synced = weights_are_sharded()  # every rank generates, stepping together until the longest is done
     for prompt in cfg.prompts:
         text = format_prompt(prompt) if format_prompt else prompt
         inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
@@ -67,6 +69,7 @@ def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig,
             repetition_penalty=cfg.repetition_penalty,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            synced_gpus=synced,
         )
         new_tokens = output[0, inputs["input_ids"].shape[1]:]
         results.append({"prompt": prompt, "completion": tokenizer.decode(new_tokens, skip_special_tokens=True)})
@@ -91,9 +94,13 @@ class SampleCallback(TrainerCallback):
         self.active = True
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):  # noqa: D102 (Trainer hook)
-        if not state.is_world_process_zero or model is None or not self.cfg.prompts or not self.active:
+        if model is None or not self.cfg.prompts or not self.active:
             return
-        samples = generate_samples(model, self.tokenizer, self.cfg, self.format_prompt)
+        if not state.is_world_process_zero and not weights_are_sharded():
+            return
+        samples = generate_samples(model, self.tokenizer, self.cfg, self.format_prompt)  # sharded: every rank
+        if not state.is_world_process_zero:
+            return
         with self.path.open("a", encoding="utf-8") as f:
             for sample in samples:
                 f.write(json.dumps({"step": state.global_step, **sample}) + "\n")

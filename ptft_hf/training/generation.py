@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from ptft_hf.data.chat import PlainTemplate, as_messages, prompt_text
+from ptft_hf.distributed import weights_are_sharded
 
 
 def split_reference(row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
@@ -31,7 +32,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=weights_are_sharded(),
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             for row in out[:, batch["input_ids"].shape[1]:]:
                 ids = row.tolist()

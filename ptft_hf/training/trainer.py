@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
-from transformers.trainer_utils import TrainOutput, speed_metrics
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, speed_metrics
 
+from ptft_hf.distributed import weights_are_sharded
 from ptft_hf.training.chunked_loss import CHUNK_ELEMENTS, chunkable_head, hidden_states_as_logits, linear_cross_entropy
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
 from ptft_hf.training.safety import NonFiniteLoss, TrainLossTally
@@ -58,6 +59,12 @@ class PtftTrainer(Trainer):
             self.add_callback(TrainLossTally())
         self._loss_tally().trainer = self
 
+    def create_accelerator_and_postprocess(self) -> None:
+        from ptft_hf.training.fsdp_cpu import fsdp_on_cpu
+
+        with fsdp_on_cpu(self.args):
+            super().create_accelerator_and_postprocess()
+
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if (self.args.train_sampling_strategy != "group_by_length" or not self.length_megabatch
@@ -98,7 +105,15 @@ class PtftTrainer(Trainer):
         tally.pending_loss = float(self._tr_loss.item())
         tally.last_logged_step = self._globalstep_last_logged
         tally.steps = self.state.global_step
+        if self._saves_sharded_checkpoints() and self.is_world_process_zero() and self.processing_class is not None:
+            # the Trainer's save_model writes nothing for sharded checkpoints, tokenizer included; a
+            # resumed run reads the tokenizer it trained with from here (before trainer_state.json)
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.processing_class.save_pretrained(folder)
         super()._save_checkpoint(model, trial)
+
+    def _saves_sharded_checkpoints(self) -> bool:
+        return self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)
 
     def _load_callback_state(self) -> None:
         super()._load_callback_state()  # may replace the tally with one rebuilt from the checkpoint
@@ -184,6 +199,20 @@ class PtftTrainer(Trainer):
         finally:
             self.data_collator = train_collator
 
+    def _idle_eval_forwards(self, dataloader: Any) -> int:
+        """Forwards this rank runs, results unused, so that every rank runs as many as the one
+        with the most eval batches. Evaluation is uneven (each row once); under FSDP or ZeRO-3
+        each forward gathers the weights from every rank, so the counts must match. 0 otherwise."""
+        if not weights_are_sharded():
+            return 0
+        ours = len(dataloader)
+        most = self.accelerator.reduce(torch.tensor([ours], device=self.args.device), reduction="max")
+        return int(most.item()) - ours
+
+    def _idle_batch(self, dataloader: Any) -> dict[str, Any]:
+        """One eval row, collated and on the device (a rank may have no batch of its own)."""
+        return self._prepare_inputs(dataloader.collate_fn([dataloader.dataset[0]]))
+
     def evaluate(
         self,
         eval_dataset: Any = None,
@@ -208,7 +237,10 @@ class PtftTrainer(Trainer):
         start = time.time()
         batches = 0
         head = self._chunk_head(model)
+        idle_forwards = self._idle_eval_forwards(dataloader)
         with torch.no_grad():
+            for _ in range(idle_forwards):  # sharded weights: as many forwards as the busiest rank
+                model(**{k: v for k, v in self._idle_batch(dataloader).items() if k != "labels"})
             for batch in dataloader:
                 batch = self._prepare_inputs(batch)
                 labels = batch.pop("labels")

@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,11 +19,10 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import PLANTED_TOKEN, QUICKSTART_RUN, TINY_OVERRIDES, run_cli
+from tests.integration.distributed_helpers import KILL_JOB_AT_SAVE, RUN, assert_same_training, free_port, torchrun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-RUN = ["data=builtin_docs", "data.max_train_samples=300", "data.max_eval_samples=40", *TINY_OVERRIDES,
-       "trainer.max_steps=10", "trainer.eval_steps=5", "trainer.save_steps=5", "trainer.logging_steps=1"]
 SKEWED_RANK_1 = """
 import datetime, os
 if os.environ.get("RANK") == "1":
@@ -42,40 +39,13 @@ if os.environ.get("RANK") == "1":
 """
 
 
-def _torchrun(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "ptft_hf", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def single_process_run(tmp_path_factory, cache_env) -> Path:
-    """RUN on one process, 8 rows per step: what two processes of 4 must reproduce."""
-    root = tmp_path_factory.mktemp("single")
-    single = run_cli([*RUN, "trainer.per_device_train_batch_size=8", f"hydra.run.dir={root / 'run'}"],
-                     dict(cache_env, OMP_NUM_THREADS="1"), cwd=root)
-    assert single.returncode == 0, single.stderr[-3000:]
-    return root / "run"
-
-
-def _assert_same_training(run_dir: Path, reference: Path) -> None:
-    ours, want = (load_file(d / "model" / "model.safetensors") for d in (run_dir, reference))
-    assert ours.keys() == want.keys()
-    for name in want:  # measured: largest difference 4e-7
-        torch.testing.assert_close(ours[name], want[name], rtol=0, atol=1e-5, msg=name)
-    got, expected = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
-    for key in ("train_tokens", "eval_tokens", "data_train", "data_eval", "train_steps"):
-        assert got[key] == expected[key], key
-    for key in ("eval_loss", "eval_loss_before", "eval_accuracy", "train_loss"):
-        assert got[key] == pytest.approx(expected[key], rel=1e-5), key
-
-
 def test_two_processes_write_one_folder_and_train_like_one_process(single_process_run, cache_env, tmp_path):
 
     (tmp_path / "skewed").mkdir()
     (tmp_path / "skewed" / "sitecustomize.py").write_text(SKEWED_RANK_1)
     env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_OUTPUTS=str(tmp_path / "outputs"),
                PYTHONPATH=f"{tmp_path / 'skewed'}{os.pathsep}{cache_env['PYTHONPATH']}")
-    result = _torchrun([*RUN, "trainer.per_device_train_batch_size=4"], env, tmp_path)  # global batch 2 x 4 = 8
+    result = torchrun([*RUN, "trainer.per_device_train_batch_size=4"], env, tmp_path)  # global batch 2 x 4 = 8
     assert result.returncode == 0, result.stderr[-3000:]
 
     [run_dir] = list((tmp_path / "outputs").glob("*/*"))  # one folder, the default outputs/<date>/<time>
@@ -85,19 +55,13 @@ def test_two_processes_write_one_folder_and_train_like_one_process(single_proces
     assert f"run folder {run_dir}" in (run_dir / "cli.log").read_text()
     assert "run folder" not in result.stdout.replace(f"run folder {run_dir}", "", 1)  # logged once, by rank 0
 
-    _assert_same_training(run_dir, single_process_run)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    assert_same_training(run_dir, single_process_run)
 
 
 def test_two_nodes_of_one_process_train_like_one_process(single_process_run, cache_env, tmp_path):
     """Two torchrun agents as two nodes (`--nnodes 2 --nproc_per_node 1`, c10d rendezvous on
     127.0.0.1), both started here: one run folder, the single process's training."""
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     env = dict(cache_env, OMP_NUM_THREADS="1")
     run_dir = tmp_path / "run"
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
@@ -109,38 +73,7 @@ def test_two_nodes_of_one_process_train_like_one_process(single_process_run, cac
     codes = [node.wait(timeout=600) for node in nodes]
     assert codes == [0, 0], "".join((tmp_path / f"node{r}.out").read_text()[-2000:] for r in (0, 1))
     assert sorted(p.name for p in run_dir.glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
-    _assert_same_training(run_dir, single_process_run)
-
-
-# The whole job (torchrun's agent and both workers) killed with SIGKILL right after every rank has
-# saved its part of checkpoint PTFT_TEST_KILL_AT_STEP, as a scheduler ending a job would: the ranks
-# meet at a barrier after the save, then rank 0 kills its siblings, the agent and itself.
-KILL_JOB_AT_SAVE = """
-import os, signal
-from transformers import trainer_callback
-
-_step, _on_save = int(os.environ["PTFT_TEST_KILL_AT_STEP"]), trainer_callback.CallbackHandler.on_save
-
-
-def on_save(self, args, state, control):
-    control = _on_save(self, args, state, control)
-    if state.global_step == _step:
-        import torch.distributed as dist
-
-        dist.barrier()
-        if dist.get_rank() == 0:
-            agent = os.getppid()
-            workers = open(f"/proc/{agent}/task/{agent}/children").read().split()
-            os.kill(agent, signal.SIGKILL)
-            for pid in map(int, workers):
-                if pid != os.getpid():
-                    os.kill(pid, signal.SIGKILL)
-            os.kill(os.getpid(), signal.SIGKILL)
-    return control
-
-
-trainer_callback.CallbackHandler.on_save = on_save
-"""
+    assert_same_training(run_dir, single_process_run)
 
 
 def test_a_killed_two_process_job_resumes_to_the_same_weights(single_process_run, cache_env, tmp_path):
@@ -160,7 +93,7 @@ def test_a_killed_two_process_job_resumes_to_the_same_weights(single_process_run
     resumed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_step"] == 5
-    _assert_same_training(run_dir, single_process_run)
+    assert_same_training(run_dir, single_process_run)
 
 
 def test_the_quickstart_pipeline_under_two_processes_matches_the_single_process_one(quickstart_run, cache_env, tmp_path):
@@ -169,7 +102,7 @@ def test_the_quickstart_pipeline_under_two_processes_matches_the_single_process_
     args = [a.replace("trainer.per_device_train_batch_size=8", "trainer.per_device_train_batch_size=4") for a in QUICKSTART_RUN]
     assert args != QUICKSTART_RUN
     run_dir = tmp_path / "run"
-    result = _torchrun([*args, f"hydra.run.dir={run_dir}"], dict(cache_env, OMP_NUM_THREADS="1", HF_TOKEN=PLANTED_TOKEN),
+    result = torchrun([*args, f"hydra.run.dir={run_dir}"], dict(cache_env, OMP_NUM_THREADS="1", HF_TOKEN=PLANTED_TOKEN),
                        tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "cli.log", "cli.rank1.log", "finetune", "metrics.json",

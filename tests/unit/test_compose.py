@@ -12,7 +12,7 @@ from ptft_hf.config.schema import PtftConfig
 from ptft_hf.config.validate import collect_problems
 from ptft_hf.paths import conf_dir
 
-GROUPS = ["model", "data", "objective", "strategy", "trainer", "experiment"]
+GROUPS = ["model", "data", "objective", "strategy", "trainer", "distributed", "experiment"]
 
 
 def _options(group: str) -> list[str]:
@@ -34,7 +34,10 @@ def test_every_option_composes(compose_cfg, group, option):
     cfg = compose_cfg(*overrides)
     typed = OmegaConf.to_object(cfg)
     assert isinstance(typed, PtftConfig)
-    if group != "experiment":  # every value the option's file sets (or the command line) is what the run gets
+    if group == "distributed":  # `# @package _global_`: the preset sets fields of several groups
+        assert _missing(OmegaConf.to_container(cfg), _option_values(group, option)) == []
+        assert cfg.distributed.name == option
+    elif group != "experiment":  # every value the option's file sets (or the command line) is what the run gets
         expected = _option_values(group, option) | ({"path": "corpus.txt"} if "data.path=corpus.txt" in overrides else {})
         assert _missing(OmegaConf.to_container(cfg[group]), expected) == []
 

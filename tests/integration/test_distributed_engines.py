@@ -1,0 +1,92 @@
+"""The `distributed` presets on this CPU machine (2 processes over gloo, one thread each): FSDP2
+for full fine-tuning and LoRA, killed and resumed from its sharded checkpoints, and `accelerate
+launch` running the same Hydra command.
+
+accelerate turns FSDP on only for GPU-like processes (`AcceleratorState` leaves MULTI_CPU out); the
+project presents CPU processes as GPU-like while the state is built (`ptft_hf.training.fsdp_cpu`),
+so these are torch's real `fully_shard` runs, as the sharded checkpoint files show."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from ptft_hf.config.schema import SamplesConfig
+from tests.conftest import run_cli
+from tests.integration.distributed_helpers import KILL_JOB_AT_SAVE, RUN, assert_same_training, torchrun
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TWO_BY_FOUR = ["trainer.per_device_train_batch_size=4"]  # 2 processes x 4 rows: the reference's 8
+
+
+def _reloaded_sample(run_dir) -> dict[str, str]:
+    """The first sample prompt continued by model/ loaded whole in this one process, as the run
+    continued it with the sharded model at its end (metrics.json's `sample`)."""
+    from ptft_hf.api import open_run
+    from ptft_hf.training.callbacks import generate_samples
+
+    model, tokenizer = open_run(run_dir).load()
+    samples = yaml.safe_load((run_dir / "config.yaml").read_text())["samples"]
+    return generate_samples(model, tokenizer, SamplesConfig(**samples))[0]
+
+
+def test_fsdp_full_fine_tuning_resumes_from_sharded_checkpoints_and_saves_one_model(single_process_run, cache_env, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*RUN, *TWO_BY_FOUR, "distributed=fsdp", f"hydra.run.dir={run_dir}"]
+    (tmp_path / "kill").mkdir()
+    (tmp_path / "kill" / "sitecustomize.py").write_text(KILL_JOB_AT_SAVE)
+    env = dict(cache_env, OMP_NUM_THREADS="1")
+    killed = torchrun(args, dict(env, PTFT_TEST_KILL_AT_STEP="5",
+                                 PYTHONPATH=f"{tmp_path / 'kill'}{os.pathsep}{env['PYTHONPATH']}"), tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    checkpoint = run_dir / "checkpoints" / "checkpoint-5"
+    # FSDP's own checkpoint: one shard of the weights and of the optimizer state per rank
+    for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert sorted(p.name for p in (checkpoint / folder).iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert not (checkpoint / "model.safetensors").exists() and not (run_dir / "metrics.json").exists()
+
+    resumed = torchrun(args, env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 5
+    assert_same_training(run_dir, single_process_run)  # model/ gathered whole from the shards
+    assert _reloaded_sample(run_dir) == metrics["sample"]
+
+
+def test_fsdp_lora_trains_the_adapter_one_process_trains(tiny_run, cache_env, tmp_path):
+    lora = [*(a for a in RUN if not a.startswith("model.")), "model=pretrained", f"model.name_or_path={tiny_run / 'model'}", "strategy=lora",
+            "trainer.learning_rate=1e-2"]
+    env = dict(cache_env, OMP_NUM_THREADS="1")
+    single = run_cli([*lora, "trainer.per_device_train_batch_size=8", f"hydra.run.dir={tmp_path / 'single'}"], env, tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = torchrun([*lora, *TWO_BY_FOUR, "distributed=fsdp", f"hydra.run.dir={tmp_path / 'fsdp'}"], env, tmp_path)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+
+    assert (tmp_path / "fsdp" / "checkpoints" / "checkpoint-10" / "pytorch_model_fsdp_0").is_dir()
+    adapter = load_file(tmp_path / "fsdp" / "model" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in name for name in adapter)  # the adapter alone, not the 4 MB base
+    assert_same_training(tmp_path / "fsdp", tmp_path / "single", weights="adapter_model.safetensors")
+    metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
+    assert metrics["trainable_parameters"] == json.loads((tmp_path / "single" / "metrics.json").read_text())["trainable_parameters"]
+    assert _reloaded_sample(tmp_path / "fsdp") == metrics["sample"]
+
+
+def test_accelerate_launch_runs_the_same_command_on_two_processes(single_process_run, cache_env, tmp_path):
+    """`accelerate launch --multi_gpu` starts torchrun's workers (DDP over gloo here, trainer.use_cpu)."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                             "-m", "ptft_hf", *RUN, *TWO_BY_FOUR, f"hydra.run.dir={run_dir}"],
+                            env=dict(cache_env, OMP_NUM_THREADS="1"), cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in run_dir.glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
+    assert_same_training(run_dir, single_process_run)
