@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -135,7 +135,15 @@ class PaddingCounter:
     def observe(self, batch: dict[str, Any]) -> None:
         mask = batch["attention_mask"]
         real = int(mask.sum())
-        self.stats["tokens"] += real
-        self.stats["padded_tokens"] += int(mask.numel()) - real
-        total = self.stats["tokens"] + self.stats["padded_tokens"]
-        self.stats["padded_share"] = round(self.stats["padded_tokens"] / total, 4) if total else 0.0
+        self._set(self.stats["tokens"] + real, self.stats["padded_tokens"] + int(mask.numel()) - real)
+
+    def _set(self, tokens: int, padded: int) -> None:
+        self.stats["tokens"], self.stats["padded_tokens"] = tokens, padded
+        total = tokens + padded
+        self.stats["padded_share"] = round(padded / total, 4) if total else 0.0
+
+    def sum_across_processes(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Several processes: each counted its own batches; the run's counts are their sums
+        (`reduce_sum`, e.g. the accelerator's all-reduce), on every rank."""
+        tokens, padded = reduce_sum(torch.tensor([self.stats["tokens"], self.stats["padded_tokens"]])).tolist()
+        self._set(int(tokens), int(padded))

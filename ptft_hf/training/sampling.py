@@ -44,7 +44,8 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, megabatch_ba
 
 class ShuffledLengthGroupedSampler(Sampler[int]):
     """Indices in `length_grouped_batches` order, flattened for the Trainer's DataLoader, which cuts
-    them back into the same batches (its batch size must be `batch_size`)."""
+    them back into the same batches (its batch size must be `batch_size`, or `batch_size / N` for N processes, each dealt
+    consecutive slices)."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, megabatch_batches: int, seed: int = 0):
         self.lengths = list(lengths)

@@ -71,7 +71,9 @@ class PtftTrainer(Trainer):
                 or dataset is None or not hasattr(dataset, "column_names")):
             return super()._get_train_sampler(train_dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return ShuffledLengthGroupedSampler(self._example_lengths(dataset), self._train_batch_size,
+        # grouped by the global batch: accelerate deals each process consecutive per-device slices of
+        # this order, so a step of N processes x B rows holds the rows of one process's N*B batch
+        return ShuffledLengthGroupedSampler(self._example_lengths(dataset), self._train_batch_size * self.args.world_size,
                                             self.length_megabatch, seed=seed)
 
     def _example_lengths(self, dataset: Any) -> list[int]:
@@ -135,6 +137,11 @@ class PtftTrainer(Trainer):
                 for key, value in saved["args"].items():
                     setattr(self._loss_tally(), key, value)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.args.world_size > 1:  # token counts of the whole run, not of this rank's batches
+            for observer in self.batch_observers:
+                if hasattr(observer, "sum_across_processes"):
+                    observer.sum_across_processes(
+                        lambda t: self.accelerator.reduce(t.to(self.args.device), reduction="sum").cpu())
         mean = self._whole_run_loss(output.training_loss)
         return TrainOutput(output.global_step, mean, {**output.metrics, "train_loss": mean})
 
@@ -156,7 +163,7 @@ class PtftTrainer(Trainer):
     def _head_scope(self, model: Any, labels: torch.Tensor):
         if not self.labelled_positions_only:
             return contextlib.nullcontext()
-        return predict_only_at(model, labels != IGNORE_INDEX)
+        return predict_only_at(self.accelerator.unwrap_model(model), labels != IGNORE_INDEX)  # DDP wraps the model
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

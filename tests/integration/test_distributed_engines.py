@@ -90,3 +90,23 @@ def test_accelerate_launch_runs_the_same_command_on_two_processes(single_process
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in run_dir.glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
     assert_same_training(run_dir, single_process_run)
+
+
+def test_padding_counts_of_two_processes_are_the_whole_runs(cache_env, tmp_path):
+    """Masked LM line by line (length-grouped, padded per batch): each process counts its own
+    batches; metrics.json holds their sum, which is what one process with the global batch counts
+    (the length grouping works on the global batch, so a step holds the same rows)."""
+    mlm = ["model=tiny_bert", "objective=mlm", "objective.line_by_line=true", "objective.block_size=64", "data=builtin_docs",
+           "data.max_train_samples=300", "data.max_eval_samples=40", "trainer.max_steps=6", "trainer.eval_steps=6",
+           "trainer.save_steps=6", "model.config.num_hidden_layers=1", "model.config.hidden_size=32",
+           "model.config.num_attention_heads=2", "model.config.intermediate_size=64", "model.tokenizer.vocab_size=512"]
+    env = dict(cache_env, OMP_NUM_THREADS="1")
+    single = run_cli([*mlm, "trainer.per_device_train_batch_size=8", f"hydra.run.dir={tmp_path / 'single'}"], env, tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two = torchrun([*mlm, *TWO_BY_FOUR, f"hydra.run.dir={tmp_path / 'two'}"], env, tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    got, want = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("two", "single"))
+    assert got["padding"]["tokens"] == want["padding"]["tokens"] == got["train_tokens"] > 0
+    assert got["padding"]["padded_tokens"] <= want["padding"]["padded_tokens"]  # each process pads only its half
+    assert got["eval_tokens"] == want["eval_tokens"]  # each eval row once, masks fixed by seed
+    assert got["eval_loss_before"] == pytest.approx(want["eval_loss_before"], rel=1e-5)
