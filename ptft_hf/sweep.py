@@ -15,6 +15,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ptft_hf.distributed import is_main_process
 from ptft_hf.run_dir import FINISHED_MARKER
 from ptft_hf.training.report import quality_summary
 
@@ -63,7 +64,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
+        if not is_main_process() or not sweep_dir.is_dir():  # several processes: rank 0 writes
             return
         rows = collect_sweep(sweep_dir)
         if not rows:

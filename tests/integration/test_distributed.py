@@ -126,6 +126,22 @@ def test_the_quickstart_pipeline_under_two_processes_matches_the_single_process_
         assert got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-5), stage
 
 
+def test_a_sweep_under_torchrun_runs_every_job_on_both_processes(cache_env, tmp_path):
+    """`torchrun ... -m ptft_hf -m a=1,2`: Hydra's sweep runs job after job in every rank; the ranks
+    agree on the sweep folder (`${now}`) and each job's subfolder, and rank 0 writes the summary."""
+    result = torchrun(["-m", "trainer.learning_rate=1e-3,3e-4", *RUN, "trainer.max_steps=2", "trainer.eval_steps=2",
+                       "trainer.save_steps=2", "trainer.per_device_train_batch_size=4"],
+                      dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_MULTIRUN=str(tmp_path / "multirun")), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [sweep] = list((tmp_path / "multirun").glob("*/*"))  # one folder, the default multirun/<date>/<time>
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.json", "summary.md"]
+    for job, rate in (("0", 1e-3), ("1", 3e-4)):
+        assert sorted(p.name for p in (sweep / job).glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
+        assert yaml.safe_load((sweep / job / "config.yaml").read_text())["trainer"]["learning_rate"] == rate
+        assert json.loads((sweep / job / "metrics.json").read_text())["train_steps"] == 2
+    assert [r["job"] for r in json.loads((sweep / "summary.json").read_text())] == ["0", "1"]
+
+
 def test_a_submitit_local_sweep_runs_each_job_in_its_own_process_and_summarises(cache_env, tmp_path):
     """`hydra/launcher=submitit_local`: what `submitit_slurm` does on a cluster, as local processes."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs hydra-submitit-launcher (the slurm extra)")
