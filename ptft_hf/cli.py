@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ptft_hf.config import schema  # noqa: F401  (registers the schema with Hydra's ConfigStore)
 from ptft_hf.config.errors import describe_compose_error
 from ptft_hf.config.redact import redact_file, redact_text, secret_values
-from ptft_hf.distributed import is_distributed_launch, launched_rank_and_world
+from ptft_hf.distributed import is_distributed_launch, launched_rank_and_world, record_error_for_launcher
 from ptft_hf.errors import UserError
 from ptft_hf.run_dir import FolderSnapshot, guard_run_dir, has_started
 from ptft_hf.paths import conf_dir
@@ -41,6 +41,15 @@ def verbose_requested(argv: list[str] | None = None) -> bool:
 
 
 def report_user_error(lines: list[str]) -> None:
+    """One line per problem on stderr. Several processes: rank 0 prints them (every rank found the
+    same), the others only log them to their own file; every rank hands them to torchrun as its
+    error file, so the launcher's failure summary shows them instead of "To enable traceback see"."""
+    rank = launched_rank_and_world()[0]
+    record_error_for_launcher("\n".join(f"{PROG}: error: {line}" for line in lines))
+    if rank > 0:
+        for line in lines:
+            logging.getLogger(__name__).error("%s: error: %s", PROG, line)
+        return
     for line in lines:
         sys.stderr.write(f"{PROG}: error: {line}\n")
     sys.stderr.write(f"{PROG}: (add verbose=true to see the traceback)\n")

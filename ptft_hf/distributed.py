@@ -12,8 +12,10 @@ there, only a log of their own (`<job>.rank<N>.log`).
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -98,3 +100,19 @@ def weights_are_sharded() -> bool:
     from accelerate.utils import DistributedType
 
     return AcceleratorState._shared_state.get("distributed_type") in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def record_error_for_launcher(text: str) -> None:
+    """Write `text` as this worker's torchelastic error file (TORCHELASTIC_ERROR_FILE, set by torchrun
+    for each worker): the launcher's failure summary shows it as the worker's error."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            # torchelastic's own layout (ErrorHandler.record_exception), with the lines in place of a traceback
+            json.dump({"message": {"message": text, "extraInfo": {"py_callstack": text,
+                                                                  "timestamp": str(int(time.time()))}}}, f)
+    except OSError as err:  # the summary then says "To enable traceback see ..." as before
+        log.debug("could not write the launcher's error file %s: %s", path, err)

@@ -142,6 +142,19 @@ def test_a_sweep_under_torchrun_runs_every_job_on_both_processes(cache_env, tmp_
     assert [r["job"] for r in json.loads((sweep / "summary.json").read_text())] == ["0", "1"]
 
 
+def test_a_config_mistake_under_torchrun_is_one_line_and_torchruns_root_cause(cache_env, tmp_path):
+    result = torchrun(["trainer.learning_rate=-1", f"hydra.run.dir={tmp_path / 'run'}"],
+                      dict(cache_env, OMP_NUM_THREADS="1"), tmp_path)
+    assert result.returncode != 0
+    line = "ptft-hf: error: trainer.learning_rate: -1 is negative, which the optimizer refuses; set a positive value such as 3e-4"
+    assert [l for l in result.stderr.splitlines() if l.startswith("ptft-hf:")] == [  # rank 0 alone prints it
+        line, "ptft-hf: (add verbose=true to see the traceback)"]
+    root_cause = result.stderr.split("Root Cause (first observed failure):")[1]
+    assert f"traceback : {line}" in root_cause  # torchrun's summary shows the worker's error file
+    assert "To enable traceback see" not in result.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 def test_a_submitit_local_sweep_runs_each_job_in_its_own_process_and_summarises(cache_env, tmp_path):
     """`hydra/launcher=submitit_local`: what `submitit_slurm` does on a cluster, as local processes."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs hydra-submitit-launcher (the slurm extra)")
