@@ -100,7 +100,9 @@ class PtftTrainer(Trainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         for name, param in self.model.named_parameters():  # a finite loss can still leave inf weights
-            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+            # trained weights only: frozen ones do not change (and 4-bit weights stored in a float
+            # dtype for FSDP, bnb_4bit_quant_storage, are packed bytes, not numbers)
+            if param.requires_grad and param.is_floating_point() and not bool(torch.isfinite(param).all()):
                 raise NonFiniteLoss(self.state.global_step, float("nan"), what=f"weight {name}")
         tally = self._loss_tally()
         tally.loss_sum = tally.carried_sum + self._total_loss_scalar

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -77,6 +78,30 @@ def test_fsdp_lora_trains_the_adapter_one_process_trains(tiny_run, cache_env, tm
     metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
     assert metrics["trainable_parameters"] == json.loads((tmp_path / "single" / "metrics.json").read_text())["trainable_parameters"]
     assert _reloaded_sample(tmp_path / "fsdp") == metrics["sample"]
+
+
+def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trains(tiny_run, cache_env, tmp_path):
+    """distributed=fsdp_qlora: the NF4 weights packed into float32 storage (the compute dtype on
+    CPU) so that FSDP can shard them; the adapter is the one a single process trains on the
+    uint8-stored base."""
+    qlora = [*(a for a in RUN if not a.startswith(("model.", "trainer.max_steps", "trainer.eval_steps", "trainer.save_steps"))),
+             "model=pretrained", f"model.name_or_path={tiny_run / 'model'}", "strategy=qlora", "trainer.learning_rate=1e-2",
+             "trainer.max_steps=4", "trainer.eval_steps=4", "trainer.save_steps=4"]
+    env = dict(cache_env, OMP_NUM_THREADS="1")
+    single = run_cli([*qlora, "trainer.per_device_train_batch_size=8", f"hydra.run.dir={tmp_path / 'single'}"], env, tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = torchrun([*qlora, *TWO_BY_FOUR, "distributed=fsdp_qlora", f"hydra.run.dir={tmp_path / 'fsdp'}"], env, tmp_path)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    config = yaml.safe_load((tmp_path / "fsdp" / "config.yaml").read_text())
+    assert config["strategy"]["quantization"]["bnb_4bit_quant_storage"] == "float32"
+    assert (tmp_path / "fsdp" / "checkpoints" / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()
+    ours, want = (load_file(tmp_path / r / "model" / "adapter_model.safetensors") for r in ("fsdp", "single"))
+    assert ours.keys() == want.keys() and all("lora_" in name for name in ours)
+    for name in want:  # measured: 7e-9
+        torch.testing.assert_close(ours[name], want[name], rtol=0, atol=1e-6, msg=name)
+    got, expected = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("fsdp", "single"))
+    assert got["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-5)
+    assert got["eval_tokens"] == expected["eval_tokens"] and got["train_tokens"] == expected["train_tokens"]
 
 
 def test_accelerate_launch_runs_the_same_command_on_two_processes(single_process_run, cache_env, tmp_path):
