@@ -3,7 +3,8 @@
     python -m benchmarks.arms w1 ours --spec WORK/spec.json --json-out WORK/out/w1_ours_0.json
 
 Arms: setup (once, before the rest); w1: peak, ours, baseline; w2: peak, ours, pad128, dynamic;
-w3: full, lora, qlora; w4: ours, baseline (with --phase cold|cached and --cache-dir).
+w3: full, lora, qlora; w4: ours, baseline (with --phase cold|cached and --cache-dir); w5: one, two
+(`two` under torchrun: rank 0 writes the JSON).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ ARMS = {
     "w2": ("peak", "ours", "pad128", "dynamic"),
     "w3": ("full", "lora", "qlora"),
     "w4": ("ours", "baseline"),
+    "w5": ("one", "two"),
 }
 
 
@@ -50,6 +52,10 @@ def run_arm(workload: str, arm: str, spec: dict, run_dir: Path, phase: str | Non
         from benchmarks.w4_data import data_arm
 
         return data_arm(spec, run_dir, arm, phase or "cold", cache_dir or str(run_dir / "cache"))
+    if workload == "w5":
+        from benchmarks.w5_distributed import arm as distributed_arm
+
+        return distributed_arm(spec, run_dir, arm)
     raise ValueError(f"unknown workload {workload}")
 
 
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # reported in the JSON; the orchestrator shows it and fails the run
         result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         status = 1
+    if result is None:  # a rank other than 0 of a several-process arm: rank 0 reports
+        return status
     result.update(workload=args.workload, arm=args.arm, loadavg_before=before, loadavg_after=loadavg(),
                   wall_s=round(time.time() - started, 2))
     write_json(args.json_out, result)

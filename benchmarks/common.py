@@ -224,11 +224,15 @@ def offline_env(workdir: Path, threads: int) -> dict[str, str]:
     env.update(
         HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
         HF_DATASETS_CACHE=str(workdir / "datasets_cache"), PTFT_HF_CACHE=str(workdir / "ptft_cache"),
-        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), RAYON_NUM_THREADS=str(threads),
         TOKENIZERS_PARALLELISM="true", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1",
         TQDM_DISABLE="1", PYTHONPATH=repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
     )
-    return env
+    return thread_env(env, threads)
+
+
+def thread_env(env: dict[str, str], threads: int) -> dict[str, str]:
+    """`env` with `threads` threads for OpenMP/MKL and the tokenizers' pool."""
+    return {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "RAYON_NUM_THREADS": str(threads)}
 
 
 def project_trainer_field(device: str, key: str) -> Any:

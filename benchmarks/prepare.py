@@ -126,7 +126,7 @@ def setup_arm(spec: dict[str, Any]) -> dict[str, Any]:
     files = _data_files(spec)
     result: dict[str, Any] = {"files": files}
     workloads = set(spec["workloads"])
-    if workloads & {"w1", "w3", "w4"}:
+    if workloads & {"w1", "w3", "w4", "w5"}:
         bpe = train_byte_bpe(_nonempty_lines(files["wikitext_train"]), spec["w1"]["vocab_size"], 2)
         bpe.save_pretrained(str(out_dir / "tok_bpe"))
         result["bpe_dir"] = str(out_dir / "tok_bpe")

@@ -121,8 +121,22 @@ def summarise_w4(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def summarise_w5(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    arms = {arm: _results(runs, "w5", arm) for arm in ("one", "two")}
+    out: dict[str, Any] = {}
+    for arm, results in arms.items():
+        out[arm] = _arm_stats(results, ["tokens_per_s", "step_s_median", "train_loss"])
+        if results:
+            first = next(iter(results.values()))
+            out[arm].update({k: first.get(k) for k in ("processes", "threads_per_process", "per_device_batch", "ddp_backend")})
+    out["two_over_one"] = _paired(arms["two"], arms["one"], "tokens_per_s")
+    losses = [_med(out[arm]["train_loss"]) for arm in arms]
+    out["train_loss_delta"] = None if None in losses else losses[1] - losses[0]
+    return out
+
+
 SUMMARISERS: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
-    "w1": summarise_w1, "w2": summarise_w2, "w3": summarise_w3, "w4": summarise_w4,
+    "w1": summarise_w1, "w2": summarise_w2, "w3": summarise_w3, "w4": summarise_w4, "w5": summarise_w5,
 }
 
 
@@ -254,6 +268,17 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
                  _spread(w4[arm]["cached_over_cold"]), _spread(w4[arm]["load_s_cold"]), _fmt(w4[arm].get("blocks"))]
                 for arm in ("ours", "baseline")]
         out += _table(["arm", "cold MB/s", "cold s", "cached s", "cached/cold", "load_dataset s (cold)", "blocks"], rows)
+        out.append("")
+    if "w5" in summary:
+        w5, s = summary["w5"], meta["spec"]["w1"]
+        out.append(f"W5 several processes: W1 (GPT-2 {s['n_layer']}x{s['n_embd']}, global batch {s['batch_size']}x{s['block_size']},"
+                   f" {s['steps']} steps) on one process or under torchrun (DDP)")
+        rows = [[arm, _fmt(w5[arm].get("processes")), _fmt(w5[arm].get("threads_per_process")), _fmt(w5[arm].get("per_device_batch")),
+                 w5[arm].get("ddp_backend") or "-", _spread(w5[arm]["tokens_per_s"], 4), _spread(w5[arm]["step_s_median"]),
+                 _spread(w5[arm]["train_loss"], 4)] for arm in ("one", "two")]
+        out += _table(["arm", "processes", "threads each", "rows each", "backend", "tokens/s", "step s", "train loss"], rows)
+        out.append(f"tokens/s two processes / one (paired): {_spread(w5.get('two_over_one'))}; train loss difference "
+                   f"{_fmt(w5.get('train_loss_delta'))}")
         out.append("")
     out.append("Targets" + (" (smoke run: not meaningful)" if meta["smoke"] else ""))
     rows = [[t["target"], _fmt(t["value"]), f"{t['op']} {t['threshold']}",

@@ -8,7 +8,7 @@ print the table and write the JSON.
 
 Per repetition and workload the arms run in a fixed alternation (W1: peak, ours, baseline;
 W2: peak, ours, pad128, dynamic; W3: full, lora, qlora; W4: ours cold, ours cached, baseline
-cold, baseline cached), so slow drifts of a shared machine hit every arm alike; ratios are
+cold, baseline cached; W5: one process, two processes), so slow drifts of a shared machine hit every arm alike; ratios are
 taken per repetition (paired) and their median reported with min and max.
 """
 
@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import loadavg, offline_env, write_json
+from benchmarks.common import loadavg, offline_env, thread_env, write_json
 from benchmarks.report import SUMMARISERS, format_report, mfu_summary, targets
 
 REPO = Path(__file__).resolve().parents[1]
-WORKLOADS = ("w1", "w2", "w3", "w4")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
 
 FULL = {
     "w1": {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 512, "vocab_size": 8000, "block_size": 256,
@@ -43,6 +43,7 @@ FULL = {
     "w3": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 32000, "block_size": 256,
            "batch_size": 2, "steps": 3},
     "w4": {"block_size": 256},
+    "w5": {"processes": 2, "threads_one": 2, "threads_two": 1},  # W1's sizes; 2 cores used either way
     "peak_min_time_s": 0.3, "peak_min_iters": 5,
 }
 
@@ -55,6 +56,7 @@ SMOKE = {
     "w3": {"n_layer": 1, "n_embd": 64, "n_head": 2, "n_positions": 64, "vocab_size": 1024, "block_size": 32,
            "batch_size": 2, "steps": 1},
     "w4": {"block_size": 32},
+    "w5": {"processes": 2, "threads_one": 1, "threads_two": 1},
     "peak_min_time_s": 0.0, "peak_min_iters": 2,
 }
 
@@ -67,6 +69,8 @@ def arm_plan(workload: str) -> list[tuple[str, str | None]]:
         return [("peak", None), ("ours", None), ("pad128", None), ("dynamic", None)]
     if workload == "w3":
         return [("full", None), ("lora", None), ("qlora", None)]
+    if workload == "w5":
+        return [("one", None), ("two", None)]
     return [("ours", "cold"), ("ours", "cached"), ("baseline", "cold"), ("baseline", "cached")]
 
 
@@ -119,6 +123,12 @@ def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path:
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "benchmarks.arms", workload, arm, "--spec", str(spec_path), "--json-out", str(out),
            "--run-dir", str(workdir / "runs" / tag)]
+    if workload == "w5":  # W5 sets its own threads per process; `two` runs under torchrun
+        spec = json.loads(spec_path.read_text())["w5"]
+        env = thread_env(env, spec["threads_two"] if arm == "two" else spec["threads_one"])
+        if arm == "two":
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                   str(spec["processes"]), *cmd[1:]]
     if phase:
         cmd += ["--phase", phase, "--cache-dir", str(cache_dir)]
     before, started = loadavg(), time.time()
@@ -139,7 +149,7 @@ def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1,w2,w3,w4")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1,w2,w3,w4,w5")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --smoke)")
     parser.add_argument("--steps", type=int, default=None, help="training steps of W1 and W2")
     parser.add_argument("--threads", type=int, default=None, help="threads per arm (default 2; 1 with --smoke)")

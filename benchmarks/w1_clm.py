@@ -164,6 +164,15 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, train_result: Any, m
 
 def ours(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     device = configure(spec["threads"])
+    trainer, prepared, timer, overrides, prep_s = ours_trainer(spec, run_dir, device, spec["w1"]["batch_size"])
+    train_result = trainer.train()
+    return _result(spec, trainer, timer, train_result, prepared.model, device, prep_s,
+                   {"overrides": overrides, "train_blocks": len(prepared.train_dataset)})
+
+
+def ours_trainer(spec: dict[str, Any], run_dir: Path, device: str, per_device_batch: int) -> tuple[Any, Any, Any, list[str], float]:
+    """The project's W1 trainer (trainer, prepared, step timer, overrides, preparation seconds),
+    `per_device_batch` rows per process (W5 runs it on several processes)."""
     from omegaconf import OmegaConf
     from transformers import set_seed
 
@@ -183,7 +192,7 @@ def ours(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         "data=wikitext2", f"data.path={spec['files']['wikitext_train']}", f"data.eval_path={spec['files']['wikitext_eval']}",
         "objective=clm", f"objective.block_size={s['block_size']}",
         *(["trainer=gpu"] if device == "cuda" else []),
-        f"trainer.per_device_train_batch_size={s['batch_size']}", f"trainer.max_steps={s['steps']}",
+        f"trainer.per_device_train_batch_size={per_device_batch}", f"trainer.max_steps={s['steps']}",
         "trainer.eval_strategy=no", "trainer.save_strategy=no", "trainer.disable_tqdm=true", f"seed={spec['seed']}",
     ]
     conf = OmegaConf.to_object(compose(*overrides).cfg)
@@ -194,10 +203,7 @@ def ours(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, {})
     timer = step_timer()
     trainer = build_trainer(conf, run_dir, tokenizer, prepared, [timer])
-    prep_s = time.perf_counter() - started
-    train_result = trainer.train()
-    return _result(spec, trainer, timer, train_result, prepared.model, device, prep_s,
-                   {"overrides": overrides, "train_blocks": len(prepared.train_dataset)})
+    return trainer, prepared, timer, overrides, time.perf_counter() - started
 
 
 def baseline(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
