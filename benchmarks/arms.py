@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -84,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     if result is None:  # a rank other than 0 of a several-process arm: rank 0 reports
         return status
+    rank = int(os.environ.get("RANK", "0"))
+    json_out = args.json_out if rank == 0 else f"{args.json_out}.rank{rank}"  # a failing rank > 0: its own file
     result.update(workload=args.workload, arm=args.arm, loadavg_before=before, loadavg_after=loadavg(),
                   wall_s=round(time.time() - started, 2))
-    write_json(args.json_out, result)
+    write_json(json_out, result)
     return status
 
 

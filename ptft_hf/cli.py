@@ -47,8 +47,9 @@ def report_user_error(lines: list[str]) -> None:
     rank = launched_rank_and_world()[0]
     record_error_for_launcher("\n".join(f"{PROG}: error: {line}" for line in lines))
     if rank > 0:
-        for line in lines:
-            logging.getLogger(__name__).error("%s: error: %s", PROG, line)
+        if logging.getLogger().handlers:  # the rank's own log file; before Hydra set it up, nothing
+            for line in lines:
+                logging.getLogger(__name__).error("%s: error: %s", PROG, line)
         return
     for line in lines:
         sys.stderr.write(f"{PROG}: error: {line}\n")

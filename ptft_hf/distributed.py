@@ -27,6 +27,11 @@ def launched_rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def started_by_launcher() -> bool:
+    """torchrun and `accelerate launch` set LOCAL_RANK for every process they start (one or more)."""
+    return "LOCAL_RANK" in os.environ
+
+
 def is_distributed_launch() -> bool:
     return launched_rank_and_world()[1] > 1
 
@@ -99,7 +104,10 @@ def weights_are_sharded() -> bool:
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType
 
-    return AcceleratorState._shared_state.get("distributed_type") in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    engine = AcceleratorState._shared_state.get("distributed_type")
+    if engine == DistributedType.DEEPSPEED:  # ZeRO-1/2 partition only gradients and optimizer state
+        return getattr(AcceleratorState().deepspeed_plugin, "zero_stage", None) == 3
+    return engine == DistributedType.FSDP
 
 
 def record_error_for_launcher(text: str) -> None:

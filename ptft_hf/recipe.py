@@ -77,13 +77,7 @@ def _save_model(trainer: PtftTrainer, tokenizer: Any, model_dir: Path) -> None:
     main = trainer.is_world_process_zero()
     if main:
         shutil.rmtree(staging, ignore_errors=True)
-    if trainer._saves_sharded_checkpoints():
-        # sharded checkpoints: the Trainer's save_model would write nothing; model/ is gathered whole
-        state_dict = trainer.accelerator.get_state_dict(trainer.model)  # every rank takes part
-        if main:
-            trainer._save(str(staging), state_dict=state_dict)
-    elif weights_are_sharded() or main:
-        trainer.save_model(str(staging))  # a PeftModel saves only its adapter
+    trainer.save_final_model(str(staging))
     if not main:
         return
     tokenizer.save_pretrained(str(staging))

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerState
+from transformers.integrations.deepspeed import deepspeed_init
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, speed_metrics
 
@@ -208,6 +209,33 @@ class PtftTrainer(Trainer):
         finally:
             self.data_collator = train_collator
 
+    def _model_for_evaluation(self) -> Any:
+        """The model to evaluate. Before training an FSDP or DeepSpeed model is still unwrapped on
+        the CPU (the Trainer leaves its placement to accelerate) while batches go to `args.device`:
+        FSDP's goes to the device whole (accelerate shards it in `train`; preparing it alone here
+        is refused under FSDP2, which wants the optimizer with it), DeepSpeed's is prepared for
+        inference as the stock evaluation loop does."""
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled) or len(self.accelerator._models) > 0:
+            return self.model
+        if self.is_fsdp_enabled:
+            placed = getattr(self.model, "hf_quantizer", None) is not None or self.model.device == self.args.device
+            return self.model if placed else self.model.to(self.args.device)  # 4-bit models are placed at load
+        if self.deepspeed is None:
+            deepspeed_init(self, num_training_steps=0, inference=True)
+        self.model_wrapped = self.deepspeed = self.accelerator.prepare(self.model)
+        return self.model_wrapped
+
+    def save_final_model(self, output_dir: str) -> None:
+        """`save_model`, called on every rank: under FSDP or ZeRO-3 the full weights are gathered from
+        all of them; rank 0 writes. With FSDP's sharded checkpoints the Trainer's `save_model` writes
+        nothing, so the weights are gathered here and saved as `save_model` would."""
+        if self._saves_sharded_checkpoints():
+            state_dict = self.accelerator.get_state_dict(self.model)  # every rank takes part
+            if self.is_world_process_zero():
+                self._save(output_dir, state_dict=state_dict)
+        elif weights_are_sharded() or self.is_world_process_zero():
+            self.save_model(output_dir)  # a PeftModel saves only its adapter
+
     def _idle_eval_forwards(self, dataloader: Any) -> int:
         """Forwards this rank runs, results unused, so that every rank runs as many as the one
         with the most eval batches. Evaluation is uneven (each row once); under FSDP or ZeRO-3
@@ -239,7 +267,7 @@ class PtftTrainer(Trainer):
             dataloader = self.get_eval_dataloader(eval_dataset)
         finally:
             self.accelerator.even_batches = even_batches
-        model = self.model
+        model = self._model_for_evaluation()
         was_training = model.training
         model.eval()
         totals = TokenLossAccumulator()

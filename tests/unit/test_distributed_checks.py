@@ -15,14 +15,14 @@ from ptft_hf.engines import ENGINE_DIR, engine_file
 
 @pytest.fixture
 def two_processes(monkeypatch):
-    """Validation as rank 0 of two sees it (the launcher's WORLD_SIZE itself would make the
-    TrainingArguments that validation builds join a process group)."""
-    monkeypatch.setattr("ptft_hf.config.distributed_checks.launched_rank_and_world", lambda: (0, 2))
+    """Validation as a process torchrun started sees it (the launcher's LOCAL_RANK itself would make
+    the TrainingArguments that validation builds join a process group)."""
+    monkeypatch.setattr("ptft_hf.config.distributed_checks.started_by_launcher", lambda: True)
 
 
 @pytest.fixture
 def one_process(monkeypatch):
-    monkeypatch.setattr("ptft_hf.config.distributed_checks.launched_rank_and_world", lambda: (0, 1))
+    monkeypatch.setattr("ptft_hf.config.distributed_checks.started_by_launcher", lambda: False)
 
 
 def _fields(cfg) -> list[str]:
@@ -34,7 +34,7 @@ def test_fsdp_preset_sets_fsdp2_full_shard_with_sharded_checkpoints(compose_cfg,
     assert cfg.trainer.fsdp is True
     assert OmegaConf.to_container(cfg.trainer.fsdp_config) == {
         "version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-        "transformer_layer_cls_to_wrap": None, "state_dict_type": "SHARDED_STATE_DICT", "cpu_ram_efficient_loading": True}
+        "transformer_layer_cls_to_wrap": None, "state_dict_type": "SHARDED_STATE_DICT"}
     assert collect_problems(cfg) == []
 
 
@@ -59,10 +59,12 @@ def test_deepspeed_presets_name_the_json_shipped_in_the_package(compose_cfg):
         engine_file("zero4.json")
 
 
-def test_a_sharded_engine_on_one_process_is_refused(compose_cfg, one_process):
+def test_fsdp_on_a_process_no_launcher_started_is_refused(compose_cfg, one_process):
     [problem] = collect_problems(compose_cfg("distributed=fsdp"))
     assert problem.field == "distributed=fsdp"
-    assert "one process" in problem.what and "torchrun --nproc_per_node N" in problem.fix
+    assert "no launcher" in problem.what and "torchrun --nproc_per_node N" in problem.fix
+    [problem] = collect_problems(compose_cfg("trainer.fsdp=true"))
+    assert problem.field == "trainer.fsdp" and problem.fix.endswith("or drop trainer.fsdp")
     assert collect_problems(compose_cfg("distributed=ddp")) == []  # DDP on one process is a plain run
 
 
@@ -70,18 +72,16 @@ def test_qlora_under_fsdp_needs_storage_in_the_compute_dtype(compose_cfg, two_pr
     cfg = compose_cfg("strategy=qlora", "distributed=fsdp", "model=pretrained", "model.name_or_path=some/model")
     [problem] = collect_problems(cfg)
     assert problem.field == "strategy.quantization.bnb_4bit_quant_storage"
-    assert "cannot flatten integer dtype tensors" in problem.what and "distributed=fsdp_qlora" in problem.fix
+    assert "cannot flatten integer dtype tensors" in problem.what
+    assert problem.fix.startswith("set strategy.quantization.bnb_4bit_quant_storage=float32")
+    same = compose_cfg("strategy=qlora", "distributed=fsdp", "model=pretrained", "model.name_or_path=some/model",
+                       "strategy.quantization.bnb_4bit_compute_dtype=torch.bfloat16",
+                       "+strategy.quantization.bnb_4bit_quant_storage=bfloat16")
+    assert collect_problems(same) == []  # torch.bfloat16 and bfloat16 name one dtype
 
 
 def test_fsdp_qlora_without_qlora_is_refused(compose_cfg, two_processes):
     assert _fields(compose_cfg("distributed=fsdp_qlora")) == ["distributed"]
-
-
-def test_merging_a_sharded_adapter_is_refused(compose_cfg, two_processes, monkeypatch):
-    cfg = compose_cfg("distributed=fsdp", "strategy=lora", "model=pretrained", "model.name_or_path=some/model",
-                      "hub.dry_run=true", "hub.merged=true")
-    [problem] = collect_problems(cfg)
-    assert problem.field == "hub.merged" and "ptft-hf-push RUN_DIR --merged" in problem.fix
 
 
 def test_deepspeed_on_cpu_or_without_the_package_is_refused(compose_cfg, two_processes):
