@@ -22,8 +22,9 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
@@ -147,7 +148,7 @@ def run(
         if resume_from is not None and conf.model.tokenizer.train:  # the tokenizer the checkpoint was trained with
             tokenizer = load_tokenizer(ModelConfig(name_or_path=str(resume_from)))
         else:
-            tokenizer = load_tokenizer(conf.model, training_texts(splits["train"]))
+            tokenizer = load_tokenizer(conf.model, training_texts(splits["train"], conf.model.tokenizer.max_documents, conf.seed))
         strategy = get_strategy(conf.strategy)
         prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, dict(references or {}))
     params = count_parameters(prepared.model)
@@ -263,11 +264,20 @@ def _train_tokens(prepared: Prepared, args: TrainingArguments, steps: int) -> in
     return steps * _tokens_per_step(args, block)
 
 
-def training_texts(train: Any) -> Any:
-    """Texts to train a tokenizer on: the text column, or the turns of chat data."""
-    if "text" in train.column_names:
-        return (t for t in train["text"])
-    return (m["content"] for row in train for m in as_messages(row))
+def training_texts(train: Any, max_documents: int | None = None, seed: int = 0) -> Iterator[str]:
+    """Texts to train a tokenizer on: the text column, or the turns of chat data, of at most
+    `max_documents` documents (a seeded random sample, kept in corpus order), read a batch at a
+    time: a large corpus is never held in memory whole."""
+    if max_documents is not None and len(train) > max_documents:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(train), size=max_documents, replace=False))
+        log.info("tokenizer trained on %d of %d documents (model.tokenizer.max_documents)", max_documents, len(train))
+        train = train.select(chosen)
+    for batch in train.iter(batch_size=1000):
+        if "text" in batch:
+            yield from batch["text"]
+            continue
+        for values in zip(*batch.values()):
+            yield from (m["content"] for m in as_messages(dict(zip(batch, values))))
 
 
 def _prompt_formatter(prepared: Prepared, tokenizer: Any) -> Callable[[str], str] | None:

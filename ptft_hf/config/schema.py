@@ -25,6 +25,7 @@ class TokenizerConfig:
     kind: str = "byte_bpe"  # byte_bpe (GPT-2 style) or wordpiece (BERT style)
     vocab_size: int = 8000
     min_frequency: int = 2
+    max_documents: Optional[int] = 100_000  # a seeded sample of at most N documents trains it; null: all
 
 
 @dataclass

@@ -1,19 +1,24 @@
 """Tokenise documents and pack them into fixed-size blocks for causal-LM training.
 
 Unlike `run_clm.py`'s `group_texts`, which drops the remainder of every `map` batch, packing here
-concatenates the whole tokenised column (Arrow, no Python loop over tokens) and cuts it once, so at
-most one partial block is dropped in all. Documents are separated by EOS.
+cuts the whole tokenised stream once (carrying each record batch's remainder into the next, no
+Python loop over tokens), so at most one partial block is dropped in all. Documents are separated
+by EOS. Memory holds one record batch, not the corpus (see `pack_blocks`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 from datasets import Dataset, Features, Sequence, Value
+from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
 log = logging.getLogger(__name__)
@@ -62,15 +67,69 @@ class PackingStats:
         return asdict(self)
 
 
+PACKING_FORMAT = 2  # part of a block store's fingerprint: bump when the layout changes
+
+
+def token_chunks(ds: Dataset) -> Iterator[tuple[int, np.ndarray]]:
+    """(rows, their `input_ids` concatenated as int32) a record batch at a time, in the data set's
+    order. A data set backed by cache files is read from the files with plain reads, so memory
+    holds one record batch (a memory map would keep every page it touched resident); anything
+    else (in memory, or an indices view) is read from its table."""
+    if ds._indices is not None:  # a select/shuffle view: materialise the order first
+        ds = ds.flatten_indices()
+    files = [f["filename"] for f in ds.cache_files]
+    if files and ds.data.num_rows == sum(_stream_rows(f) for f in files):
+        for name in files:
+            with pa.OSFile(name) as source:
+                for batch in pa.ipc.open_stream(source):
+                    yield batch.num_rows, _flat_ids(batch.column("input_ids"))
+        return
+    for batch in ds.data.to_batches():
+        yield batch.num_rows, _flat_ids(batch.column("input_ids"))
+
+
+def _stream_rows(path: str) -> int:
+    """Rows of an Arrow stream file, from its batch headers (no data is read into memory)."""
+    with pa.memory_map(path) as source:
+        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+
+
+def _flat_ids(column: pa.Array) -> np.ndarray:
+    values = column.flatten()  # flatten() honours list offsets
+    return values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+
+
 def flat_token_ids(tokenized: Dataset) -> np.ndarray:
-    """All `input_ids` of a tokenised data set, concatenated in order, as one int32 array."""
-    if tokenized._indices is not None:  # a select/shuffle view: materialise the order first
-        tokenized = tokenized.flatten_indices()
-    column = tokenized.data.column("input_ids")
-    chunks = [chunk.flatten() for chunk in column.chunks]  # flatten() honours list offsets
-    if not chunks:
-        return np.zeros(0, dtype=np.int32)
-    return pa.concat_arrays(chunks).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    """All `input_ids` of a tokenised data set, concatenated in order, as one int32 array (for
+    small sets: it holds every token in memory)."""
+    chunks = [ids for _, ids in token_chunks(tokenized)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+
+
+def _block_batches(chunks: Iterator[tuple[int, np.ndarray]], block_size: int, prefix_id: int | None,
+                   stats: PackingStats) -> Iterator[pa.RecordBatch]:
+    """Record batches of whole blocks cut from the token stream; the tokens short of a block are
+    carried into the next chunk, so only the stream's final remainder is dropped."""
+    body = block_size - (prefix_id is not None)
+    carry = np.zeros(0, dtype=np.int32)
+    for rows, ids in chunks:
+        stats.documents += rows
+        stats.tokens += len(ids)
+        stream = np.concatenate([carry, ids]) if len(carry) else ids
+        n_blocks = len(stream) // body
+        if n_blocks:
+            grid = stream[: n_blocks * body].reshape(n_blocks, body)
+            if prefix_id is not None:
+                grid = np.concatenate([np.full((n_blocks, 1), prefix_id, dtype=np.int32), grid], axis=1)
+            stats.blocks += n_blocks
+            values = pa.array(grid.ravel(), type=pa.int32())
+            yield pa.RecordBatch.from_arrays([pa.FixedSizeListArray.from_arrays(values, block_size)], ["input_ids"])
+        carry = stream[n_blocks * body :].copy()
+    stats.tokens_dropped = len(carry)
+
+
+def _block_schema(block_size: int) -> pa.Schema:
+    return pa.schema([("input_ids", pa.list_(pa.int32(), block_size))])
 
 
 def pack_blocks(tokenized: Dataset, block_size: int, prefix_id: int | None = None) -> tuple[Dataset, PackingStats]:
@@ -78,25 +137,36 @@ def pack_blocks(tokenized: Dataset, block_size: int, prefix_id: int | None = Non
 
     With `prefix_id` (BERT's [CLS]) every block starts with that token and holds
     `block_size - 1` tokens of the stream.
+
+    A tokenised set in the datasets cache is packed into a block store beside it: an Arrow
+    file written a record batch at a time (memory holds one batch, not the corpus) and opened
+    memory-mapped, named by the tokenised set's fingerprint, the block size and the prefix, with
+    its counts in a JSON file written last. The same corpus, tokenizer and block size reuse it.
+    Arrow rather than a flat token file: the blocks stay a `datasets.Dataset` (the Trainer,
+    select, shuffle and the cache work on it unchanged). A set without cache files is packed in
+    memory, the same way.
     """
     if block_size < 2:
         raise ValueError("block_size must be at least 2")
-    flat = flat_token_ids(tokenized)
-    body = block_size - (prefix_id is not None)
-    n_blocks = len(flat) // body
-    kept = n_blocks * body
-    grid = flat[:kept].reshape(n_blocks, body)
-    if prefix_id is not None:
-        grid = np.concatenate([np.full((n_blocks, 1), prefix_id, dtype=np.int32), grid], axis=1)
-    values = pa.array(grid.ravel(), type=pa.int32())
-    blocks = pa.FixedSizeListArray.from_arrays(values, block_size)
-    table = InMemoryTable(pa.table({"input_ids": blocks}))
-    packed = Dataset(table)
-    stats = PackingStats(
-        documents=len(tokenized), tokens=int(len(flat)), blocks=n_blocks,
-        block_size=block_size, tokens_dropped=int(len(flat) - kept),
-    )
-    return packed, stats
+    stats = PackingStats(documents=0, tokens=0, blocks=0, block_size=block_size, tokens_dropped=0)
+    folder = Path(tokenized.cache_files[0]["filename"]).parent if tokenized.cache_files else None
+    if folder is None:
+        batches = list(_block_batches(token_chunks(tokenized), block_size, prefix_id, stats))
+        table = pa.Table.from_batches(batches, schema=_block_schema(block_size))
+        return Dataset(InMemoryTable(table)), stats
+    key = Hasher.hash([tokenized._fingerprint, block_size, prefix_id, PACKING_FORMAT])
+    store, counts = folder / f"packed-{key}.arrow", folder / f"packed-{key}.json"
+    if store.is_file() and counts.is_file():
+        log.info("reusing packed blocks %s", store)
+        return Dataset.from_file(str(store)), PackingStats(**json.loads(counts.read_text()))
+    partial = store.with_name(f"{store.name}.{os.getpid()}.partial")
+    with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, _block_schema(block_size)) as writer:
+        for batch in _block_batches(token_chunks(tokenized), block_size, prefix_id, stats):
+            writer.write_batch(batch)
+    os.replace(partial, store)
+    counts.write_text(json.dumps(stats.as_dict()))  # last: its presence marks a complete store
+    log.info("packed %d blocks of %d tokens into %s", stats.blocks, block_size, store)
+    return Dataset.from_file(str(store)), stats
 
 
 def block_array(packed: Dataset) -> np.ndarray:
@@ -104,6 +174,14 @@ def block_array(packed: Dataset) -> np.ndarray:
     column = packed.data.column("input_ids").combine_chunks()
     size = column.type.list_size
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, size)
+
+
+def token_counts(packed: Dataset, vocab_size: int) -> np.ndarray:
+    """How often each token id occurs in the packed blocks, read a record batch at a time."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for _, ids in token_chunks(packed):
+        counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
+    return counts
 
 
 def _split_rows(batch: dict[str, list], body: int, prefix_id: int | None, suffix_id: int | None) -> dict[str, list]:

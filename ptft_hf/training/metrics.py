@@ -81,11 +81,12 @@ class TokenLossAccumulator:
         }
 
 
-def unigram_perplexity(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int) -> float:
-    """Perplexity of `eval_tokens` under add-one smoothed unigram counts of `train_tokens`.
+def unigram_perplexity(train_counts: np.ndarray, eval_tokens: np.ndarray) -> float:
+    """Perplexity of `eval_tokens` under add-one smoothed unigram counts (`train_counts[id]`, one
+    entry per vocabulary id) of the training tokens.
 
     The floor a language model must beat to show it learned more than word frequencies.
     """
-    counts = np.bincount(train_tokens.astype(np.int64), minlength=vocab_size).astype(np.float64) + 1.0
+    counts = np.asarray(train_counts, dtype=np.float64) + 1.0
     log_probs = np.log(counts) - np.log(counts.sum())
     return perplexity(float(-log_probs[eval_tokens.astype(np.int64)].mean()))

@@ -18,8 +18,9 @@ def test_perplexity_is_guarded_against_overflow():
 
 def test_unigram_perplexity_uses_add_one_counts():
     # counts of 0,1,2 in train: 2,1,0 -> add one: 3,2,1 of 6 -> p(0) = 1/2
-    assert unigram_perplexity(np.array([0, 0, 1]), np.array([0]), vocab_size=3) == pytest.approx(2.0)
-    assert unigram_perplexity(np.array([0, 0, 1]), np.array([0, 2]), vocab_size=3) == pytest.approx(math.sqrt(2 * 6))
+    counts = np.bincount([0, 0, 1], minlength=3)  # training tokens 0, 0, 1 in a vocabulary of 3
+    assert unigram_perplexity(counts, np.array([0])) == pytest.approx(2.0)
+    assert unigram_perplexity(counts, np.array([0, 2])) == pytest.approx(math.sqrt(2 * 6))
 
 
 def test_accumulator_weights_tokens_not_batches():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, concatenate_datasets
 
-from ptft_hf.data.packing import block_array, flat_token_ids, pack_blocks, tokenize_dataset
+from ptft_hf.data.packing import block_array, flat_token_ids, pack_blocks, token_counts, tokenize_dataset
 from ptft_hf.models.tokenizers import train_byte_bpe
 
 
@@ -86,3 +86,45 @@ def test_document_rows_need_room_for_text():
 
     with pytest.raises(ValueError, match="no room"):
         document_rows(_tokenized([[1, 2]]), block_size=2, prefix_id=101, suffix_id=102)
+
+
+def _cached_tokenized(tmp_path, docs: list[list[int]], num_proc: int | None = None) -> Dataset:
+    """A tokenised set in a datasets cache folder (as a run's is): written by map, read from files."""
+    import datasets
+
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(f'{{"ids": {d}}}\n' for d in docs))
+    raw = datasets.load_dataset("json", data_files=str(source), split="train", cache_dir=str(tmp_path / "cache"))
+    return raw.map(lambda b: {"input_ids": b["ids"]}, batched=True, batch_size=7, remove_columns=["ids"],
+                   num_proc=num_proc, features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))}))
+
+
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_a_cached_corpus_is_packed_into_a_block_store_on_disk_and_reused(tmp_path, caplog, num_proc):
+    rng = np.random.default_rng(1)
+    docs = [[int(t) for t in rng.integers(0, 50, size=rng.integers(1, 30))] for _ in range(300)]
+    tokenized = _cached_tokenized(tmp_path, docs, num_proc)
+    assert len(tokenized.cache_files) == (2 if num_proc else 1)
+    packed, stats = pack_blocks(tokenized, block_size=16, prefix_id=99)
+    in_memory, expected = pack_blocks(_tokenized(docs), block_size=16, prefix_id=99)
+    assert stats == expected
+    total = sum(len(d) for d in docs)
+    assert stats.as_dict() == {"documents": 300, "tokens": total, "blocks": total // 15, "block_size": 16,
+                               "tokens_dropped": total % 15}
+    assert block_array(packed).tolist() == block_array(in_memory).tolist()
+    assert block_array(packed)[:, 1:].ravel().tolist() == [t for d in docs for t in d][: stats.blocks * 15]
+    [store] = [f["filename"] for f in packed.cache_files]  # memory-mapped from the store, not in memory
+    assert store.startswith(str(tmp_path / "cache")) and store.endswith(".arrow")
+
+    caplog.set_level("INFO", logger="ptft_hf.data.packing")
+    again, again_stats = pack_blocks(tokenized, block_size=16, prefix_id=99)
+    assert again.cache_files[0]["filename"] == store and again_stats == stats
+    assert "reusing packed blocks" in caplog.text
+    other, _ = pack_blocks(tokenized, block_size=8)
+    assert other.cache_files[0]["filename"] != store  # another block size, another store
+
+
+def test_token_counts_read_the_store_a_batch_at_a_time(tmp_path):
+    docs = [[1, 2, 3], [3, 3], [0, 4, 4, 4]] * 50
+    packed, _ = pack_blocks(_cached_tokenized(tmp_path, docs), block_size=4)
+    assert token_counts(packed, 6).tolist() == np.bincount(block_array(packed).ravel(), minlength=6).tolist()

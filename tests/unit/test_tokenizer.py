@@ -37,3 +37,19 @@ def test_saved_tokenizer_reloads_with_auto_tokenizer(tmp_path):
     text = "Return the number of items in a container."
     assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert (reloaded.eos_token, reloaded.pad_token) == (EOS_TOKEN, PAD_TOKEN)
+
+
+def test_tokenizer_training_reads_a_bounded_seeded_sample_of_documents():
+    from datasets import Dataset
+
+    from ptft_hf.recipe import training_texts
+
+    corpus = Dataset.from_dict({"text": [f"document {i}" for i in range(2500)]})
+    sample = list(training_texts(corpus, max_documents=100, seed=7))
+    assert len(sample) == 100 and len(set(sample)) == 100
+    assert sample == sorted(sample, key=lambda t: int(t.split()[1]))  # corpus order kept
+    assert sample == list(training_texts(corpus, max_documents=100, seed=7))  # the seed fixes it
+    assert sample != list(training_texts(corpus, max_documents=100, seed=8))
+    assert len(list(training_texts(corpus, max_documents=None))) == 2500
+    chat = Dataset.from_dict({"prompt": ["hi", "bye"], "response": ["hello", "see you"]})
+    assert list(training_texts(chat, max_documents=10)) == ["hi", "hello", "bye", "see you"]
