@@ -4,7 +4,7 @@
 
 Arms: setup (once, before the rest); w1: peak, ours, baseline; w2: peak, ours, pad128, dynamic;
 w3: full, lora, qlora; w4: ours, baseline (with --phase cold|cached and --cache-dir); w5: one, two
-(`two` under torchrun: rank 0 writes the JSON).
+(`two` under torchrun: rank 0 writes the JSON); w8: small, large, large_cached.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ ARMS = {
     "w3": ("full", "lora", "qlora"),
     "w4": ("ours", "baseline"),
     "w5": ("one", "two"),
+    "w8": ("small", "large", "large_cached"),
 }
 
 
@@ -57,6 +58,10 @@ def run_arm(workload: str, arm: str, spec: dict, run_dir: Path, phase: str | Non
         from benchmarks.w5_distributed import arm as distributed_arm
 
         return distributed_arm(spec, run_dir, arm)
+    if workload == "w8":
+        from benchmarks.w8_corpus import corpus_arm
+
+        return corpus_arm(spec, arm, Path(cache_dir or run_dir / "cache"))
     raise ValueError(f"unknown workload {workload}")
 
 

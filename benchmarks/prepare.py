@@ -126,7 +126,7 @@ def setup_arm(spec: dict[str, Any]) -> dict[str, Any]:
     files = _data_files(spec)
     result: dict[str, Any] = {"files": files}
     workloads = set(spec["workloads"])
-    if workloads & {"w1", "w3", "w4", "w5"}:
+    if workloads & {"w1", "w3", "w4", "w5", "w8"}:
         bpe = train_byte_bpe(_nonempty_lines(files["wikitext_train"]), spec["w1"]["vocab_size"], 2)
         bpe.save_pretrained(str(out_dir / "tok_bpe"))
         result["bpe_dir"] = str(out_dir / "tok_bpe")
@@ -135,6 +135,12 @@ def setup_arm(spec: dict[str, Any]) -> dict[str, Any]:
             result.update(_eval_blocks(spec, files, bpe, out_dir))
         if "w3" in workloads:
             result.update(_w3_checkpoint(spec, bpe, out_dir))
+    if "w8" in workloads:
+        from benchmarks.w8_corpus import corpus_documents, write_corpus
+
+        documents = corpus_documents(Path(spec["shared_data"]))
+        result["w8_corpora"] = {name: write_corpus(out_dir / "w8_corpus" / name, documents, int(spec["w8"][f"{name}_mb"] * 1e6),
+                                                   spec["seed"]) for name in ("small", "large")}
     if "w2" in workloads:
         with open(files["banking_train"], encoding="utf-8", newline="") as f:
             texts = [row["text"] for row in csv.DictReader(f)]

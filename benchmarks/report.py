@@ -135,8 +135,21 @@ def summarise_w5(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def summarise_w8(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    arms = {arm: _results(runs, "w8", arm) for arm in ("small", "large", "large_cached")}
+    out: dict[str, Any] = {}
+    for arm, results in arms.items():
+        out[arm] = _arm_stats(results, ["raw_bytes", "tokens", "blocks", "load_s", "tokenize_s", "pack_s", "step_s", "mb_per_s",
+                                        "mb_per_s_with_load", "peak_rss_mb", "peak_anon_mb", "cache_bytes", "store_bytes"])
+    out["cached_over_cold"] = _paired(arms["large_cached"], arms["large"], "step_s")
+    out["rss_large_over_small"] = _paired(arms["large"], arms["small"], "peak_rss_mb")
+    out["anon_large_over_small"] = _paired(arms["large"], arms["small"], "peak_anon_mb")
+    return out
+
+
 SUMMARISERS: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
     "w1": summarise_w1, "w2": summarise_w2, "w3": summarise_w3, "w4": summarise_w4, "w5": summarise_w5,
+    "w8": summarise_w8,
 }
 
 
@@ -182,6 +195,14 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         w4 = summary["w4"]
         rows.append(_target("W4 ours tokenise+pack MB/s (cold, per process)", _med(w4["ours"]["cold_mb_per_s"]), ">=", 1.5))
         rows.append(_target("W4 ours cached rerun / cold time", _med(w4["ours"]["cached_over_cold"]), "<=", 0.05))
+    if "w8" in summary:
+        w8 = summary["w8"]
+        rows.append(_target("W8 peak resident MB, large corpus (tokenise + pack)", _med(w8["large"]["peak_rss_mb"]), "<=", 2048,
+                            f"anonymous: {_fmt(_med(w8['large']['peak_anon_mb']))} MB"))
+        rows.append(_target("W8 peak resident, large / small corpus", _med(w8.get("rss_large_over_small")), "<=", 1.2,
+                            f"anonymous: {_fmt(_med(w8.get('anon_large_over_small')))}"))
+        rows.append(_target("W8 tokenise+pack MB/s (num_proc=2, large)", _med(w8["large"]["mb_per_s"]), ">=", 3.0))
+        rows.append(_target("W8 cached rerun / cold time (large)", _med(w8.get("cached_over_cold")), "<=", 0.05))
     return rows
 
 
@@ -279,6 +300,18 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
         out += _table(["arm", "processes", "threads each", "rows each", "backend", "tokens/s", "step s", "train loss"], rows)
         out.append(f"tokens/s two processes / one (paired): {_spread(w5.get('two_over_one'))}; train loss difference "
                    f"{_fmt(w5.get('train_loss_delta'))}")
+        out.append("")
+    if "w8" in summary:
+        w8, s = summary["w8"], meta["spec"]["w8"]
+        out.append(f"W8 corpus larger than memory: tokenise (num_proc={s['num_proc']}) + pack into {s['block_size']}-token blocks on disk")
+        rows = [[arm, _fmt((_med(w8[arm]["raw_bytes"]) or 0) / 1e6), _fmt(_med(w8[arm]["tokens"])), _spread(w8[arm]["load_s"]),
+                 _spread(w8[arm]["tokenize_s"]), _spread(w8[arm]["pack_s"]), _spread(w8[arm]["mb_per_s"]),
+                 _spread(w8[arm]["peak_rss_mb"], 5), _spread(w8[arm]["peak_anon_mb"], 5),
+                 _fmt((_med(w8[arm]["cache_bytes"]) or 0) / 1e9)] for arm in ("small", "large", "large_cached")]
+        out += _table(["arm", "corpus MB", "tokens", "load s", "tokenise s", "pack s", "MB/s", "peak RSS MB", "peak anon MB",
+                       "disk GB"], rows)
+        out.append(f"cached rerun / cold: {_spread(w8.get('cached_over_cold'))}; peak RSS large/small: "
+                   f"{_spread(w8.get('rss_large_over_small'))} (anonymous {_spread(w8.get('anon_large_over_small'))})")
         out.append("")
     out.append("Targets" + (" (smoke run: not meaningful)" if meta["smoke"] else ""))
     rows = [[t["target"], _fmt(t["value"]), f"{t['op']} {t['threshold']}",

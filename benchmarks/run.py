@@ -8,7 +8,7 @@ print the table and write the JSON.
 
 Per repetition and workload the arms run in a fixed alternation (W1: peak, ours, baseline;
 W2: peak, ours, pad128, dynamic; W3: full, lora, qlora; W4: ours cold, ours cached, baseline
-cold, baseline cached; W5: one process, two processes), so slow drifts of a shared machine hit every arm alike; ratios are
+cold, baseline cached; W5: one process, two processes; W8: small, large, large cached), so slow drifts of a shared machine hit every arm alike; ratios are
 taken per repetition (paired) and their median reported with min and max.
 """
 
@@ -32,7 +32,7 @@ from benchmarks.common import loadavg, offline_env, thread_env, write_json
 from benchmarks.report import SUMMARISERS, format_report, mfu_summary, targets
 
 REPO = Path(__file__).resolve().parents[1]
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w8")
 
 FULL = {
     "w1": {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 512, "vocab_size": 8000, "block_size": 256,
@@ -44,6 +44,7 @@ FULL = {
            "batch_size": 2, "steps": 3},
     "w4": {"block_size": 256},
     "w5": {"processes": 2, "threads_one": 2, "threads_two": 1},  # W1's sizes; 2 cores used either way
+    "w8": {"small_mb": 500, "large_mb": 2000, "num_proc": 2, "block_size": 1024},
     "peak_min_time_s": 0.3, "peak_min_iters": 5,
 }
 
@@ -57,6 +58,7 @@ SMOKE = {
            "batch_size": 2, "steps": 1},
     "w4": {"block_size": 32},
     "w5": {"processes": 2, "threads_one": 1, "threads_two": 1},
+    "w8": {"small_mb": 1, "large_mb": 4, "num_proc": 2, "block_size": 64},
     "peak_min_time_s": 0.0, "peak_min_iters": 2,
 }
 
@@ -71,6 +73,8 @@ def arm_plan(workload: str) -> list[tuple[str, str | None]]:
         return [("full", None), ("lora", None), ("qlora", None)]
     if workload == "w5":
         return [("one", None), ("two", None)]
+    if workload == "w8":
+        return [("small", None), ("large", None), ("large_cached", None)]
     return [("ours", "cold"), ("ours", "cached"), ("baseline", "cold"), ("baseline", "cached")]
 
 
@@ -130,7 +134,9 @@ def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                    str(spec["processes"]), *cmd[1:]]
     if phase:
-        cmd += ["--phase", phase, "--cache-dir", str(cache_dir)]
+        cmd += ["--phase", phase]
+    if cache_dir is not None:
+        cmd += ["--cache-dir", str(cache_dir)]
     before, started = loadavg(), time.time()
     with log.open("w", encoding="utf-8") as handle:
         try:
@@ -149,7 +155,7 @@ def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1,w2,w3,w4,w5")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1,w2,w3,w4,w5,w8")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --smoke)")
     parser.add_argument("--steps", type=int, default=None, help="training steps of W1 and W2")
     parser.add_argument("--threads", type=int, default=None, help="threads per arm (default 2; 1 with --smoke)")
@@ -191,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                 cache_dir = workdir / "w4_cache" / f"rep{rep}"
                 for arm, phase in arm_plan(workload):
                     arm_cache = cache_dir / arm if phase else None
-                    if phase == "cold" and arm_cache is not None and arm_cache.exists():
+                    if workload == "w8":  # `large_cached` reuses the cache `large` filled in this repetition
+                        arm_cache = workdir / "w8_cache" / f"rep{rep}" / ("small" if arm == "small" else "large")
+                        phase_is_cold = arm != "large_cached"
+                    else:
+                        phase_is_cold = phase == "cold"
+                    if phase_is_cold and arm_cache is not None and arm_cache.exists():
                         shutil.rmtree(arm_cache)
                     record = run_process(workload, arm, phase, rep, spec_path, workdir, env, args.timeout, arm_cache)
                     runs.append(record)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from datasets import IterableDataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
@@ -33,7 +34,7 @@ from ptft_hf.config.schema import DataConfig, HubConfig, ModelConfig, PtftConfig
 from ptft_hf.config.training_args import build_training_arguments
 from ptft_hf.config.validate import validate
 from ptft_hf.data.chat import as_messages, prompt_text
-from ptft_hf.data.sources import load_text_splits
+from ptft_hf.data.sources import load_text_splits, load_text_stream
 from ptft_hf.distributed import is_main_process, main_process_first, wait_for_everyone, weights_are_sharded
 from ptft_hf.errors import UserError
 from ptft_hf.hub.card import ADAPTER, FULL, write_card
@@ -143,8 +144,12 @@ def run(
     set_seed(conf.seed)
 
     with main_process_first():  # several processes: rank 0 fills the caches, the others read them
-        splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
-        log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
+        if conf.data.streaming:
+            splits = load_text_stream(conf.data, conf.seed)
+            log.info("data %s: streamed train documents / %d eval documents", conf.data.name, len(splits["eval"]))
+        else:
+            splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
+            log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
         if resume_from is not None and conf.model.tokenizer.train:  # the tokenizer the checkpoint was trained with
             tokenizer = load_tokenizer(ModelConfig(name_or_path=str(resume_from)))
         else:
@@ -260,15 +265,17 @@ def _train_tokens(prepared: Prepared, args: TrainingArguments, steps: int) -> in
     padding = prepared.metrics.get("padding")
     if padding is not None:
         return int(padding["tokens"])
-    block = len(prepared.train_dataset[0]["input_ids"])
+    block = prepared.metrics.get("data_train", {}).get("block_size") or len(prepared.train_dataset[0]["input_ids"])
     return steps * _tokens_per_step(args, block)
 
 
 def training_texts(train: Any, max_documents: int | None = None, seed: int = 0) -> Iterator[str]:
     """Texts to train a tokenizer on: the text column, or the turns of chat data, of at most
-    `max_documents` documents (a seeded random sample, kept in corpus order), read a batch at a
-    time: a large corpus is never held in memory whole."""
-    if max_documents is not None and len(train) > max_documents:
+    `max_documents` documents (a seeded random sample, kept in corpus order; a stream's first
+    ones), read a batch at a time: a large corpus is never held in memory whole."""
+    if isinstance(train, IterableDataset):  # a stream: its first documents
+        train = train.take(max_documents) if max_documents is not None else train
+    elif max_documents is not None and len(train) > max_documents:
         chosen = np.sort(np.random.default_rng(seed).choice(len(train), size=max_documents, replace=False))
         log.info("tokenizer trained on %d of %d documents (model.tokenizer.max_documents)", max_documents, len(train))
         train = train.select(chosen)

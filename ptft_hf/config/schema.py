@@ -63,6 +63,8 @@ class DataConfig:
     eval_fraction: float = 0.05  # carved off the training data when no eval data is given
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
+    streaming: bool = False  # clm: read the training data as a stream, packed on the fly (needs trainer.max_steps)
+    stream_eval_documents: int = 200  # streaming without eval data: the stream's first N documents evaluate
     # more training text mixed in: a list of {path, format, text_column} (e.g. a domain corpus)
     extra_train: List[Dict[str, Any]] = field(default_factory=list)
 

@@ -193,7 +193,27 @@ def _check_data(data: DictConfig) -> list[Problem]:
     return problems
 
 
-EXTRA_TRAIN_KEYS = ("path", "format", "text_column", "sample_by", "repeat")
+EXTRA_TRAIN_KEYS = ("path", "format", "text_column", "sample_by", "repeat", "weight", "name")
+
+
+def streaming_problems(cfg: DictConfig) -> list[Problem]:
+    """`data.streaming=true` packs causal-LM blocks on the fly, and a stream has no length."""
+    if not cfg.data.get("streaming"):
+        return []
+    problems = []
+    if cfg.objective.name != "clm":
+        problems.append(Problem("data.streaming", f"streams causal-LM pretraining only, not objective={cfg.objective.name}",
+                                "use objective=clm, or drop data.streaming"))
+    max_steps = cfg.trainer.get("max_steps")
+    if max_steps is None or max_steps <= 0:
+        problems.append(Problem("trainer.max_steps", "is not set, but a stream has no length to count epochs by",
+                                "set trainer.max_steps=N"))
+    if cfg.data.extra_train:
+        problems.append(Problem("data.extra_train", "is not mixed into a stream", "drop data.extra_train, or data.streaming"))
+    if cfg.data.stream_eval_documents < 1 and not (cfg.data.eval_path or cfg.data.eval_split):
+        problems.append(Problem("data.stream_eval_documents", f"{cfg.data.stream_eval_documents} leaves nothing to evaluate",
+                                "use at least 1 (200 is the default), or set data.eval_path="))
+    return problems
 
 
 def _check_extra_train(field: str, extra: Any) -> list[Problem]:
@@ -208,6 +228,29 @@ def _check_extra_train(field: str, extra: Any) -> list[Problem]:
     repeat = extra.get("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         problems.append(Problem(f"{field}.repeat", f"{repeat!r} is not a positive whole number", "use 1 (default), 2, 3, ..."))
+    weight = extra.get("weight")
+    if weight is not None:
+        if not _is_number(weight) or not 0.0 < float(weight) < 1.0:
+            problems.append(Problem(f"{field}.weight", f"{weight!r} is not a share of the training tokens",
+                                    "use a number between 0 and 1, e.g. 0.1 for 10%"))
+        if "repeat" in extra:
+            problems.append(Problem(f"{field}.repeat", "is set together with weight; a weight sets the share itself",
+                                    "drop repeat (weight mixes by tokens) or weight (repeat concatenates documents)"))
+    return problems
+
+
+def mixture_problems(cfg: DictConfig) -> list[Problem]:
+    """Weighted extra corpora: causal-LM blocks only, and shares leaving some for the main data."""
+    weights = [e.get("weight") for e in cfg.data.get("extra_train") or [] if hasattr(e, "get") and e.get("weight") is not None]
+    if not weights or not all(_is_number(w) for w in weights):
+        return []
+    problems = []
+    if cfg.objective.name != "clm":
+        problems.append(Problem("data.extra_train", f"weights mix causal-LM blocks, not objective={cfg.objective.name}",
+                                "use objective=clm, or repeat: N to concatenate documents"))
+    if sum(float(w) for w in weights) >= 1.0:
+        problems.append(Problem("data.extra_train", f"the weights add up to {sum(float(w) for w in weights):g}, leaving "
+                                "nothing for the main data", "keep their sum below 1 (the main data takes the rest)"))
     return problems
 
 
@@ -369,6 +412,8 @@ def collect_problems(cfg: DictConfig) -> list[Problem]:
     problems += _check_strategy(cfg)
     problems += _check_model(cfg)
     problems += _check_data(cfg.data)
+    problems += streaming_problems(cfg)
+    problems += mixture_problems(cfg)
     problems += _check_trainer(cfg.trainer)
     engine = distributed_problems(cfg)
     problems += _check_trainer_values(cfg, engine_refused=bool(engine))

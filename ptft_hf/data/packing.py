@@ -171,6 +171,8 @@ def pack_blocks(tokenized: Dataset, block_size: int, prefix_id: int | None = Non
 
 def block_array(packed: Dataset) -> np.ndarray:
     """The packed blocks as a (blocks, block_size) int array, without a Python loop."""
+    if packed._indices is not None:  # a select/shuffle view (e.g. a mixture): materialise the order first
+        packed = packed.flatten_indices()
     column = packed.data.column("input_ids").combine_chunks()
     size = column.type.list_size
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, size)

@@ -189,12 +189,18 @@ def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> DatasetD
         raise UserError.of("data.path", "no data source is set", "set data.path=FILE, data.hub_id=ID or pick data=builtin_docs")
 
     train_ds = select(train_ds, cfg, "the training data")
+    weighted: dict[str, Dataset] = {}  # corpora mixed by token share (`weight`), kept apart until packed
     for i, extra in enumerate(cfg.extra_train):
         field = f"data.extra_train[{i}].path"
         extra_cfg = DataConfig(path=extra["path"], format=extra.get("format"), sample_by=extra.get("sample_by", cfg.sample_by))
         extra_ds = _select_text(_load_files(field, extra["path"], extra_cfg), cfg, field, extra.get("text_column", "text"))
-        repeat = int(extra.get("repeat", 1))  # upsample a small domain corpus against a large general one
         extra_ds = extra_ds.cast(train_ds.features)  # e.g. large_string -> string
+        if extra.get("weight") is not None:
+            weighted[mixture_name(extra, i)] = extra_ds
+            log.info("corpus %s: %d training documents, %.1f%% of the training tokens", mixture_name(extra, i),
+                     len(extra_ds), 100 * float(extra["weight"]))
+            continue
+        repeat = int(extra.get("repeat", 1))  # upsample a small domain corpus against a large general one
         train_ds = datasets.concatenate_datasets([train_ds] + [extra_ds] * repeat)
         log.info("mixed in %d training documents from %s%s", len(extra_ds), extra["path"], f" x{repeat}" if repeat > 1 else "")
     if cfg.eval_path:
@@ -221,4 +227,58 @@ def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> DatasetD
         train_ds = train_ds.shuffle(seed=seed).select(range(cfg.max_train_samples)).flatten_indices()
     if cfg.max_eval_samples and cfg.max_eval_samples < len(eval_ds):
         eval_ds = eval_ds.shuffle(seed=seed).select(range(cfg.max_eval_samples)).flatten_indices()
-    return DatasetDict({"train": train_ds, "eval": eval_ds})
+    return DatasetDict({"train": train_ds, "eval": eval_ds, **{f"{MIXTURE_PREFIX}{name}": ds for name, ds in weighted.items()}})
+
+
+MIXTURE_PREFIX = "mixture:"  # split names of the weighted extra corpora in load_text_splits' result
+
+
+def mixture_name(extra: Any, index: int) -> str:
+    """An extra corpus' name: its `name`, else its file's stem."""
+    return str(extra.get("name") or Path(str(extra["path"])).stem or f"extra{index}")
+
+
+def load_text_stream(cfg: DataConfig, seed: int) -> dict[str, Any]:
+    """`data.streaming=true`: the training documents as a `datasets.IterableDataset` (local files,
+    a builtin corpus or a Hub data set, read lazily) with a `text` column, and a small
+    materialised eval split: data.eval_path / data.eval_split, else the stream's first
+    `data.stream_eval_documents` documents (which training then skips)."""
+    if cfg.path:
+        files = resolve_files("data.path", cfg.path)
+        fmt = infer_format("data.path", files, cfg.format)
+        kwargs: dict[str, Any] = {"sample_by": cfg.sample_by} if fmt == "text" else {}
+        stream = datasets.load_dataset(fmt, data_files={"train": files}, split="train", streaming=True, **kwargs)
+    elif cfg.builtin:
+        if cfg.builtin not in BUILTIN_CORPORA:
+            raise UserError.of("data.builtin", f"no builtin corpus '{cfg.builtin}'", f"use one of: {', '.join(BUILTIN_CORPORA)}")
+        stream = datasets.load_dataset("json", data_files={"train": str(builtin_corpus_file(cfg.builtin))}, split="train",
+                                       streaming=True)
+    elif cfg.hub_id:
+        log.info("streaming data set %s (%s) with datasets.load_dataset(streaming=True)", cfg.hub_id, cfg.hub_config)
+        stream = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split, streaming=True)
+    else:
+        raise UserError.of("data.path", "no data source is set", "set data.path=FILE, data.hub_id=ID or pick data=builtin_docs")
+    if cfg.text_column not in (stream.column_names or [cfg.text_column]):
+        raise UserError.of("data.text_column", f"column '{cfg.text_column}' not in the training data",
+                           f"set data.text_column= to one of: {', '.join(stream.column_names or [])}")
+    stream = stream.select_columns([cfg.text_column])
+    if cfg.text_column != "text":
+        stream = stream.rename_column(cfg.text_column, "text")
+    stream = stream.filter(lambda row: row["text"] is not None and row["text"].strip() != "")
+    if cfg.eval_path:
+        eval_ds = _select_text(_load_files("data.eval_path", cfg.eval_path, cfg), cfg, "the eval data")
+    elif cfg.hub_id and cfg.eval_split:
+        eval_ds = _select_text(datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.eval_split), cfg, "the eval data")
+    else:
+        head = list(stream.take(cfg.stream_eval_documents))
+        if not head:
+            raise UserError.of("data.path", "the training stream holds no text", "point it at a file with text in it")
+        eval_ds = Dataset.from_list(head)
+        stream = stream.skip(len(head))
+        log.info("the stream's first %d documents evaluate; training skips them", len(head))
+    if cfg.max_eval_samples and cfg.max_eval_samples < len(eval_ds):
+        eval_ds = eval_ds.shuffle(seed=seed).select(range(cfg.max_eval_samples)).flatten_indices()
+    if cfg.max_train_samples:
+        stream = stream.take(cfg.max_train_samples)
+    return {"train": stream, "eval": eval_ds}
+

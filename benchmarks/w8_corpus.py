@@ -1,0 +1,161 @@
+"""W8, a pretraining corpus larger than what should sit in memory: tokenise and pack with the
+project's code (`tokenize_dataset` with `num_proc` into the datasets cache, then `pack_blocks`
+into the on-disk block store), on a synthetic corpus written by the set-up process.
+
+The corpus: every non-empty line of the shared real texts (WikiText-2 valid and test, the 47
+licence texts, the 3,770 biomedical abstracts, ChemProt's sentences) as a document, written over
+and over, each pass in a new seeded order, into 64 MB text files until the size is reached
+(`w8.small_mb`, `w8.large_mb`). Real-looking text, so the tokenizer does real work; repeated, so
+the figures are about volume, not vocabulary.
+
+Arms (each in its own process): `small` (cold, the small corpus), `large` (cold), `large_cached`
+(a second process on the large corpus's cache: datasets finds the tokenisation by its
+fingerprint, `pack_blocks` its block store). Memory is the whole step's, the process and the
+tokenising workers together, sampled every 100 ms as proportional set sizes (a page shared by
+the forked workers counts once): resident (Pss, which counts the pages of memory-mapped Arrow
+files the processes touched) and anonymous (Pss_Anon: what they had to own). The process starts
+with torch and transformers imported (~0.5 GB), as a training run does.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import configure, environment
+
+SHARD_BYTES = 64 * 2**20
+
+
+def corpus_documents(shared: Path) -> list[str]:
+    """Every non-empty line of the shared real texts, in a fixed order."""
+    sources = [shared / "wikitext-2" / "valid.txt", shared / "wikitext-2" / "test.txt",
+               shared / "medical" / "abstracts" / "abstracts.txt",
+               *sorted((shared / "licenses").glob("*.txt")), *sorted((shared / "medical" / "chemprot").glob("*.csv"))]
+    docs: list[str] = []
+    for path in sources:
+        if path.is_file():
+            docs += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return docs
+
+
+def write_corpus(folder: Path, documents: list[str], target_bytes: int, seed: int) -> list[str]:
+    """Text files of about `target_bytes` in all: passes over `documents`, each shuffled anew."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files: list[str] = []
+    written, rng, handle = 0, random.Random(seed), None
+    try:
+        while written < target_bytes:
+            order = documents[:]
+            rng.shuffle(order)
+            for doc in order:
+                if handle is None or handle.tell() >= SHARD_BYTES:
+                    if handle is not None:
+                        handle.close()
+                    files.append(str(folder / f"part-{len(files):04d}.txt"))
+                    handle = open(files[-1], "w", encoding="utf-8")
+                line = doc + "\n"
+                handle.write(line)
+                written += len(line.encode("utf-8"))
+                if written >= target_bytes:
+                    break
+    finally:
+        if handle is not None:
+            handle.close()
+    return files
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _tree_memory(pid: int) -> tuple[float, float]:
+    """(Pss, Pss_Anon) in MiB, summed over `pid` and its descendants. Proportional set sizes:
+    a page shared by forked workers (copy-on-write, or a file both map) counts once in the sum,
+    where VmRSS would count it in every process."""
+    pss = anon = 0.0
+    for member in _tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key == "Pss":
+                    pss += int(value.split()[0]) / 1024
+                elif key == "Pss_Anon":
+                    anon += int(value.split()[0]) / 1024
+        except OSError:
+            continue
+    return pss, anon
+
+
+class TreeMemorySampler(threading.Thread):
+    """Peak of the summed Pss and Pss_Anon of this process and its children (datasets' workers)."""
+
+    def __init__(self, interval: float = 0.1):
+        super().__init__(daemon=True)
+        self.interval, self.peak_rss, self.peak_anon = interval, 0.0, 0.0
+        self._halt = threading.Event()
+
+    def _sample(self) -> None:
+        rss, anon = _tree_memory(os.getpid())
+        self.peak_rss, self.peak_anon = max(self.peak_rss, rss), max(self.peak_anon, anon)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self._sample()
+            time.sleep(self.interval)
+
+    def stop(self) -> tuple[float, float]:
+        self._halt.set()
+        self.join()
+        self._sample()
+        return round(self.peak_rss, 1), round(self.peak_anon, 1)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def corpus_arm(spec: dict[str, Any], arm: str, cache: Path) -> dict[str, Any]:
+    configure(spec["threads"])
+    import datasets
+    from transformers import AutoTokenizer
+
+    from ptft_hf.data.packing import pack_blocks, tokenize_dataset
+
+    s = spec["w8"]
+    corpus = "small" if arm == "small" else "large"
+    files = spec["w8_corpora"][corpus]
+    tokenizer = AutoTokenizer.from_pretrained(spec["bpe_dir"])
+    raw_bytes = sum(os.path.getsize(f) for f in files)
+    sampler = TreeMemorySampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    raw = datasets.load_dataset("text", data_files={"train": files}, cache_dir=str(cache), num_proc=s["num_proc"])["train"]
+    t1 = time.perf_counter()
+    tokenized = tokenize_dataset(raw, tokenizer, add_eos=True, num_proc=s["num_proc"])
+    t2 = time.perf_counter()
+    blocks, stats = pack_blocks(tokenized, s["block_size"])
+    t3 = time.perf_counter()
+    peak_rss, peak_anon = sampler.stop()
+    return {
+        "corpus": corpus, "raw_bytes": raw_bytes, "files": len(files), "documents": stats.documents,
+        "tokens": stats.tokens, "blocks": stats.blocks, "tokens_dropped": stats.tokens_dropped,
+        "load_s": round(t1 - t0, 2), "tokenize_s": round(t2 - t1, 2), "pack_s": round(t3 - t2, 2),
+        "step_s": round(t3 - t0, 2), "mb_per_s": raw_bytes / 1e6 / (t3 - t1), "mb_per_s_with_load": raw_bytes / 1e6 / (t3 - t0),
+        "peak_rss_mb": peak_rss, "peak_anon_mb": peak_anon, "cache_bytes": _folder_bytes(cache),
+        "store_bytes": os.path.getsize(blocks.cache_files[0]["filename"]), "num_proc": s["num_proc"], "env": environment(),
+    }

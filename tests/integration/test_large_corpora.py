@@ -1,0 +1,65 @@
+"""Large-corpus pretraining through the real CLI: a streamed run (`data.streaming=true`) killed with
+SIGKILL mid-way and run again ends with the weights of the uninterrupted streamed run; a mixture
+of corpora by token share reports the shares it realised."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import TINY_OVERRIDES, run_cli, shared_data
+from tests.integration.test_resume import SIGNAL_AT_SAVE
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _streamed_run() -> list[str]:
+    wiki = shared_data("wikitext-2", "valid.txt")
+    return ["data=text_files", f"data.path={wiki}", "data.streaming=true", "data.stream_eval_documents=40",
+            *TINY_OVERRIDES, "trainer.max_steps=20", "trainer.save_steps=10", "trainer.eval_steps=10",
+            "trainer.logging_steps=5", "trainer.learning_rate=3e-3"]
+
+
+def test_a_killed_streamed_run_resumes_where_the_stream_stopped(cache_env, tmp_path):
+    args = _streamed_run()
+    reference = run_cli([*args, f"hydra.run.dir={tmp_path / 'reference'}"], cache_env, tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run_dir = tmp_path / "run"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGNAL_AT_SAVE)
+    killed = run_cli([*args, f"hydra.run.dir={run_dir}"],
+                     dict(cache_env, PTFT_TEST_SIGNAL="SIGKILL", PTFT_TEST_SIGNAL_AT_STEP="10",
+                          PYTHONPATH=f"{hook}{os.pathsep}{cache_env['PYTHONPATH']}"), tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run_cli([*args, f"hydra.run.dir={run_dir}"], cache_env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, tmp_path / "reference"))
+    assert got["resumed_from_step"] == 10 and got["train_steps"] == want["train_steps"] == 20
+    assert got["data_train"] == want["data_train"] == {"streaming": True, "block_size": 32}
+    assert got["train_tokens"] == want["train_tokens"] == 20 * 8 * 32
+    assert got["eval_tokens"] == want["eval_tokens"] and got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-6)
+    ours, theirs = (load_file(d / "model" / "model.safetensors") for d in (run_dir, tmp_path / "reference"))
+    for name in theirs:  # the resumed run trained on the blocks after the first 10 steps', as the reference did
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_mixture_by_token_share_reports_the_shares_it_trained_on(cache_env, tmp_path):
+    licences = shared_data("licenses")
+    result = run_cli(["data=builtin_docs", "data.max_train_samples=400", "data.max_eval_samples=40", *TINY_OVERRIDES,
+                      "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.save_steps=2",
+                      f"data.extra_train=[{{path: '{licences}/*.txt', weight: 0.2, name: legal}}]",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cache_env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mixture = json.loads((tmp_path / "run" / "metrics.json").read_text())["data_mixture"]
+    assert set(mixture) == {"builtin_docs", "legal"}
+    assert mixture["legal"]["weight"] == 0.2 and mixture["builtin_docs"]["weight"] == pytest.approx(0.8)
+    for corpus in mixture.values():
+        assert abs(corpus["share"] - corpus["weight"]) < 0.01 and corpus["blocks"] >= corpus["corpus_blocks"] > 0
