@@ -11,7 +11,7 @@ the figures are about volume, not vocabulary.
 Arms (each in its own process): `small` (cold, the small corpus), `large` (cold), `large_cached`
 (a second process on the large corpus's cache: datasets finds the tokenisation by its
 fingerprint, `pack_blocks` its block store). Memory is the whole step's, the process and the
-tokenising workers together, sampled every 100 ms as proportional set sizes (a page shared by
+tokenising workers together, sampled every 250 ms as proportional set sizes (a page shared by
 the forked workers counts once): resident (Pss, which counts the pages of memory-mapped Arrow
 files the processes touched) and anonymous (Pss_Anon: what they had to own). The process starts
 with torch and transformers imported (~0.5 GB), as a training run does.
@@ -104,7 +104,7 @@ def _tree_memory(pid: int) -> tuple[float, float]:
 class TreeMemorySampler(threading.Thread):
     """Peak of the summed Pss and Pss_Anon of this process and its children (datasets' workers)."""
 
-    def __init__(self, interval: float = 0.1):
+    def __init__(self, interval: float = 0.25):
         super().__init__(daemon=True)
         self.interval, self.peak_rss, self.peak_anon = interval, 0.0, 0.0
         self._halt = threading.Event()

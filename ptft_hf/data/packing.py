@@ -19,7 +19,9 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, Features, Sequence, Value
 from datasets.fingerprint import Hasher
-from datasets.table import InMemoryTable
+from datasets.table import ConcatenationTable, InMemoryTable, MemoryMappedTable
+
+from ptft_hf.data.mapped_pages import release_arrow_pages
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,28 @@ def tokenize_batch(batch: dict[str, list], tokenizer: Any, eos_token_id: int | N
     return {"input_ids": ids}
 
 
+RELEASE_EVERY_BATCHES = 50  # a map worker hands back the Arrow pages it has read this often
+# rows per record batch of the tokenised cache (datasets' default is 1,000): opening the cache maps
+# each batch's header, and the kernel maps the pages around every one it touches (fault-around),
+# so fewer, larger batches leave less of the file resident
+WRITER_BATCH_ROWS = 10_000
+
+
+def _tokenize_mapped_batch(batch: dict[str, list], tokenizer: Any, eos_token_id: int | None) -> dict[str, list]:
+    """`tokenize_batch` inside `datasets.map`, handing back the pages of the memory-mapped input
+    every RELEASE_EVERY_BATCHES batches (see `mapped_pages`): the worker's resident memory stays
+    bounded however large the corpus."""
+    global _batches_since_release
+    _batches_since_release += 1
+    if _batches_since_release >= RELEASE_EVERY_BATCHES:
+        _batches_since_release = 0
+        release_arrow_pages()
+    return tokenize_batch(batch, tokenizer, eos_token_id)
+
+
+_batches_since_release = 0
+
+
 def document_separator(tokenizer: Any) -> int | None:
     """EOS for causal tokenizers, [SEP] for BERT-style ones that have no EOS."""
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
@@ -43,16 +67,20 @@ def tokenize_dataset(ds: Dataset, tokenizer: Any, add_eos: bool, num_proc: int |
     eos = document_separator(tokenizer) if add_eos else None
     if add_eos and eos is None:
         raise ValueError("the tokenizer has no eos or sep token; set objective.add_eos=false or give it one")
-    return ds.map(
-        tokenize_batch,
+    release_arrow_pages()  # opening a cached set maps the pages around every batch header it reads
+    tokenized = ds.map(
+        _tokenize_mapped_batch,
         batched=True,
         batch_size=1000,
+        writer_batch_size=WRITER_BATCH_ROWS,
         num_proc=num_proc,
         remove_columns=ds.column_names,
         fn_kwargs={"tokenizer": tokenizer, "eos_token_id": eos},
         features=Features({"input_ids": Sequence(Value("int32"))}),
         desc="tokenising",
     )
+    release_arrow_pages()
+    return tokenized
 
 
 @dataclass
@@ -72,13 +100,13 @@ PACKING_FORMAT = 2  # part of a block store's fingerprint: bump when the layout 
 
 def token_chunks(ds: Dataset) -> Iterator[tuple[int, np.ndarray]]:
     """(rows, their `input_ids` concatenated as int32) a record batch at a time, in the data set's
-    order. A data set backed by cache files is read from the files with plain reads, so memory
-    holds one record batch (a memory map would keep every page it touched resident); anything
-    else (in memory, or an indices view) is read from its table."""
+    order. A data set that is its cache files as they are (no slice, no indices view) is read from
+    the files with plain reads, so memory holds one record batch (through the memory map every
+    page read would stay resident); anything else is read from its table."""
     if ds._indices is not None:  # a select/shuffle view: materialise the order first
         ds = ds.flatten_indices()
-    files = [f["filename"] for f in ds.cache_files]
-    if files and ds.data.num_rows == sum(_stream_rows(f) for f in files):
+    files = _backing_files(ds)
+    if files is not None:
         for name in files:
             with pa.OSFile(name) as source:
                 for batch in pa.ipc.open_stream(source):
@@ -88,10 +116,19 @@ def token_chunks(ds: Dataset) -> Iterator[tuple[int, np.ndarray]]:
         yield batch.num_rows, _flat_ids(batch.column("input_ids"))
 
 
-def _stream_rows(path: str) -> int:
-    """Rows of an Arrow stream file, from its batch headers (no data is read into memory)."""
-    with pa.memory_map(path) as source:
-        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+_ROW_PRESERVING_REPLAYS = {"replace_schema_metadata"}  # what datasets re-applies on reload without touching rows
+
+
+def _backing_files(ds: Dataset) -> list[str] | None:
+    """The Arrow files whose rows, in order, are exactly the data set's, or None."""
+    table = ds.data
+    rows = table.blocks if isinstance(table, ConcatenationTable) else [[table]]
+    for row in rows:
+        if len(row) != 1 or not isinstance(row[0], MemoryMappedTable):
+            return None
+        if any(name not in _ROW_PRESERVING_REPLAYS for name, _, _ in row[0].replays or []):
+            return None
+    return [row[0].path for row in rows]
 
 
 def _flat_ids(column: pa.Array) -> np.ndarray:
@@ -112,7 +149,7 @@ def _block_batches(chunks: Iterator[tuple[int, np.ndarray]], block_size: int, pr
     carried into the next chunk, so only the stream's final remainder is dropped."""
     body = block_size - (prefix_id is not None)
     carry = np.zeros(0, dtype=np.int32)
-    for rows, ids in chunks:
+    for rows, ids in _at_least(chunks, STORE_BATCH_TOKENS):
         stats.documents += rows
         stats.tokens += len(ids)
         stream = np.concatenate([carry, ids]) if len(carry) else ids
@@ -126,6 +163,22 @@ def _block_batches(chunks: Iterator[tuple[int, np.ndarray]], block_size: int, pr
             yield pa.RecordBatch.from_arrays([pa.FixedSizeListArray.from_arrays(values, block_size)], ["input_ids"])
         carry = stream[n_blocks * body :].copy()
     stats.tokens_dropped = len(carry)
+
+
+STORE_BATCH_TOKENS = 1 << 22  # tokens per record batch of a block store (16 MB): few batch headers to read
+
+
+def _at_least(chunks: Iterator[tuple[int, np.ndarray]], tokens: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The chunks joined until each holds at least `tokens` tokens (the last may hold fewer)."""
+    rows, pending, held = 0, [], 0
+    for n, ids in chunks:
+        rows, held = rows + n, held + len(ids)
+        pending.append(ids)
+        if held >= tokens:
+            yield rows, np.concatenate(pending)
+            rows, pending, held = 0, [], 0
+    if pending:
+        yield rows, np.concatenate(pending)
 
 
 def _block_schema(block_size: int) -> pa.Schema:
@@ -158,7 +211,9 @@ def pack_blocks(tokenized: Dataset, block_size: int, prefix_id: int | None = Non
     store, counts = folder / f"packed-{key}.arrow", folder / f"packed-{key}.json"
     if store.is_file() and counts.is_file():
         log.info("reusing packed blocks %s", store)
-        return Dataset.from_file(str(store)), PackingStats(**json.loads(counts.read_text()))
+        packed = Dataset.from_file(str(store))
+        release_arrow_pages()
+        return packed, PackingStats(**json.loads(counts.read_text()))
     partial = store.with_name(f"{store.name}.{os.getpid()}.partial")
     with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, _block_schema(block_size)) as writer:
         for batch in _block_batches(token_chunks(tokenized), block_size, prefix_id, stats):
@@ -166,7 +221,9 @@ def pack_blocks(tokenized: Dataset, block_size: int, prefix_id: int | None = Non
     os.replace(partial, store)
     counts.write_text(json.dumps(stats.as_dict()))  # last: its presence marks a complete store
     log.info("packed %d blocks of %d tokens into %s", stats.blocks, block_size, store)
-    return Dataset.from_file(str(store)), stats
+    packed = Dataset.from_file(str(store))
+    release_arrow_pages()
+    return packed, stats
 
 
 def block_array(packed: Dataset) -> np.ndarray:

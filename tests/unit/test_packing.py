@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from datasets import Dataset, concatenate_datasets
 
-from ptft_hf.data.packing import block_array, flat_token_ids, pack_blocks, token_counts, tokenize_dataset
+from ptft_hf.data.packing import _backing_files, block_array, flat_token_ids, pack_blocks, token_counts, tokenize_dataset
 from ptft_hf.models.tokenizers import train_byte_bpe
 
 
@@ -105,6 +105,7 @@ def test_a_cached_corpus_is_packed_into_a_block_store_on_disk_and_reused(tmp_pat
     docs = [[int(t) for t in rng.integers(0, 50, size=rng.integers(1, 30))] for _ in range(300)]
     tokenized = _cached_tokenized(tmp_path, docs, num_proc)
     assert len(tokenized.cache_files) == (2 if num_proc else 1)
+    assert len(_backing_files(tokenized)) == len(tokenized.cache_files)  # read from the files, not the memory map
     packed, stats = pack_blocks(tokenized, block_size=16, prefix_id=99)
     in_memory, expected = pack_blocks(_tokenized(docs), block_size=16, prefix_id=99)
     assert stats == expected
