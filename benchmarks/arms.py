@@ -4,7 +4,7 @@
 
 Arms: setup (once, before the rest); w1: peak, ours, baseline; w2: peak, ours, pad128, dynamic;
 w3: full, lora, qlora; w4: ours, baseline (with --phase cold|cached and --cache-dir); w5: one, two
-(`two` under torchrun: rank 0 writes the JSON); w8: small, large, large_cached.
+(`two` under torchrun: rank 0 writes the JSON); w8: small, large, large_cached, stream.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ARMS = {
     "w3": ("full", "lora", "qlora"),
     "w4": ("ours", "baseline"),
     "w5": ("one", "two"),
-    "w8": ("small", "large", "large_cached"),
+    "w8": ("small", "large", "large_cached", "stream"),
 }
 
 
@@ -59,9 +59,9 @@ def run_arm(workload: str, arm: str, spec: dict, run_dir: Path, phase: str | Non
 
         return distributed_arm(spec, run_dir, arm)
     if workload == "w8":
-        from benchmarks.w8_corpus import corpus_arm
+        from benchmarks.w8_corpus import corpus_arm, stream_arm
 
-        return corpus_arm(spec, arm, Path(cache_dir or run_dir / "cache"))
+        return stream_arm(spec, run_dir) if arm == "stream" else corpus_arm(spec, arm, Path(cache_dir or run_dir / "cache"))
     raise ValueError(f"unknown workload {workload}")
 
 

@@ -141,6 +141,7 @@ def summarise_w8(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for arm, results in arms.items():
         out[arm] = _arm_stats(results, ["raw_bytes", "tokens", "blocks", "load_s", "tokenize_s", "pack_s", "step_s", "mb_per_s",
                                         "mb_per_s_with_load", "peak_rss_mb", "peak_anon_mb", "cache_bytes", "store_bytes"])
+    out["stream"] = _arm_stats(_results(runs, "w8", "stream"), ["tokens_per_s", "peak_rss_mb", "peak_anon_mb", "blocks_read"])
     out["cached_over_cold"] = _paired(arms["large_cached"], arms["large"], "step_s")
     out["rss_large_over_small"] = _paired(arms["large"], arms["small"], "peak_rss_mb")
     out["anon_large_over_small"] = _paired(arms["large"], arms["small"], "peak_anon_mb")
@@ -312,6 +313,10 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
                        "disk GB"], rows)
         out.append(f"cached rerun / cold: {_spread(w8.get('cached_over_cold'))}; peak RSS large/small: "
                    f"{_spread(w8.get('rss_large_over_small'))} (anonymous {_spread(w8.get('anon_large_over_small'))})")
+        st = w8.get("stream") or {}
+        out.append(f"streamed training over the large corpus ({s.get('stream_steps')} steps, blocks of {s.get('stream_block_size')}):"
+                   f" {_spread(st.get('tokens_per_s'), 4)} tokens/s, peak RSS {_spread(st.get('peak_rss_mb'), 5)} MB"
+                   f" (anonymous {_spread(st.get('peak_anon_mb'), 5)}), {_fmt(_med(st.get('blocks_read')))} blocks read")
         out.append("")
     out.append("Targets" + (" (smoke run: not meaningful)" if meta["smoke"] else ""))
     rows = [[t["target"], _fmt(t["value"]), f"{t['op']} {t['threshold']}",

@@ -8,7 +8,7 @@ print the table and write the JSON.
 
 Per repetition and workload the arms run in a fixed alternation (W1: peak, ours, baseline;
 W2: peak, ours, pad128, dynamic; W3: full, lora, qlora; W4: ours cold, ours cached, baseline
-cold, baseline cached; W5: one process, two processes; W8: small, large, large cached), so slow drifts of a shared machine hit every arm alike; ratios are
+cold, baseline cached; W5: one process, two processes; W8: small, large, large cached, stream), so slow drifts of a shared machine hit every arm alike; ratios are
 taken per repetition (paired) and their median reported with min and max.
 """
 
@@ -44,7 +44,7 @@ FULL = {
            "batch_size": 2, "steps": 3},
     "w4": {"block_size": 256},
     "w5": {"processes": 2, "threads_one": 2, "threads_two": 1},  # W1's sizes; 2 cores used either way
-    "w8": {"small_mb": 500, "large_mb": 2000, "num_proc": 2, "block_size": 1024},
+    "w8": {"small_mb": 500, "large_mb": 2000, "num_proc": 2, "block_size": 1024, "stream_steps": 200, "stream_block_size": 256},
     "peak_min_time_s": 0.3, "peak_min_iters": 5,
 }
 
@@ -58,7 +58,7 @@ SMOKE = {
            "batch_size": 2, "steps": 1},
     "w4": {"block_size": 32},
     "w5": {"processes": 2, "threads_one": 1, "threads_two": 1},
-    "w8": {"small_mb": 1, "large_mb": 4, "num_proc": 2, "block_size": 64},
+    "w8": {"small_mb": 1, "large_mb": 4, "num_proc": 2, "block_size": 64, "stream_steps": 6, "stream_block_size": 32},
     "peak_min_time_s": 0.0, "peak_min_iters": 2,
 }
 
@@ -74,7 +74,7 @@ def arm_plan(workload: str) -> list[tuple[str, str | None]]:
     if workload == "w5":
         return [("one", None), ("two", None)]
     if workload == "w8":
-        return [("small", None), ("large", None), ("large_cached", None)]
+        return [("small", None), ("large", None), ("large_cached", None), ("stream", None)]
     return [("ours", "cold"), ("ours", "cached"), ("baseline", "cold"), ("baseline", "cached")]
 
 
@@ -197,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                 cache_dir = workdir / "w4_cache" / f"rep{rep}"
                 for arm, phase in arm_plan(workload):
                     arm_cache = cache_dir / arm if phase else None
-                    if workload == "w8":  # `large_cached` reuses the cache `large` filled in this repetition
+                    if workload == "w8" and arm == "stream":
+                        arm_cache = None
+                    elif workload == "w8":  # `large_cached` reuses the cache `large` filled in this repetition
                         arm_cache = workdir / "w8_cache" / f"rep{rep}" / ("small" if arm == "small" else "large")
                         phase_is_cold = arm != "large_cached"
                     else:

@@ -159,3 +159,41 @@ def corpus_arm(spec: dict[str, Any], arm: str, cache: Path) -> dict[str, Any]:
         "peak_rss_mb": peak_rss, "peak_anon_mb": peak_anon, "cache_bytes": _folder_bytes(cache),
         "store_bytes": os.path.getsize(blocks.cache_files[0]["filename"]), "num_proc": s["num_proc"], "env": environment(),
     }
+
+
+def stream_arm(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """`data.streaming=true` over the large corpus: `w8.stream_steps` steps of a small GPT-2 with
+    the project's code path, blocks packed on the fly; the process's memory while it trains."""
+    configure(spec["threads"])
+    from omegaconf import OmegaConf
+
+    from benchmarks.common import step_timer, timed_window
+    from ptft_hf.api import compose
+    from ptft_hf.data.sources import load_text_stream
+    from ptft_hf.models.loading import load_tokenizer
+    from ptft_hf.objectives import OBJECTIVES
+    from ptft_hf.recipe import build_trainer
+    from ptft_hf.strategies import get_strategy
+
+    s = spec["w8"]
+    folder = Path(spec["w8_corpora"]["large"][0]).parent
+    overrides = ["model=tiny_gpt2", "model.config.n_layer=2", "model.config.n_embd=128", "model.config.n_head=2",
+                 "model.tokenizer.train=false", f"model.tokenizer.name_or_path={spec['bpe_dir']}",
+                 "data=text_files", f"data.path={folder}", "data.streaming=true", "objective=clm",
+                 f"objective.block_size={s['stream_block_size']}", f"trainer.max_steps={s['stream_steps']}",
+                 "trainer.per_device_train_batch_size=8", "trainer.eval_strategy=no", "trainer.save_strategy=no",
+                 "trainer.disable_tqdm=true", f"seed={spec['seed']}"]
+    sampler = TreeMemorySampler()
+    sampler.start()
+    conf = OmegaConf.to_object(compose(*overrides).cfg)
+    splits = load_text_stream(conf.data, conf.seed)
+    tokenizer = load_tokenizer(conf.model)
+    prepared = OBJECTIVES["clm"](conf, splits, tokenizer, get_strategy(conf.strategy), {})
+    timer = step_timer()
+    trainer = build_trainer(conf, run_dir, tokenizer, prepared, [timer])
+    trainer.train()
+    peak_pss, peak_anon = sampler.stop()
+    steps, seconds = timed_window(timer, 5)
+    return {"corpus_bytes": sum(os.path.getsize(f) for f in spec["w8_corpora"]["large"]), "steps": len(timer.ends),
+            "tokens_per_s": steps * 8 * s["stream_block_size"] / seconds, "blocks_read": prepared.train_dataset.blocks_read,
+            "peak_rss_mb": peak_pss, "peak_anon_mb": peak_anon, "overrides": overrides, "env": environment()}
