@@ -20,9 +20,9 @@ from tests.conftest import REPO_ROOT, shared_data
 # about 15 processes, each importing torch; the fixture's own subprocess limit is 900 s
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(960)]
 
-# W5 and W8 run in tests/integration/test_benchmarks_scale_smoke.py: a module of its own, so that
-# pytest-xdist can give it to the other worker
-SMOKE_WORKLOADS = "w1,w2,w3,w4"
+# W8 runs in tests/integration/test_benchmarks_w8_smoke.py: a module of its own, so that pytest-xdist
+# can give it to the other worker
+SMOKE_WORKLOADS = "w1,w2,w3,w4,w5"
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +49,11 @@ def _median(stat):
 def test_every_workload_and_mfu_reach_the_table_and_json(smoke):
     payload, stdout = smoke
     assert payload["errors"] == []
-    assert {"w1", "w2", "w3", "w4", "mfu"} <= set(payload["summary"])
+    assert {"w1", "w2", "w3", "w4", "w5", "mfu"} <= set(payload["summary"])
     meta = payload["meta"]
     assert meta["smoke"] is True and meta["reps"] == 1 and meta["threads"] == 1
     assert len(meta["loadavg_start"]) == 3 and meta["max_loadavg_1min"] is not None
-    for heading in ("W1 causal-LM", "W2 classification", "W3 memory", "W4 data preparation", "Targets"):
+    for heading in ("W1 causal-LM", "W2 classification", "W3 memory", "W4 data preparation", "W5 several processes", "Targets"):
         assert heading in stdout
     # every arm logged the load average around itself
     assert all(len(run["loadavg_before"]) == 3 and len(run["result"]["loadavg_after"]) == 3 for run in payload["runs"])
@@ -146,3 +146,16 @@ def test_w4_cached_rerun_reuses_the_cache_and_packing_drops_less(smoke):
         assert results[(arm, "cold")]["mb_per_s"] > 0
     # the project drops one partial block in all (and adds EOS tokens); run_clm drops one per map batch
     assert results[("ours", "cold")]["blocks"] >= results[("baseline", "cold")]["blocks"]
+
+
+def test_w5_runs_one_process_and_two_under_torchrun_on_the_same_global_batch(smoke):
+    payload, _ = smoke
+    results = {r["arm"]: r["result"] for r in payload["runs"] if r["workload"] == "w5"}
+    batch = payload["meta"]["spec"]["w1"]["batch_size"]
+    assert (results["one"]["processes"], results["one"]["per_device_batch"]) == (1, batch)
+    assert (results["two"]["processes"], results["two"]["per_device_batch"]) == (2, batch // 2)
+    assert results["two"]["ddp_backend"] == "gloo"
+    w5 = payload["summary"]["w5"]
+    assert _median(w5["two_over_one"]) == pytest.approx(results["two"]["tokens_per_s"] / results["one"]["tokens_per_s"])
+    # the same rows each step: the losses agree (measured: 4e-4 relative after one step)
+    assert results["one"]["train_loss"] == pytest.approx(results["two"]["train_loss"], rel=1e-3)
