@@ -135,6 +135,7 @@ def corpus_arm(spec: dict[str, Any], arm: str, cache: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from ptft_hf.data.packing import pack_blocks, tokenize_dataset
+    from ptft_hf.data.sources import TEXT_WRITER_BATCH_ROWS
 
     s = spec["w8"]
     corpus = "small" if arm == "small" else "large"
@@ -144,7 +145,8 @@ def corpus_arm(spec: dict[str, Any], arm: str, cache: Path) -> dict[str, Any]:
     sampler = TreeMemorySampler()
     sampler.start()
     t0 = time.perf_counter()
-    raw = datasets.load_dataset("text", data_files={"train": files}, cache_dir=str(cache), num_proc=s["num_proc"])["train"]
+    raw = datasets.load_dataset("text", data_files={"train": files}, cache_dir=str(cache), num_proc=s["num_proc"],
+                                writer_batch_size=TEXT_WRITER_BATCH_ROWS)["train"]  # as the project loads files
     t1 = time.perf_counter()
     tokenized = tokenize_dataset(raw, tokenizer, add_eos=True, num_proc=s["num_proc"])
     t2 = time.perf_counter()

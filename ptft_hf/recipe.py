@@ -17,6 +17,7 @@ model leaves an earlier run there as it was (see `ptft_hf.run_dir`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -34,7 +35,8 @@ from ptft_hf.config.schema import DataConfig, HubConfig, ModelConfig, PtftConfig
 from ptft_hf.config.training_args import build_training_arguments
 from ptft_hf.config.validate import validate
 from ptft_hf.data.chat import as_messages, prompt_text
-from ptft_hf.data.sources import load_text_splits, load_text_stream
+from ptft_hf.data.sources import MIXTURE_PREFIX, load_text_splits, load_text_stream, mixture_name
+from ptft_hf.data.streaming import MixedStream
 from ptft_hf.distributed import is_main_process, main_process_first, wait_for_everyone, weights_are_sharded
 from ptft_hf.errors import UserError
 from ptft_hf.hub.card import ADAPTER, FULL, write_card
@@ -153,7 +155,7 @@ def run(
         if resume_from is not None and conf.model.tokenizer.train:  # the tokenizer the checkpoint was trained with
             tokenizer = load_tokenizer(ModelConfig(name_or_path=str(resume_from)))
         else:
-            tokenizer = load_tokenizer(conf.model, training_texts(splits["train"], conf.model.tokenizer.max_documents, conf.seed))
+            tokenizer = load_tokenizer(conf.model, tokenizer_texts(splits, conf))
         strategy = get_strategy(conf.strategy)
         prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, dict(references or {}))
     params = count_parameters(prepared.model)
@@ -193,6 +195,10 @@ def run(
 
     steps = train_result.global_step
     train_tokens = _train_tokens(prepared, args, steps)
+    if isinstance(prepared.train_dataset, MixedStream):  # the shares of what was trained (every rank mixes alike)
+        prepared.metrics["data_mixture"] = {
+            name: {**share, "blocks": share["blocks"] * args.world_size}
+            for name, share in prepared.train_dataset.shares_at(trainer.stream_blocks_trained(steps)).items()}
     resumed_step = checkpoint_step(resume_from) if resume_from else 0
     tokens_this_call = train_tokens * (steps - resumed_step) / max(steps, 1) if prepared.metrics.get("padding") is None else train_tokens
     metrics: dict[str, Any] = {
@@ -267,6 +273,20 @@ def _train_tokens(prepared: Prepared, args: TrainingArguments, steps: int) -> in
         return int(padding["tokens"])
     block = prepared.metrics.get("data_train", {}).get("block_size") or len(prepared.train_dataset[0]["input_ids"])
     return steps * _tokens_per_step(args, block)
+
+
+def tokenizer_texts(splits: Mapping[str, Any], conf: PtftConfig) -> Iterator[str]:
+    """What a tokenizer trained for this run reads: `training_texts` of the training data, and with
+    corpora mixed by weight, of each corpus its weight's part of `model.tokenizer.max_documents`
+    (a vocabulary for the mixture, not for the main corpus alone)."""
+    budget, extra = conf.model.tokenizer.max_documents, conf.data.extra_train
+    weights = {mixture_name(e, i): float(e["weight"]) for i, e in enumerate(extra) if e.get("weight") is not None}
+    if not weights:
+        return training_texts(splits["train"], budget, conf.seed)
+    parts = [(splits["train"], 1.0 - sum(weights.values()))]
+    parts += [(splits[f"{MIXTURE_PREFIX}{name}"], weight) for name, weight in weights.items()]
+    return itertools.chain.from_iterable(
+        training_texts(corpus, None if budget is None else max(1, round(budget * share)), conf.seed) for corpus, share in parts)
 
 
 def training_texts(train: Any, max_documents: int | None = None, seed: int = 0) -> Iterator[str]:

@@ -208,8 +208,10 @@ def streaming_problems(cfg: DictConfig) -> list[Problem]:
     if max_steps is None or max_steps <= 0:
         problems.append(Problem("trainer.max_steps", "is not set, but a stream has no length to count epochs by",
                                 "set trainer.max_steps=N"))
-    if cfg.data.extra_train:
-        problems.append(Problem("data.extra_train", "is not mixed into a stream", "drop data.extra_train, or data.streaming"))
+    for i, extra in enumerate(cfg.data.extra_train or []):
+        if hasattr(extra, "keys") and extra.get("weight") is None:
+            problems.append(Problem(f"data.extra_train[{i}].weight", "is not set; a stream mixes corpora by token share only",
+                                    "give it a share of the training tokens, e.g. weight: 0.1"))
     if cfg.data.stream_eval_documents < 1 and not (cfg.data.eval_path or cfg.data.eval_split):
         problems.append(Problem("data.stream_eval_documents", f"{cfg.data.stream_eval_documents} leaves nothing to evaluate",
                                 "use at least 1 (200 is the default), or set data.eval_path="))

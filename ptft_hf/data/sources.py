@@ -74,10 +74,17 @@ def infer_format(field: str, files: list[str], declared: str | None) -> str:
     return _FORMAT_BY_SUFFIX[suffix]
 
 
+# rows per record batch of a loaded file's Arrow cache (datasets writes 1,000): every open of the
+# cache reads each batch's header, and the kernel maps the pages around each one it touches, so a
+# corpus of millions of short documents would leave hundreds of MB of the file resident. The
+# loaders hand over tables of about 10 MB, and with this bound each becomes one record batch.
+TEXT_WRITER_BATCH_ROWS = 1_000_000
+
+
 def _load_files(field: str, path: str, cfg: DataConfig) -> Dataset:
     files = resolve_files(field, path)
     fmt = infer_format(field, files, cfg.format)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"writer_batch_size": TEXT_WRITER_BATCH_ROWS}
     if fmt == "text":
         kwargs["sample_by"] = cfg.sample_by
     if fmt == "csv" and files[0].endswith(".tsv"):
@@ -242,12 +249,10 @@ def load_text_stream(cfg: DataConfig, seed: int) -> dict[str, Any]:
     """`data.streaming=true`: the training documents as a `datasets.IterableDataset` (local files,
     a builtin corpus or a Hub data set, read lazily) with a `text` column, and a small
     materialised eval split: data.eval_path / data.eval_split, else the stream's first
-    `data.stream_eval_documents` documents (which training then skips)."""
+    `data.stream_eval_documents` documents (which training then skips). Weighted
+    `data.extra_train` corpora come as streams too, under `MIXTURE_PREFIX<name>`."""
     if cfg.path:
-        files = resolve_files("data.path", cfg.path)
-        fmt = infer_format("data.path", files, cfg.format)
-        kwargs: dict[str, Any] = {"sample_by": cfg.sample_by} if fmt == "text" else {}
-        stream = datasets.load_dataset(fmt, data_files={"train": files}, split="train", streaming=True, **kwargs)
+        stream = _file_stream("data.path", cfg.path, cfg)
     elif cfg.builtin:
         if cfg.builtin not in BUILTIN_CORPORA:
             raise UserError.of("data.builtin", f"no builtin corpus '{cfg.builtin}'", f"use one of: {', '.join(BUILTIN_CORPORA)}")
@@ -258,13 +263,7 @@ def load_text_stream(cfg: DataConfig, seed: int) -> dict[str, Any]:
         stream = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split, streaming=True)
     else:
         raise UserError.of("data.path", "no data source is set", "set data.path=FILE, data.hub_id=ID or pick data=builtin_docs")
-    if cfg.text_column not in (stream.column_names or [cfg.text_column]):
-        raise UserError.of("data.text_column", f"column '{cfg.text_column}' not in the training data",
-                           f"set data.text_column= to one of: {', '.join(stream.column_names or [])}")
-    stream = stream.select_columns([cfg.text_column])
-    if cfg.text_column != "text":
-        stream = stream.rename_column(cfg.text_column, "text")
-    stream = stream.filter(lambda row: row["text"] is not None and row["text"].strip() != "")
+    stream = _text_stream(stream, cfg.text_column, "data.text_column")
     if cfg.eval_path:
         eval_ds = _select_text(_load_files("data.eval_path", cfg.eval_path, cfg), cfg, "the eval data")
     elif cfg.hub_id and cfg.eval_split:
@@ -280,5 +279,29 @@ def load_text_stream(cfg: DataConfig, seed: int) -> dict[str, Any]:
         eval_ds = eval_ds.shuffle(seed=seed).select(range(cfg.max_eval_samples)).flatten_indices()
     if cfg.max_train_samples:
         stream = stream.take(cfg.max_train_samples)
-    return {"train": stream, "eval": eval_ds}
+    streams: dict[str, Any] = {"train": stream, "eval": eval_ds}
+    for i, extra in enumerate(cfg.extra_train):  # validation has made sure each has a weight
+        field = f"data.extra_train[{i}]"
+        extra_cfg = DataConfig(path=extra["path"], format=extra.get("format"), sample_by=extra.get("sample_by", cfg.sample_by))
+        streams[f"{MIXTURE_PREFIX}{mixture_name(extra, i)}"] = _text_stream(
+            _file_stream(f"{field}.path", extra["path"], extra_cfg), extra.get("text_column", "text"), f"{field}.text_column")
+        log.info("corpus %s streamed for %.1f%% of the training tokens", mixture_name(extra, i), 100 * float(extra["weight"]))
+    return streams
 
+
+def _file_stream(field: str, path: str, cfg: DataConfig) -> Any:
+    files = resolve_files(field, path)
+    fmt = infer_format(field, files, cfg.format)
+    kwargs: dict[str, Any] = {"sample_by": cfg.sample_by} if fmt == "text" else {}
+    return datasets.load_dataset(fmt, data_files={"train": files}, split="train", streaming=True, **kwargs)
+
+
+def _text_stream(stream: Any, text_column: str, field: str) -> Any:
+    """The stream's `text_column` as `text`, without empty documents."""
+    if text_column not in (stream.column_names or [text_column]):
+        raise UserError.of(field, f"column '{text_column}' not in the training data",
+                           f"set {field}= to one of: {', '.join(stream.column_names or [])}")
+    stream = stream.select_columns([text_column])
+    if text_column != "text":
+        stream = stream.rename_column(text_column, "text")
+    return stream.filter(lambda row: row["text"] is not None and row["text"].strip() != "")

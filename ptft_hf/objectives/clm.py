@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from datasets import DatasetDict
@@ -11,10 +12,13 @@ from ptft_hf.data.collators import CausalLMCollator
 from ptft_hf.data.packing import block_array, token_counts
 from ptft_hf.data.mixture import mix_blocks
 from ptft_hf.data.sources import MIXTURE_PREFIX, mixture_name
-from ptft_hf.data.streaming import PackedStream
+from ptft_hf.data.streaming import MixedStream, PackedStream
+from ptft_hf.distributed import launched_rank_and_world
 from ptft_hf.models.loading import load_model
 from ptft_hf.objectives.base import Prepared, check_block_fits, pack_texts, reference_blocks
 from ptft_hf.training.metrics import unigram_perplexity
+
+log = logging.getLogger(__name__)
 
 
 def prepare_clm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
@@ -27,7 +31,7 @@ def prepare_clm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
     eval_blocks, eval_stats = pack_texts(splits["eval"], tokenizer, conf, "data.eval_path")
     metrics: dict[str, Any] = {"data_eval": eval_stats.as_dict()}
     if conf.data.streaming:  # packed on the fly; the run counts what it trained
-        train_blocks = PackedStream(splits["train"], tokenizer, conf.objective.block_size, conf.objective.add_eos)
+        train_blocks = _training_stream(conf, splits, tokenizer)
         metrics["data_train"] = {"streaming": True, "block_size": conf.objective.block_size}
     else:
         train_blocks, train_stats = pack_texts(splits["train"], tokenizer, conf, "data.path")
@@ -50,3 +54,21 @@ def prepare_clm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
         task_type="CAUSAL_LM", shift_labels=True, generates=True,
         references=reference_blocks(references, tokenizer, conf), metrics=metrics,
     )
+
+
+def _training_stream(conf: PtftConfig, splits: Any, tokenizer: Any) -> PackedStream | MixedStream:
+    """This rank's shard of the training stream; with weighted extra corpora, their mixture."""
+    rank, world = launched_rank_and_world()
+    if world > 1:
+        log.info("rank %d of %d streams its own shard of the documents (datasets' split_dataset_by_node)", rank, world)
+
+    def packed(documents: Any) -> PackedStream:
+        return PackedStream(documents, tokenizer, conf.objective.block_size, conf.objective.add_eos,
+                            rank=rank, world_size=world)
+
+    extra = {name.removeprefix(MIXTURE_PREFIX): ds for name, ds in splits.items() if name.startswith(MIXTURE_PREFIX)}
+    if not extra:
+        return packed(splits["train"])
+    weights = {mixture_name(e, i): float(e["weight"]) for i, e in enumerate(conf.data.extra_train)}
+    streams = {conf.data.name: packed(splits["train"]), **{name: packed(ds) for name, ds in extra.items()}}
+    return MixedStream(streams, {conf.data.name: 1.0 - sum(weights.values()), **weights})

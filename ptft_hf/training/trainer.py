@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import time
 from typing import Any
@@ -13,12 +15,16 @@ from transformers.integrations.deepspeed import deepspeed_init
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, speed_metrics
 
+from ptft_hf.data.streaming import MixedStream, PackedStream
 from ptft_hf.distributed import weights_are_sharded
 from ptft_hf.training.chunked_loss import CHUNK_ELEMENTS, chunkable_head, hidden_states_as_logits, linear_cross_entropy
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
 from ptft_hf.training.safety import NonFiniteLoss, TrainLossTally
 from ptft_hf.training.sampling import ShuffledLengthGroupedSampler
 from ptft_hf.training.sparse_head import predict_only_at, selected_label_loss
+
+log = logging.getLogger(__name__)
+STREAM_STATE = "stream_state-rank{rank}.json"  # a streamed run's position, per rank, in each checkpoint
 
 
 class PtftTrainer(Trainer):
@@ -77,6 +83,19 @@ class PtftTrainer(Trainer):
         return ShuffledLengthGroupedSampler(self._example_lengths(dataset), self._train_batch_size * self.args.world_size,
                                             self.length_megabatch, seed=seed)
 
+    def get_train_dataloader(self) -> Any:
+        if not self._trains_on_stream():
+            return super().get_train_dataloader()
+        collator = self._get_collator_with_removed_columns(self.data_collator, description="training")
+        return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=collator)
+
+    def _trains_on_stream(self) -> bool:
+        return isinstance(self.train_dataset, (PackedStream, MixedStream))
+
+    def stream_blocks_trained(self, steps: int) -> int:
+        """Blocks this rank's stream gave to the first `steps` optimiser steps."""
+        return steps * self._train_batch_size * self.args.gradient_accumulation_steps
+
     def _example_lengths(self, dataset: Any) -> list[int]:
         """The `length` column the objectives write; the Trainer drops it (not a model input) before
         the sampler is built, so it is read from the unfiltered training set when that has it."""
@@ -115,6 +134,12 @@ class PtftTrainer(Trainer):
             # resumed run reads the tokenizer it trained with from here (before trainer_state.json)
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             self.processing_class.save_pretrained(folder)
+        if self._trains_on_stream():
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            position = self.train_dataset.state_at(self.stream_blocks_trained(self.state.global_step))
+            with open(os.path.join(folder, STREAM_STATE.format(rank=self.args.process_index)), "w") as f:
+                json.dump({"world_size": self.args.world_size, "position": position}, f)
         super()._save_checkpoint(model, trial)
 
     def _saves_sharded_checkpoints(self) -> bool:
@@ -139,6 +164,8 @@ class PtftTrainer(Trainer):
             if isinstance(saved, dict):
                 for key, value in saved["args"].items():
                     setattr(self._loss_tally(), key, value)
+            if self._trains_on_stream():
+                self._resume_stream(resume_from_checkpoint)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         if self.args.world_size > 1:  # token counts of the whole run, not of this rank's batches
             for observer in self.batch_observers:
@@ -147,6 +174,19 @@ class PtftTrainer(Trainer):
                         lambda t: self.accelerator.reduce(t.to(self.args.device), reduction="sum").cpu())
         mean = self._whole_run_loss(output.training_loss)
         return TrainOutput(output.global_step, mean, {**output.metrics, "train_loss": mean})
+
+    def _resume_stream(self, checkpoint: str) -> None:
+        """Continue the stream where the checkpoint's position says; without one (a checkpoint of
+        another world size), the Trainer skips the batches already trained by reading them."""
+        path = os.path.join(checkpoint, STREAM_STATE.format(rank=self.args.process_index))
+        saved = json.loads(open(path).read()) if os.path.exists(path) else {}
+        if saved.get("world_size") != self.args.world_size:
+            log.warning("%s holds no stream position for rank %d of %d processes: the stream is read again up to "
+                        "its step", checkpoint, self.args.process_index, self.args.world_size)
+            return
+        self.train_dataset.load_state_dict(saved["position"])
+        self.args.ignore_data_skip = True  # the stream starts after the trained blocks already
+        log.info("the training stream continues from %s", path)
 
     def _whole_run_loss(self, this_call_mean: float) -> float:
         """The Trainer's `train_loss` averages the steps of this `train()` call (pending losses carried
