@@ -19,6 +19,7 @@ with torch and transformers imported (~0.5 GB), as a training run does.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -102,15 +103,19 @@ def _tree_memory(pid: int) -> tuple[float, float]:
 
 
 class TreeMemorySampler(threading.Thread):
-    """Peak of the summed Pss and Pss_Anon of this process and its children (datasets' workers)."""
+    """Peak of the summed Pss and Pss_Anon of this process and its children (datasets' workers),
+    and what the resident pages at the Pss peak were (`peak_parts`: MiB by kind of mapping)."""
 
     def __init__(self, interval: float = 0.25):
         super().__init__(daemon=True)
         self.interval, self.peak_rss, self.peak_anon = interval, 0.0, 0.0
+        self.peak_parts: dict[str, float] = {}
         self._halt = threading.Event()
 
     def _sample(self) -> None:
         rss, anon = _tree_memory(os.getpid())
+        if rss > self.peak_rss:
+            self.peak_parts = _tree_parts(os.getpid())
         self.peak_rss, self.peak_anon = max(self.peak_rss, rss), max(self.peak_anon, anon)
 
     def run(self) -> None:
@@ -123,6 +128,35 @@ class TreeMemorySampler(threading.Thread):
         self.join()
         self._sample()
         return round(self.peak_rss, 1), round(self.peak_anon, 1)
+
+
+def _mapping_kind(path: str) -> str:
+    if not path or path.startswith("["):
+        return "anonymous"
+    if ".arrow" in path:
+        return "arrow files"
+    if ".so" in path:
+        return "shared libraries"
+    if path.startswith(("/dev/shm", "/memfd:")):
+        return "shared memory"
+    return "other files"
+
+
+def _tree_parts(pid: int) -> dict[str, float]:
+    """Pss in MiB by kind of mapping, summed over `pid` and its descendants."""
+    parts: dict[str, float] = {}
+    for member in _tree(pid):
+        try:
+            kind = "anonymous"
+            for line in Path(f"/proc/{member}/smaps").read_text().splitlines():
+                head = line.split(maxsplit=5)
+                if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                    kind = _mapping_kind(head[5] if len(head) > 5 else "")
+                elif head[0] == "Pss:":
+                    parts[kind] = parts.get(kind, 0.0) + int(head[1]) / 1024
+        except OSError:
+            continue
+    return {kind: round(mib, 1) for kind, mib in sorted(parts.items())}
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -158,7 +192,7 @@ def corpus_arm(spec: dict[str, Any], arm: str, cache: Path) -> dict[str, Any]:
         "tokens": stats.tokens, "blocks": stats.blocks, "tokens_dropped": stats.tokens_dropped,
         "load_s": round(t1 - t0, 2), "tokenize_s": round(t2 - t1, 2), "pack_s": round(t3 - t2, 2),
         "step_s": round(t3 - t0, 2), "mb_per_s": raw_bytes / 1e6 / (t3 - t1), "mb_per_s_with_load": raw_bytes / 1e6 / (t3 - t0),
-        "peak_rss_mb": peak_rss, "peak_anon_mb": peak_anon, "cache_bytes": _folder_bytes(cache),
+        "peak_rss_mb": peak_rss, "peak_anon_mb": peak_anon, "peak_parts_mb": sampler.peak_parts, "cache_bytes": _folder_bytes(cache),
         "store_bytes": os.path.getsize(blocks.cache_files[0]["filename"]), "num_proc": s["num_proc"], "env": environment(),
     }
 
@@ -183,7 +217,8 @@ def stream_arm(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                  "model.tokenizer.train=false", f"model.tokenizer.name_or_path={spec['bpe_dir']}",
                  "data=text_files", f"data.path={folder}", "data.streaming=true", "objective=clm",
                  f"objective.block_size={s['stream_block_size']}", f"trainer.max_steps={s['stream_steps']}",
-                 "trainer.per_device_train_batch_size=8", "trainer.eval_strategy=no", "trainer.save_strategy=no",
+                 "trainer.per_device_train_batch_size=8", "trainer.eval_strategy=no", "trainer.save_strategy=steps",
+                 f"trainer.save_steps={max(1, s['stream_steps'] // 2)}",
                  "trainer.disable_tqdm=true", f"seed={spec['seed']}"]
     sampler = TreeMemorySampler()
     sampler.start()
@@ -196,6 +231,8 @@ def stream_arm(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     trainer.train()
     peak_pss, peak_anon = sampler.stop()
     steps, seconds = timed_window(timer, 5)
+    positions = sorted(run_dir.glob("**/checkpoint-*/stream_state-rank0.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     return {"corpus_bytes": sum(os.path.getsize(f) for f in spec["w8_corpora"]["large"]), "steps": len(timer.ends),
+            "checkpoint_position": json.loads(positions[-1].read_text())["position"] if positions else None,
             "tokens_per_s": steps * 8 * s["stream_block_size"] / seconds, "blocks_read": prepared.train_dataset.blocks_read,
             "peak_rss_mb": peak_pss, "peak_anon_mb": peak_anon, "overrides": overrides, "env": environment()}

@@ -35,23 +35,32 @@ def tokenize_batch(batch: dict[str, list], tokenizer: Any, eos_token_id: int | N
     return {"input_ids": ids}
 
 
-RELEASE_EVERY_BATCHES = 50  # a map worker hands back the Arrow pages it has read this often
-# rows per record batch of the tokenised cache (datasets' default is 1,000): opening the cache maps
-# each batch's header, and the kernel maps the pages around every one it touches (fault-around),
-# so fewer, larger batches leave less of the file resident
+RELEASE_EVERY_BATCHES = 5  # a map worker hands back the Arrow pages it has read this often
+# rows per `datasets.map` batch, and so per record batch of the tokenised cache (a batched map writes
+# one record batch per call whatever `writer_batch_size` says; datasets' default is 1,000): opening
+# the cache reads every batch's header, and the kernel maps the pages around each one it touches
+# (fault-around, 64 KB), so 1,000-row batches would leave about 340 MB of a 2 GB corpus's
+# tokens resident after every open
 WRITER_BATCH_ROWS = 10_000
+TOKENIZE_ROWS = 1_000  # documents per tokenizer call inside a map batch (bounds the Python lists)
 
 
-def _tokenize_mapped_batch(batch: dict[str, list], tokenizer: Any, eos_token_id: int | None) -> dict[str, list]:
-    """`tokenize_batch` inside `datasets.map`, handing back the pages of the memory-mapped input
-    every RELEASE_EVERY_BATCHES batches (see `mapped_pages`): the worker's resident memory stays
-    bounded however large the corpus."""
+def _tokenize_mapped_batch(batch: pa.Table, tokenizer: Any, eos_token_id: int | None) -> pa.Table:
+    """`tokenize_batch` inside `datasets.map`, TOKENIZE_ROWS documents at a time, each part
+    turned into an int32 Arrow list at once, so a map batch of WRITER_BATCH_ROWS documents never
+    holds its tokens as Python ints. Hands back the pages of the memory-mapped input every
+    RELEASE_EVERY_BATCHES batches (see `mapped_pages`): the worker's resident memory stays bounded
+    however large the corpus."""
     global _batches_since_release
     _batches_since_release += 1
     if _batches_since_release >= RELEASE_EVERY_BATCHES:
         _batches_since_release = 0
         release_arrow_pages()
-    return tokenize_batch(batch, tokenizer, eos_token_id)
+    texts = batch.column("text")
+    parts = [pa.array(tokenize_batch({"text": texts.slice(i, TOKENIZE_ROWS).to_pylist()}, tokenizer, eos_token_id)["input_ids"],
+                      type=pa.list_(pa.int32()))
+             for i in range(0, len(texts), TOKENIZE_ROWS)]
+    return pa.table({"input_ids": pa.concat_arrays(parts) if parts else pa.array([], type=pa.list_(pa.int32()))})
 
 
 _batches_since_release = 0
@@ -68,17 +77,17 @@ def tokenize_dataset(ds: Dataset, tokenizer: Any, add_eos: bool, num_proc: int |
     if add_eos and eos is None:
         raise ValueError("the tokenizer has no eos or sep token; set objective.add_eos=false or give it one")
     release_arrow_pages()  # opening a cached set maps the pages around every batch header it reads
-    tokenized = ds.map(
+    tokenized = ds.with_format("arrow").map(  # Arrow in and out: see _tokenize_mapped_batch
         _tokenize_mapped_batch,
         batched=True,
-        batch_size=1000,
+        batch_size=WRITER_BATCH_ROWS,
         writer_batch_size=WRITER_BATCH_ROWS,
         num_proc=num_proc,
         remove_columns=ds.column_names,
         fn_kwargs={"tokenizer": tokenizer, "eos_token_id": eos},
         features=Features({"input_ids": Sequence(Value("int32"))}),
         desc="tokenising",
-    )
+    ).with_format(None)
     release_arrow_pages()
     return tokenized
 

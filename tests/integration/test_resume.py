@@ -101,7 +101,8 @@ def test_sigkill_mid_training_resumes_to_the_same_weights(reference_run, cache_e
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_stop_signal_saves_a_checkpoint_first_and_resumes(reference_run, cache_env, tmp_path, name):
     """SIGTERM (a scheduler's stop) and SIGINT (Ctrl-C) during training: the step in progress
-    finishes, a checkpoint is saved at it, exit 128 + the signal's number (143, 130), one line."""
+    finishes, a checkpoint is saved at it, exit 128 + the signal's number (143, 130), one line;
+    the same command resumes from it to the uninterrupted run's weights."""
     run_dir = tmp_path / "run"
     stopped = run_cli([*RUN, f"hydra.run.dir={run_dir}"], _signal_env(cache_env, tmp_path, name, 15), cwd=tmp_path)
     signum = getattr(signal, name)
@@ -113,6 +114,8 @@ def test_a_stop_signal_saves_a_checkpoint_first_and_resumes(reference_run, cache
                         f"run the same command with hydra.run.dir={run_dir}")
     assert (checkpoint / "trainer_state.json").is_file()
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "model").exists()
+    if name == "SIGINT":  # the same handler and checkpoint as SIGTERM's: resuming from it is tested once
+        return
 
     result = run_cli([*RUN, f"hydra.run.dir={run_dir}"], dict(cache_env, HF_TOKEN=PLANTED_TOKEN), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
