@@ -149,6 +149,8 @@ class RunResult:
             import peft
 
             model = getattr(peft, auto_name.replace("AutoModel", "AutoPeftModel")).from_pretrained(str(self.model_dir))
+            if (self.model_dir / "generation_config.json").exists():  # SFT's stop tokens (end of turn)
+                model.get_base_model().generation_config = transformers.GenerationConfig.from_pretrained(str(self.model_dir))
         else:
             model = getattr(transformers, auto_name).from_pretrained(str(self.model_dir))
         return model.eval(), AutoTokenizer.from_pretrained(str(self.model_dir))

@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import torch
 
+from ptft_hf.data.chat import IGNORE_INDEX
+
 
 @dataclass
 class CausalLMCollator:
@@ -129,13 +131,20 @@ class PaddingCounter:
     `stats` is a live dict (read it after training): tokens, padded tokens and their share.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, count_labels: bool = False) -> None:
         self.stats: dict[str, float] = {"tokens": 0, "padded_tokens": 0, "padded_share": 0.0}
+        self.count_labels = count_labels  # token labels (SFT): also count the labelled tokens served
+        if count_labels:
+            self.stats["labelled_tokens"] = 0
 
     def observe(self, batch: dict[str, Any]) -> None:
-        mask = batch["attention_mask"]
-        real = int(mask.sum())
-        self._set(self.stats["tokens"] + real, self.stats["padded_tokens"] + int(mask.numel()) - real)
+        mask = batch.get("attention_mask")
+        # packed rows (DataCollatorWithFlattening) carry position_ids and no mask: no padding in them
+        real = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        total = int(mask.numel()) if mask is not None else real
+        self._set(self.stats["tokens"] + real, self.stats["padded_tokens"] + total - real)
+        if self.count_labels:
+            self.stats["labelled_tokens"] += int((batch["labels"] != IGNORE_INDEX).sum())
 
     def _set(self, tokens: int, padded: int) -> None:
         self.stats["tokens"], self.stats["padded_tokens"] = tokens, padded
@@ -145,5 +154,8 @@ class PaddingCounter:
     def sum_across_processes(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Several processes: each counted its own batches; the run's counts are their sums
         (`reduce_sum`, e.g. the accelerator's all-reduce), on every rank."""
-        tokens, padded = reduce_sum(torch.tensor([self.stats["tokens"], self.stats["padded_tokens"]])).tolist()
+        counts = [self.stats["tokens"], self.stats["padded_tokens"], self.stats.get("labelled_tokens", 0)]
+        tokens, padded, labelled = reduce_sum(torch.tensor(counts)).tolist()
         self._set(int(tokens), int(padded))
+        if self.count_labels:
+            self.stats["labelled_tokens"] = int(labelled)

@@ -1,7 +1,9 @@
 """Supervised fine-tuning of causal LMs on prompt/response or chat data.
 
-Labels cover only the assistant's replies (and their EOS); long examples are cut from the left and
-counted; batches are padded dynamically or packed padding-free (`DataCollatorWithFlattening`: one
+Labels cover only the assistant's replies and the token that ends each turn (`<|im_end|>`,
+`<|eot_id|>`, EOS), which the saved `generation_config` lists as an eos id so that generation
+stops there; long examples lose prompt tokens from the left, or are dropped (counted) when their
+replies alone do not fit; batches are padded dynamically or packed padding-free (`DataCollatorWithFlattening`: one
 row per batch with positions restarting at every example, which transformers turns into a
 block-diagonal mask, so no token attends across examples).
 """
@@ -15,7 +17,9 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
 from ptft_hf.config.schema import DataConfig, PtftConfig
-from ptft_hf.data.chat import PlainTemplate, as_messages, encode_conversation
+from ptft_hf.data.chat import PlainTemplate, as_messages, encode_conversation, end_of_turn_id
+from ptft_hf.data.collators import PaddingCounter
+from ptft_hf.errors import UserError
 from ptft_hf.models.loading import load_model, max_positions
 from ptft_hf.objectives.base import Prepared
 
@@ -40,28 +44,45 @@ def chat_template(conf: PtftConfig, tokenizer: Any) -> PlainTemplate | None:
 
 
 def _encode_batch(batch: dict[str, list], tokenizer: Any, template: PlainTemplate | None, max_length: int,
-                  train_on_prompt: bool) -> dict[str, list]:
+                  train_on_prompt: bool, end_of_turn: str | None) -> dict[str, list]:
     keys = list(batch)
     rows = [dict(zip(keys, values)) for values in zip(*batch.values())]
-    encoded = [encode_conversation(as_messages(r), tokenizer, template, max_length, train_on_prompt) for r in rows]
+    encoded = [encode_conversation(as_messages(r), tokenizer, template, max_length, train_on_prompt, end_of_turn)
+               for r in rows]
     return {
         "input_ids": [e.input_ids for e in encoded],
         "labels": [e.labels for e in encoded],
         "truncated": [e.truncated for e in encoded],
-        "response_truncated": [e.response_truncated for e in encoded],
+        "dropped": [e.dropped for e in encoded],
     }
 
 
-def encode_sft(ds: Dataset, tokenizer: Any, template: PlainTemplate | None, max_length: int, train_on_prompt: bool) -> Dataset:
+def encode_sft(ds: Dataset, tokenizer: Any, template: PlainTemplate | None, max_length: int, train_on_prompt: bool,
+               end_of_turn: str | None = None) -> Dataset:
     return ds.map(_encode_batch, batched=True, remove_columns=ds.column_names, desc="formatting and tokenising",
                   fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length,
-                             "train_on_prompt": train_on_prompt})
+                             "train_on_prompt": train_on_prompt, "end_of_turn": end_of_turn})
 
 
 def _accounting(ds: Dataset) -> dict[str, int]:
-    labelled = sum(sum(1 for x in labels if x != -100) for labels in ds["labels"])
-    return {"documents": len(ds), "tokens": int(sum(len(x) for x in ds["input_ids"])), "labelled_tokens": int(labelled),
-            "truncated": int(sum(ds["truncated"])), "response_truncated": int(sum(ds["response_truncated"]))}
+    """Counted before the dropped conversations are left out: tokens and labels of those kept."""
+    kept = [not d for d in ds["dropped"]]
+    labelled = sum(sum(1 for x in labels if x != -100) for labels, k in zip(ds["labels"], kept) if k)
+    return {"documents": int(sum(kept)), "tokens": int(sum(len(x) for x in ds["input_ids"])), "labelled_tokens": int(labelled),
+            "truncated": int(sum(t and k for t, k in zip(ds["truncated"], kept))), "dropped_too_long": len(kept) - int(sum(kept))}
+
+
+def stop_at_end_of_turn(model: Any, tokenizer: Any, end_of_turn: int | None) -> list[int]:
+    """Make generation stop at the end-of-turn token as well as at EOS: the model's (and so the
+    saved) `generation_config` lists both as eos ids. Returns them."""
+    stop = [i for i in dict.fromkeys([end_of_turn, tokenizer.eos_token_id]) if i is not None]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "generation_config", None)
+    if config is not None and stop:
+        config.eos_token_id = stop if len(stop) > 1 else stop[0]
+        if config.pad_token_id is None:
+            config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[-1]
+    return stop
 
 
 def prepare_sft(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
@@ -72,23 +93,32 @@ def prepare_sft(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
     max_length = min(obj.max_length, positions) if positions else obj.max_length
     model = strategy.wrap(model, task_type="CAUSAL_LM")
     template = chat_template(conf, tokenizer)
-    train = encode_sft(splits["train"], tokenizer, template, max_length, obj.train_on_prompt)
-    eval_ = encode_sft(splits["eval"], tokenizer, template, max_length, obj.train_on_prompt)
+    end_of_turn = end_of_turn_id(tokenizer, template)
+    end_of_turn_text = tokenizer.convert_ids_to_tokens(end_of_turn) if end_of_turn is not None and template is None else None
+    stop_ids = stop_at_end_of_turn(model, tokenizer, end_of_turn)
+    train = encode_sft(splits["train"], tokenizer, template, max_length, obj.train_on_prompt, end_of_turn_text)
+    eval_ = encode_sft(splits["eval"], tokenizer, template, max_length, obj.train_on_prompt, end_of_turn_text)
     stats = {"data_train": _accounting(train), "data_eval": _accounting(eval_)}
-    if stats["data_train"]["truncated"] or stats["data_eval"]["truncated"]:
-        log.warning("examples longer than %d tokens were cut from the left: %s", max_length,
-                    {k: v["truncated"] for k, v in stats.items()})
-    train = train.remove_columns(["truncated", "response_truncated"])
-    eval_ = eval_.remove_columns(["truncated", "response_truncated"])
+    if any(v["truncated"] or v["dropped_too_long"] for v in stats.values()):
+        log.warning("conversations longer than %d tokens: prompt cut from the left %s, dropped (their replies do not fit) %s",
+                    max_length, {k: v["truncated"] for k, v in stats.items()}, {k: v["dropped_too_long"] for k, v in stats.items()})
+    train = train.filter(lambda dropped: not dropped, input_columns="dropped").remove_columns(["truncated", "dropped"])
+    eval_ = eval_.filter(lambda dropped: not dropped, input_columns="dropped").remove_columns(["truncated", "dropped"])
+    if len(train) == 0 or len(eval_) == 0:
+        raise UserError.of("objective.max_length", f"{max_length} tokens leave no conversation whose replies fit",
+                           "raise objective.max_length")
     if obj.packing:
         configure_for_packing(model.get_base_model() if hasattr(model, "get_base_model") else model)
         collator = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
     else:
         collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
+    counter = PaddingCounter(count_labels=True)
     return Prepared(
         model=model, train_dataset=train, eval_dataset=eval_, collator=collator, task_type="CAUSAL_LM",
-        shift_labels=True, generates=True,
-        metrics={**stats, "max_length": max_length, "packing": obj.packing,
+        shift_labels=True, generates=True, batch_observers=[counter],
+        metrics={**stats, "max_length": max_length, "packing": obj.packing, "padding": counter.stats,
+                 "end_of_turn": tokenizer.convert_ids_to_tokens(end_of_turn) if end_of_turn is not None else None,
+                 "stop_token_ids": stop_ids,
                  "template": "tokenizer chat template" if template is None else "objective.template"},
         extras={"template": template, "eval_rows": splits["eval"]},
     )

@@ -14,6 +14,7 @@ from transformers import TrainerCallback
 
 from ptft_hf.config.schema import SamplesConfig
 from ptft_hf.distributed import weights_are_sharded
+from ptft_hf.training.generation import stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,13 @@ class JsonlLogCallback(TrainerCallback):
 def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig,
                      format_prompt: Callable[[str], str] | None = None) -> list[dict[str, str]]:
     """Continue each configured prompt (rendered by `format_prompt`, e.g. a chat template);
-    greedy unless `samples.do_sample`. Generation stops at EOS."""
+    greedy unless `samples.do_sample`. Generation stops at the model's stop tokens (EOS, and the
+    end-of-turn token after SFT)."""
     was_training = model.training
     model.eval()
     results = []
     device = next(model.parameters()).device
+    stop = stop_token_ids(model, tokenizer)
     synced = weights_are_sharded()  # every rank generates, stepping together until the longest is done
     for prompt in cfg.prompts:
         text = format_prompt(prompt) if format_prompt else prompt
@@ -67,8 +70,8 @@ def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig,
             temperature=cfg.temperature if cfg.do_sample else None,
             top_k=cfg.top_k if cfg.do_sample else None,
             repetition_penalty=cfg.repetition_penalty,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0],
+            eos_token_id=stop,
             synced_gpus=synced,
         )
         new_tokens = output[0, inputs["input_ids"].shape[1]:]

@@ -19,13 +19,24 @@ def split_reference(row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
     return messages[:last], messages[last]["content"]
 
 
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The eos ids of the model's generation_config (one or several), else the tokenizer's EOS."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    configured = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured] if configured is not None else []
+    return ids or [tokenizer.eos_token_id]
+
+
 @torch.no_grad()
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int,
                      batch_size: int = 64) -> list[tuple[str, bool]]:
-    """Greedy answers (text, stopped at EOS) for prompts, batched with left padding."""
+    """Greedy answers (text, stopped at a stop token) for prompts, batched with left padding. The
+    stop tokens are the model's `generation_config` eos ids (SFT adds the end-of-turn token), else
+    the tokenizer's EOS."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    stop = stop_token_ids(model, tokenizer)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers: list[tuple[str, bool]] = []
     try:
@@ -33,12 +44,14 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new
             batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=weights_are_sharded(),
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0],
+                                 eos_token_id=stop)
             for row in out[:, batch["input_ids"].shape[1]:]:
                 ids = row.tolist()
-                stopped = tokenizer.eos_token_id in ids
+                at = next((i for i, token in enumerate(ids) if token in stop), None)
+                stopped = at is not None
                 if stopped:
-                    ids = ids[: ids.index(tokenizer.eos_token_id)]
+                    ids = ids[:at]
                 answers.append((tokenizer.decode(ids, skip_special_tokens=True), stopped))
     finally:
         tokenizer.padding_side = side
@@ -49,7 +62,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new
 
 def exact_match_eval(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], template: PlainTemplate | None,
                      max_new_tokens: int, predictions_path: Path | None = None) -> dict[str, float]:
-    """eval_exact_match (stripped strings equal) and eval_stopped_at_eos over `rows`."""
+    """eval_exact_match (stripped strings equal) and eval_stopped_at_eos (the share of answers that
+    ended with a stop token, end-of-turn or EOS, before max_new_tokens) over `rows`."""
     conversations = [split_reference(r) for r in rows]
     prompts = [prompt_text(messages, tokenizer, template) for messages, _ in conversations]
     answers = generate_answers(model, tokenizer, prompts, max_new_tokens)

@@ -52,15 +52,18 @@ def test_multi_turn_labels_every_assistant_turn_and_nothing_else(tokenizer):
     assert everything.labels == everything.input_ids
 
 
-def test_long_examples_are_cut_from_the_left_and_counted(tokenizer):
+def test_long_examples_lose_prompt_from_the_left_and_never_a_reply(tokenizer):
     messages = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "short_answer"}]
     full = encode_conversation(messages, tokenizer, TEMPLATE, max_length=10_000)
     cut = encode_conversation(messages, tokenizer, TEMPLATE, max_length=40)
-    assert len(cut.input_ids) == 40 and cut.truncated and not cut.response_truncated
+    assert len(cut.input_ids) == 40 and cut.truncated and not cut.dropped
     assert cut.input_ids == full.input_ids[-40:] and cut.labels == full.labels[-40:]
     assert _labelled_text(tokenizer, cut) == "short_answer<|endoftext|>"
-    tiny = encode_conversation(messages, tokenizer, TEMPLATE, max_length=3)
-    assert tiny.truncated and tiny.response_truncated
+    reply_and_after = len(full.input_ids) - next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
+    fits = encode_conversation(messages, tokenizer, TEMPLATE, max_length=reply_and_after)  # the whole prompt goes
+    assert fits.labels[0] != IGNORE_INDEX and _labelled_text(tokenizer, fits) == "short_answer<|endoftext|>"
+    tiny = encode_conversation(messages, tokenizer, TEMPLATE, max_length=reply_and_after - 1)
+    assert tiny.truncated and tiny.dropped and tiny.input_ids == []  # left out, not cut inside the reply
 
 
 def test_tokenizer_chat_template_is_used_when_present(tokenizer):
@@ -100,3 +103,56 @@ def test_packing_keeps_examples_apart(tokenizer):
     with torch.no_grad():
         leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
     assert not torch.allclose(leaky[lengths[0]:], alone[1], atol=1e-3)
+
+
+# ---- the families' own chat templates, on offline twins' tokenizers (ptft_hf.models.twins) ----
+
+@pytest.fixture(scope="module")
+def twin_tokenizers():
+    from ptft_hf.models.twins import twin_tokenizer
+
+    texts = [d for _, d in zip(range(300), iter_stdlib_docstrings())]
+    return {family: twin_tokenizer(family, texts) for family in ("qwen2", "llama3")}
+
+
+CONVERSATION = [{"role": "system", "content": "Answer with the sum."},
+                {"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5"},
+                {"role": "user", "content": "And 4 plus 4?"}, {"role": "assistant", "content": "8"}]
+
+
+@pytest.mark.parametrize("family, end_of_turn, expected_tail", [
+    ("qwen2", "<|im_end|>", "<|im_start|>assistant\n8<|im_end|>\n"),
+    ("llama3", "<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n8<|eot_id|>"),
+])
+def test_family_templates_label_each_reply_and_its_end_of_turn_token_only(twin_tokenizers, family, end_of_turn,
+                                                                            expected_tail):
+    from ptft_hf.data.chat import end_of_turn_id
+
+    tokenizer = twin_tokenizers[family]
+    eot = end_of_turn_id(tokenizer, None)
+    assert tokenizer.convert_ids_to_tokens(eot) == end_of_turn and eot != tokenizer.eos_token_id
+    encoded = encode_conversation(CONVERSATION, tokenizer, None, max_length=512, end_of_turn=end_of_turn)
+    tokens = tokenizer.convert_ids_to_tokens(encoded.input_ids)
+    assert tokenizer.decode(encoded.input_ids).endswith(expected_tail)
+    labelled = [i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX]
+    # exactly: "5", its end-of-turn token, "8", its end-of-turn token
+    want = [i for i, t in enumerate(tokens) if t in ("5", "8")]
+    assert labelled == sorted(want + [i + 1 for i in want])
+    assert [tokens[i] for i in labelled] == ["5", end_of_turn, "8", end_of_turn]
+    assert all(encoded.labels[i] == encoded.input_ids[i] for i in labelled)
+
+
+def test_qwen_default_system_prompt_and_a_given_one_render_and_label_alike(twin_tokenizers):
+    tokenizer = twin_tokenizers["qwen2"]
+    without = CONVERSATION[1:3]
+    text, spans = render_with_spans(without, tokenizer, None, "<|im_end|>")
+    assert text.startswith("<|im_start|>system\nYou are Qwen") and [text[s:e] for s, e in spans] == ["5<|im_end|>"]
+    text, spans = render_with_spans(CONVERSATION[:3], tokenizer, None, "<|im_end|>")
+    assert text.startswith("<|im_start|>system\nAnswer with the sum.<|im_end|>") and [text[s:e] for s, e in spans] == ["5<|im_end|>"]
+
+
+def test_a_reply_that_also_appears_in_the_prompt_is_labelled_where_it_is_the_reply(twin_tokenizers):
+    tokenizer = twin_tokenizers["llama3"]
+    messages = [{"role": "user", "content": "Say yes"}, {"role": "assistant", "content": "yes"}]
+    text, spans = render_with_spans(messages, tokenizer, None, "<|eot_id|>")
+    assert [text[s:e] for s, e in spans] == ["yes<|eot_id|>"] and text[spans[0][0] - 2: spans[0][0]] == "\n\n"

@@ -1,0 +1,115 @@
+"""Offline twins of the presets' causal model families, for tests and demos without the Hub.
+
+A twin is the family's real `transformers` architecture class at a tiny size with random weights,
+and a byte-level BPE tokenizer trained on local text that carries the family's special tokens and
+its chat template, saved as a folder: `model=pretrained model.name_or_path=FOLDER` loads it exactly
+as the preset loads the Hub checkpoint. Nothing is downloaded.
+
+- `qwen2`: Qwen2.5's layout (Qwen2 with grouped-query attention and biased q/k/v); eos
+  `<|endoftext|>` as in the base model, ChatML turns ending in `<|im_end|>`, and Qwen2.5's default
+  system prompt when the conversation has none.
+- `smollm2`: SmolLM2's (Llama architecture, tied embeddings); ChatML, eos `<|endoftext|>`.
+- `llama3`: Llama 3.2's (Llama, grouped-query attention, tied embeddings); bos
+  `<|begin_of_text|>`, eos `<|end_of_text|>`, the Llama 3 header template whose turns end in
+  `<|eot_id|>`, with its "Cutting Knowledge Date" system block.
+
+The templates are the families' own, less their tool-calling branches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+CHATML_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' and default_system %}"
+    "{{- '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n' }}"
+    "{{- system_message + '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+FAMILIES: dict[str, dict[str, Any]] = {
+    "qwen2": {
+        "preset": "qwen2_5_0_5b", "architecture": "Qwen2ForCausalLM",
+        "specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "tokens": {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+        "template": CHATML_TEMPLATE.replace("default_system", repr(QWEN_DEFAULT_SYSTEM)),
+        "config": {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                   "tie_word_embeddings": True},
+    },
+    "smollm2": {
+        "preset": "smollm2_135m", "architecture": "LlamaForCausalLM",
+        "specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "tokens": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+        "template": CHATML_TEMPLATE.replace("default_system", "''"),
+        "config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 512,
+                   "tie_word_embeddings": True},
+    },
+    "llama3": {
+        "preset": "llama3_2_1b", "architecture": "LlamaForCausalLM",
+        "specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+        "template": LLAMA3_TEMPLATE,
+        "config": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+                   "tie_word_embeddings": True, "rope_theta": 500000.0},
+    },
+}
+
+
+def twin_tokenizer(family: str, texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts` with `family`'s special tokens and chat template."""
+    spec = FAMILIES[family]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=spec["specials"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, chat_template=spec["template"], model_max_length=512,
+                                   additional_special_tokens=[t for t in spec["specials"] if t not in spec["tokens"].values()],
+                                   **spec["tokens"])
+
+
+def build_twin(family: str, folder: str | Path, texts: Iterable[str], vocab_size: int = 512, seed: int = 0) -> Path:
+    """Save `family`'s twin (random weights, tokenizer trained on `texts`) in `folder`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = FAMILIES[family]
+    tokenizer = twin_tokenizer(family, texts, vocab_size)
+    settings = dict(spec["config"])
+    config = AutoConfig.for_model(settings.pop("model_type"), vocab_size=len(tokenizer),
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id, architectures=[spec["architecture"]], **settings)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,66 @@
+"""Chat SFT with the families' own templates, on offline twins (`ptft_hf.models.twins`: the real
+Qwen2 and Llama classes at tiny sizes, tokenizers with Qwen2.5's ChatML and Llama 3's template).
+A learnable toy task ("What is a plus b?" -> the sum): the model learns to end its turn with the
+family's end-of-turn token, which becomes a stop token of the saved generation config, so that
+generation stops there instead of running on to max_new_tokens; SFT counts the real tokens it
+trained on. In-process: the recipe is under test (the CLI layer is covered elsewhere)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer, GenerationConfig
+
+from tests.conftest import shared_data
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SUMS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}, {"role": "assistant", "content": str(a + b)}]}
+        for a in range(5) for b in range(5)]
+
+
+@pytest.mark.parametrize("family, end_of_turn", [("qwen2", "<|im_end|>"), ("llama3", "<|eot_id|>")])
+def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg, tmp_path, family, end_of_turn):
+    from ptft_hf.api import open_run
+    from ptft_hf.data.chat import IGNORE_INDEX, encode_conversation
+    from ptft_hf.models.twins import build_twin
+    from ptft_hf.recipe import run
+
+    texts = [line for line in shared_data("wikitext-2", "valid.txt").read_text().splitlines() if line.strip()][:3000]
+    twin = build_twin(family, tmp_path / "twin", texts + [m["content"] for r in SUMS for m in r["messages"]])
+    data = tmp_path / "sums.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in SUMS * 2) + "\n")  # 50 conversations: 5 batches of 10
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text("\n".join(json.dumps(r) for r in SUMS) + "\n")
+    metrics = run(compose_cfg(
+        "objective=sft", "model=pretrained", f"model.name_or_path={twin}", "data=text_files", f"data.path={data}",
+        f"data.eval_path={evals}", "objective.exact_match=true", "objective.max_new_tokens=12", "objective.max_length=128",
+        "trainer.per_device_train_batch_size=10", "trainer.max_steps=60", "trainer.learning_rate=3e-3",
+        "trainer.warmup_steps=0", "trainer.eval_steps=60", "trainer.save_steps=60", "samples.prompts=[What is 1 plus 2?]"),
+        tmp_path / "run")
+
+    tokenizer = AutoTokenizer.from_pretrained(twin)
+    eot = tokenizer.convert_tokens_to_ids(end_of_turn)
+    assert metrics["end_of_turn"] == end_of_turn and metrics["stop_token_ids"] == [eot, tokenizer.eos_token_id]
+    assert GenerationConfig.from_pretrained(tmp_path / "run" / "model").eos_token_id == [eot, tokenizer.eos_token_id]
+    # labels: the sum and the end-of-turn token, nothing else
+    encoded = [encode_conversation(r["messages"], tokenizer, None, 128, end_of_turn=end_of_turn) for r in SUMS]
+    for row, e in zip(SUMS, encoded):
+        labelled = [t for t, label in zip(e.input_ids, e.labels) if label != IGNORE_INDEX]
+        assert tokenizer.decode(labelled) == row["messages"][1]["content"] + end_of_turn
+    assert metrics["data_train"]["labelled_tokens"] == 2 * sum(sum(x != IGNORE_INDEX for x in e.labels) for e in encoded)
+    # 60 steps of 10 = 12 passes over the 50 conversations, no token of padding counted as trained
+    real = 2 * sum(len(e.input_ids) for e in encoded)
+    assert metrics["train_tokens"] == metrics["padding"]["tokens"] == 12 * real
+    assert metrics["padding"]["labelled_tokens"] == 12 * metrics["data_train"]["labelled_tokens"]
+
+    predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 25
+    stopped = sum(p["stopped_at_eos"] for p in predictions) / 25
+    assert metrics["eval_stopped_at_eos"] == stopped >= 0.95, predictions
+    assert all(end_of_turn not in p["answer"] for p in predictions)
+    # the Python API's generate stops at the end of the turn too (the saved generation config)
+    reply = open_run(tmp_path / "run").generate(tokenizer.apply_chat_template(SUMS[7]["messages"][:1], tokenize=False,
+                                                                        add_generation_prompt=True), max_new_tokens=12)
+    assert reply.count(end_of_turn) == 0
