@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import json
 import math
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -273,6 +274,32 @@ def _check_model(cfg: DictConfig) -> list[Problem]:
         if positions is not None and objective.block_size > positions:
             problems.append(Problem("objective.block_size", f"{objective.block_size} is longer than the model's {positions} positions",
                                     f"lower objective.block_size or raise model.config.{next(k for k in _POSITION_KEYS if k in model.config)}"))
+    problems += offline_hub_problems(cfg)
+    return problems
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (1, true, yes, on), from the environment now."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def offline_hub_problems(cfg: DictConfig) -> list[Problem]:
+    """With HF_HUB_OFFLINE=1, a Hub id that the local cache does not hold cannot load: say so before
+    anything runs, rather than after the data is prepared."""
+    if not hub_offline():
+        return []
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cache = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME")
+                                                 else constants.HF_HUB_CACHE)
+    problems = []
+    for field, value, probe in (("model.name_or_path", cfg.model.name_or_path, "config.json"),
+                                ("model.tokenizer.name_or_path", cfg.model.tokenizer.get("name_or_path"), "tokenizer_config.json")):
+        if not value or os.path.exists(str(value)) or str(value).count("/") > 1:
+            continue  # unset, a local folder, or a path (a missing folder is the loader's to report)
+        if not isinstance(try_to_load_from_cache(str(value), probe, cache_dir=cache), str):
+            problems.append(Problem(field, f"'{value}' is a Hub id that is not in the local cache ({cache}), and HF_HUB_OFFLINE=1",
+                                    f"pass a local folder via {field}=FOLDER (a saved model), or download it once with the Hub reachable"))
     return problems
 
 

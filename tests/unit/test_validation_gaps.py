@@ -266,3 +266,26 @@ def test_wordpiece_continuation_tokens_are_ordinary_vocabulary(texts):
     encoded = tokenizer("Returns ##e x")
     assert tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == ["[CLS]", "returns", "#", "#", "e", "x", "[SEP]"]
     assert tokenizer.decode(encoded["input_ids"], skip_special_tokens=True) == "returns # # e x"
+
+
+def test_an_uncached_hub_id_under_hf_hub_offline_is_one_problem_naming_the_local_folder_fix(compose_cfg, tmp_path, monkeypatch):
+    from ptft_hf.config.validate import collect_problems
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    problems = collect_problems(compose_cfg("model=qwen2_5_0_5b", "objective=sft", "data=text_files",
+                                            f"data.path={tmp_path}"))
+    offline = [p for p in problems if p.field == "model.name_or_path"]
+    assert len(offline) == 1 and "'Qwen/Qwen2.5-0.5B' is a Hub id that is not in the local cache" in str(offline[0])
+    assert "model.name_or_path=FOLDER" in str(offline[0])
+    # the same id once in the cache (the layout huggingface_hub writes), or a local folder: no problem
+    snapshot = cache / "models--Qwen--Qwen2.5-0.5B" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--Qwen--Qwen2.5-0.5B" / "refs").mkdir()
+    (cache / "models--Qwen--Qwen2.5-0.5B" / "refs" / "main").write_text("abc123")
+    assert not [p for p in collect_problems(compose_cfg("model=qwen2_5_0_5b")) if p.field == "model.name_or_path"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    (snapshot / "config.json").unlink()
+    assert not [p for p in collect_problems(compose_cfg("model=qwen2_5_0_5b")) if p.field == "model.name_or_path"]
