@@ -104,23 +104,12 @@ def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trai
     assert got["eval_tokens"] == expected["eval_tokens"] and got["train_tokens"] == expected["train_tokens"]
 
 
-def test_accelerate_launch_runs_the_same_command_on_two_processes(single_process_run, cache_env, tmp_path):
-    """`accelerate launch --multi_gpu` starts torchrun's workers (DDP over gloo here, trainer.use_cpu)."""
-    run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                             "-m", "ptft_hf", *RUN, *TWO_BY_FOUR, f"hydra.run.dir={run_dir}"],
-                            env=dict(cache_env, OMP_NUM_THREADS="1"), cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in run_dir.glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
-    assert_same_training(run_dir, single_process_run)
-
-
-def test_padding_counts_of_two_processes_are_the_whole_runs(cache_env, tmp_path):
-    """Masked LM line by line (length-grouped, padded per batch): each process counts its own
+def test_accelerate_launch_runs_two_processes_whose_padding_counts_are_the_whole_runs(cache_env, tmp_path):
+    """`accelerate launch --multi_gpu` starts torchrun's workers (DDP over gloo here, trainer.use_cpu)
+    on a masked LM line by line (length-grouped, padded per batch): each process counts its own
     batches; metrics.json holds their sum, which is what one process with the global batch counts
-    (the length grouping works on the global batch, so a step holds the same rows)."""
+    (the length grouping works on the global batch, so a step holds the same rows). That the ranks
+    train what one process trains is test_distributed.py's (torchrun, causal LM)."""
     mlm = ["model=tiny_bert", "objective=mlm", "objective.line_by_line=true", "objective.block_size=64", "data=builtin_docs",
            "data.max_train_samples=300", "data.max_eval_samples=40", "trainer.max_steps=6", "trainer.eval_steps=6",
            "trainer.save_steps=6", "model.config.num_hidden_layers=1", "model.config.hidden_size=32",
@@ -128,8 +117,13 @@ def test_padding_counts_of_two_processes_are_the_whole_runs(cache_env, tmp_path)
     env = dict(cache_env, OMP_NUM_THREADS="1")
     single = run_cli([*mlm, "trainer.per_device_train_batch_size=8", f"hydra.run.dir={tmp_path / 'single'}"], env, tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
-    two = torchrun([*mlm, *TWO_BY_FOUR, f"hydra.run.dir={tmp_path / 'two'}"], env, tmp_path)
+    run_dir = tmp_path / "two"
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "ptft_hf", *mlm, *TWO_BY_FOUR, f"hydra.run.dir={run_dir}"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert sorted(p.name for p in run_dir.glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
     got, want = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("two", "single"))
     assert got["padding"]["tokens"] == want["padding"]["tokens"] == got["train_tokens"] > 0
     assert got["padding"]["padded_tokens"] <= want["padding"]["padded_tokens"]  # each process pads only its half
