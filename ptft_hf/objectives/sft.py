@@ -21,7 +21,7 @@ from ptft_hf.data.chat import PlainTemplate, as_messages, encode_conversation, e
 from ptft_hf.data.collators import PaddingCounter
 from ptft_hf.errors import UserError
 from ptft_hf.models.loading import load_model, max_positions
-from ptft_hf.objectives.base import Prepared
+from ptft_hf.objectives.base import Prepared, reference_blocks
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,13 @@ def prepare_sft(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
     else:
         collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
     counter = PaddingCounter(count_labels=True)
+    # forgetting: the base's data (e.g. the pretraining corpus of a pipeline's first stage), packed
+    # into blocks whose every token is a label, evaluated before and after as for causal-LM stages
+    general = {name: blocks.map(lambda batch: {"labels": batch["input_ids"]}, batched=True)
+               for name, blocks in reference_blocks(references, tokenizer, conf).items()}
     return Prepared(
         model=model, train_dataset=train, eval_dataset=eval_, collator=collator, task_type="CAUSAL_LM",
-        shift_labels=True, generates=True, batch_observers=[counter],
+        shift_labels=True, generates=True, batch_observers=[counter], references=general,
         metrics={**stats, "max_length": max_length, "packing": obj.packing, "padding": counter.stats,
                  "end_of_turn": tokenizer.convert_ids_to_tokens(end_of_turn) if end_of_turn is not None else None,
                  "stop_token_ids": stop_ids,

@@ -3,7 +3,7 @@ Qwen2 and Llama classes at tiny sizes, tokenizers with Qwen2.5's ChatML and Llam
 A learnable toy task ("What is a plus b?" -> the sum): the model learns to end its turn with the
 family's end-of-turn token, which becomes a stop token of the saved generation config, so that
 generation stops there instead of running on to max_new_tokens; SFT counts the real tokens it
-trained on. In-process: the recipe is under test (the CLI layer is covered elsewhere)."""
+trained on, and measures forgetting on general text. In-process: the recipe is under test (the CLI layer is covered elsewhere)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ SUMS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}, {"r
 @pytest.mark.parametrize("family, end_of_turn", [("qwen2", "<|im_end|>"), ("llama3", "<|eot_id|>")])
 def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg, tmp_path, family, end_of_turn):
     from ptft_hf.api import open_run
+    from ptft_hf.config.schema import DataConfig
     from ptft_hf.data.chat import IGNORE_INDEX, encode_conversation
     from ptft_hf.models.twins import build_twin
     from ptft_hf.recipe import run
 
-    texts = [line for line in shared_data("wikitext-2", "valid.txt").read_text().splitlines() if line.strip()][:3000]
+    wiki = shared_data("wikitext-2", "valid.txt")
+    texts = [line for line in wiki.read_text().splitlines() if line.strip()][:3000]
     twin = build_twin(family, tmp_path / "twin", texts + [m["content"] for r in SUMS for m in r["messages"]])
     data = tmp_path / "sums.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in SUMS * 2) + "\n")  # 50 conversations: 5 batches of 10
@@ -38,7 +40,7 @@ def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg,
         f"data.eval_path={evals}", "objective.exact_match=true", "objective.max_new_tokens=12", "objective.max_length=128",
         "trainer.per_device_train_batch_size=10", "trainer.max_steps=60", "trainer.learning_rate=3e-3",
         "trainer.warmup_steps=0", "trainer.eval_steps=60", "trainer.save_steps=60", "samples.prompts=[What is 1 plus 2?]"),
-        tmp_path / "run")
+        tmp_path / "run", references={"wikitext": DataConfig(name="wikitext", path=str(wiki), max_eval_samples=40)})
 
     tokenizer = AutoTokenizer.from_pretrained(twin)
     eot = tokenizer.convert_tokens_to_ids(end_of_turn)
@@ -54,6 +56,9 @@ def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg,
     real = 2 * sum(len(e.input_ids) for e in encoded)
     assert metrics["train_tokens"] == metrics["padding"]["tokens"] == 12 * real
     assert metrics["padding"]["labelled_tokens"] == 12 * metrics["data_train"]["labelled_tokens"]
+
+    # forgetting, as a pipeline's SFT stage measures it on its base's data: general text before and after
+    assert 1 < metrics["eval_wikitext_perplexity"] != metrics["eval_wikitext_perplexity_before"] > 1
 
     predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 25
