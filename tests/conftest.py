@@ -272,3 +272,10 @@ def cli_output(run_dir: Path) -> str:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+@pytest.fixture
+def hub_reachable(monkeypatch):
+    """Validation of configs that name Hub ids (nothing is downloaded): the suite runs with
+    HF_HUB_OFFLINE=1, under which an id missing from the cache is a problem of its own."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")

@@ -26,6 +26,7 @@ class TokenizerConfig:
     vocab_size: int = 8000
     min_frequency: int = 2
     max_documents: Optional[int] = 100_000  # a seeded sample of at most N documents trains it; null: all
+    chat_template: Optional[str] = None  # chatml or llama3: that family's chat template and special tokens
 
 
 @dataclass

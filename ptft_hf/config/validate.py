@@ -274,6 +274,13 @@ def _check_model(cfg: DictConfig) -> list[Problem]:
         if positions is not None and objective.block_size > positions:
             problems.append(Problem("objective.block_size", f"{objective.block_size} is longer than the model's {positions} positions",
                                     f"lower objective.block_size or raise model.config.{next(k for k in _POSITION_KEYS if k in model.config)}"))
+    template = model.tokenizer.get("chat_template")
+    if template is not None:
+        from ptft_hf.models.chat_templates import CHAT_TEMPLATES
+
+        if template not in CHAT_TEMPLATES:
+            problems.append(Problem("model.tokenizer.chat_template", f"'{template}' is not a chat template here",
+                                    f"use one of: {', '.join(CHAT_TEMPLATES)} (or null: the tokenizer's own)"))
     problems += offline_hub_problems(cfg)
     return problems
 

@@ -12,6 +12,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from ptft_hf.config.schema import ModelConfig
 from ptft_hf.errors import UserError
+from ptft_hf.models.chat_templates import apply_chat_template_preset
 from ptft_hf.models.tokenizers import TOKENIZER_TRAINERS
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,10 @@ def load_tokenizer(cfg: ModelConfig, train_texts: Iterable[str] | None = None, m
         if train_texts is None:
             raise ValueError("training a tokenizer needs the training texts")
         trainer = TOKENIZER_TRAINERS[tcfg.kind]
-        return trainer(train_texts, tcfg.vocab_size, tcfg.min_frequency, max_length)
+        tokenizer = trainer(train_texts, tcfg.vocab_size, tcfg.min_frequency, max_length)
+        if tcfg.chat_template:
+            apply_chat_template_preset(tokenizer, tcfg.chat_template, trained_here=True)
+        return tokenizer
     name = tcfg.name_or_path or cfg.name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -55,6 +59,8 @@ def load_tokenizer(cfg: ModelConfig, train_texts: Iterable[str] | None = None, m
         raise _hub_error("model.tokenizer.name_or_path" if tcfg.name_or_path else "model.name_or_path", name, err) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style tokenizers ship without one
+    if tcfg.chat_template:
+        apply_chat_template_preset(tokenizer, tcfg.chat_template, trained_here=False, source=name)
     return tokenizer
 
 

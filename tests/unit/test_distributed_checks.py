@@ -38,7 +38,7 @@ def test_fsdp_preset_sets_fsdp2_full_shard_with_sharded_checkpoints(compose_cfg,
     assert collect_problems(cfg) == []
 
 
-def test_fsdp_qlora_packs_the_4bit_weights_into_the_compute_dtype(compose_cfg, two_processes):
+def test_fsdp_qlora_packs_the_4bit_weights_into_the_compute_dtype(compose_cfg, two_processes, hub_reachable):
     cfg = compose_cfg("strategy=qlora", "distributed=fsdp_qlora", "model=pretrained", "model.name_or_path=some/model",
                       "strategy.quantization.bnb_4bit_compute_dtype=bfloat16")
     assert cfg.strategy.quantization.bnb_4bit_quant_storage == "bfloat16"
@@ -68,7 +68,7 @@ def test_fsdp_on_a_process_no_launcher_started_is_refused(compose_cfg, one_proce
     assert collect_problems(compose_cfg("distributed=ddp")) == []  # DDP on one process is a plain run
 
 
-def test_qlora_under_fsdp_needs_storage_in_the_compute_dtype(compose_cfg, two_processes):
+def test_qlora_under_fsdp_needs_storage_in_the_compute_dtype(compose_cfg, two_processes, hub_reachable):
     cfg = compose_cfg("strategy=qlora", "distributed=fsdp", "model=pretrained", "model.name_or_path=some/model")
     [problem] = collect_problems(cfg)
     assert problem.field == "strategy.quantization.bnb_4bit_quant_storage"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from transformers import AutoTokenizer
 
 from ptft_hf.data.builtin import iter_stdlib_docstrings
@@ -71,3 +72,26 @@ def test_a_mixtures_tokenizer_reads_each_corpus_by_its_weight(compose_cfg, tmp_p
     texts = list(tokenizer_texts(splits, conf))
     assert len(texts) == 200
     assert sum(t.startswith("legal") for t in texts) == 20 and sum(t.startswith("general") for t in texts) == 180
+
+
+def test_a_trained_tokenizer_takes_a_family_chat_template_and_its_special_tokens(tmp_path):
+    from ptft_hf.config.schema import ModelConfig, TokenizerConfig
+    from ptft_hf.data.chat import end_of_turn_id
+    from ptft_hf.errors import UserError
+    from ptft_hf.models.loading import load_tokenizer
+
+    texts = [d for _, d in zip(range(200), iter_stdlib_docstrings())]
+    tokenizer = load_tokenizer(ModelConfig(tokenizer=TokenizerConfig(train=True, vocab_size=400, chat_template="chatml")), texts)
+    assert {"<|im_start|>", "<|im_end|>"} <= set(tokenizer.all_special_tokens)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tokenize=False)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n"
+    assert tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer, None)) == "<|im_end|>"
+    assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) < len(text) // 2  # the markers are single tokens
+    tokenizer.save_pretrained(tmp_path / "chatml")
+    # loaded back, it keeps them; a loaded tokenizer without the tokens is refused in one line
+    again = load_tokenizer(ModelConfig(name_or_path=str(tmp_path / "chatml"), tokenizer=TokenizerConfig(chat_template="chatml")))
+    assert again.chat_template == tokenizer.chat_template
+    plain = load_tokenizer(ModelConfig(tokenizer=TokenizerConfig(train=True, vocab_size=400)), texts)
+    plain.save_pretrained(tmp_path / "plain")
+    with pytest.raises(UserError, match="model.tokenizer.chat_template: 'llama3' writes <|begin_of_text|>"):
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path / "plain"), tokenizer=TokenizerConfig(chat_template="llama3")))

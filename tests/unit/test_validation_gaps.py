@@ -167,7 +167,7 @@ def test_push_of_an_adapter_on_a_random_base_stops_the_run_before_any_work(compo
     (["model=gpt2", "model.random_init=true", "strategy=lora", "hub.push=true", "hub.repo_id=me/model"],
      _random_base("hub.push", "gpt2", "has model.random_init=true")),
 ])
-def test_adapter_on_random_base_is_refused(compose_cfg, token, overrides, problem):
+def test_adapter_on_random_base_is_refused(compose_cfg, token, overrides, problem, hub_reachable):
     assert _refused(compose_cfg(*overrides)) == [problem]
 
 
@@ -176,7 +176,7 @@ def test_adapter_on_random_base_is_refused(compose_cfg, token, overrides, proble
     ["model=tiny_gpt2", "strategy=full", "hub.push=true", "hub.repo_id=me/model"],  # full weights are published
     ["model=tiny_gpt2", "strategy=lora"],  # nothing is published
 ])
-def test_publishable_runs_are_not_refused(compose_cfg, token, overrides):
+def test_publishable_runs_are_not_refused(compose_cfg, token, overrides, hub_reachable):
     assert collect_problems(compose_cfg(*overrides)) == []
 
 
