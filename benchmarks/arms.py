@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # reported in the JSON; the orchestrator shows it and fails the run
         result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         status = 1
+    finally:
+        from ptft_hf.distributed import release_process_group
+
+        release_process_group()  # several-process arms (W5): before exit, not in exit-time destructors
     if result is None:  # a rank other than 0 of a several-process arm: rank 0 reports
         return status
     rank = int(os.environ.get("RANK", "0"))

@@ -200,4 +200,10 @@ def main() -> None:
         if rank == 0:  # the folder is rank 0's to write and to put back
             _SNAPSHOT = FolderSnapshot(run_dir)
     _install_compose_error_reporter()
-    _train()
+    try:
+        _train()
+    finally:
+        if is_distributed_launch():
+            from ptft_hf.distributed import release_process_group
+
+            release_process_group()

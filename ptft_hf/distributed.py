@@ -124,3 +124,13 @@ def record_error_for_launcher(text: str) -> None:
                                                                   "timestamp": str(int(time.time()))}}}, f)
     except OSError as err:  # the summary then says "To enable traceback see ..." as before
         log.debug("could not write the launcher's error file %s: %s", path, err)
+
+
+def release_process_group() -> None:
+    """Destroy the process group, if one was started, before the interpreter exits: left to
+    the exit-time destructors, gloo's threads can still be joinable, and the process dies with
+    "terminate called without an active exception" (SIGABRT) after a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

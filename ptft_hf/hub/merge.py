@@ -57,16 +57,28 @@ def _run_quantization(adapter_dir: Path) -> dict[str, Any] | None:
     return strategy.get("quantization") if strategy.get("name") == "qlora" else None
 
 
+def _safe_causal_lm(name: str, **kwargs: Any) -> torch.nn.Module:
+    """`AutoModelForCausalLM.from_pretrained` from safetensors only: a base with only pickle
+    weights (pytorch_model.bin, which can run code when loaded) is refused in one line."""
+    from ptft_hf.models.loading import _pickle_refused
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, **kwargs)
+    except (OSError, ValueError) as err:
+        refused = _pickle_refused(name, err)
+        if refused is None:
+            raise
+        raise UserError.of("base model", refused.problems[0].what, "convert the base's weights to safetensors") from err
+
+
 def _load_base(base: str, quantization: dict[str, Any] | None) -> torch.nn.Module:
     if quantization:
         from ptft_hf.strategies.qlora import keep_cpu_weights_trainable
 
-        model = AutoModelForCausalLM.from_pretrained(
-            base, quantization_config=BitsAndBytesConfig(**quantization), device_map={"": "cpu"}
-        )
+        model = _safe_causal_lm(base, quantization_config=BitsAndBytesConfig(**quantization), device_map={"": "cpu"})
         keep_cpu_weights_trainable(model)  # the same 4-bit code path the adapter was trained with
         return model
-    return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    return _safe_causal_lm(base, dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -76,7 +88,7 @@ def _into_original_architecture(merged: torch.nn.Module, base: str) -> torch.nn.
     Quantisation swaps layers for `Linear4bit` and dequantisation gives back `nn.Linear`, which
     for GPT-2's `Conv1D` layers holds the weight transposed; saved as is, it would not load.
     """
-    target = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    target = _safe_causal_lm(base, dtype=torch.float32)
     source = merged.state_dict()
     conv1d_weights = {f"{name}.weight" for name, module in target.named_modules() if isinstance(module, Conv1D)}
     for name, tensor in target.state_dict().items():
@@ -125,7 +137,7 @@ def merge_adapter(
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(str(staging), safe_serialization=True)
     tokenizer.save_pretrained(str(staging))
-    got = _logits(AutoModelForCausalLM.from_pretrained(str(staging), dtype=torch.float32), inputs)[mask]
+    got = _logits(_safe_causal_lm(str(staging), dtype=torch.float32), inputs)[mask]
     max_diff = float((expected - got).abs().max())
     log.info("merged vs adapter model: largest logit difference %.3g (tolerance %.3g)", max_diff, atol)
     if not max_diff <= atol:

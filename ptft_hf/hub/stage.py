@@ -192,14 +192,16 @@ def load_staged(staged: Staged, conf: PtftConfig, device: torch.device,
 
     auto = _auto_class(conf.objective.name)
     if staged.kind != ADAPTER:
-        model, info = auto.from_pretrained(str(staged.folder), dtype=_dtype(conf), output_loading_info=True)
+        model, info = auto.from_pretrained(str(staged.folder), dtype=_dtype(conf), output_loading_info=True,
+                                           use_safetensors=True)  # staged from safetensors; never a pickle
         return model.to(device), sorted(info["missing_keys"])
     base_name = PeftConfig.from_pretrained(str(staged.folder)).base_model_name_or_path
     kwargs = _base_kwargs(conf, num_labels)
     if "device_map" in kwargs:
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
     revision = conf.model.revision if base_name == conf.model.name_or_path else None
-    base, info = auto.from_pretrained(base_name, revision=revision, dtype=_dtype(conf), output_loading_info=True, **kwargs)
+    base, info = auto.from_pretrained(base_name, revision=revision, dtype=_dtype(conf), output_loading_info=True,
+                                      use_safetensors=not conf.model.allow_pickle, **kwargs)
     model = PeftModel.from_pretrained(_same_4bit_path(base, conf), str(staged.folder))
     with safe_open(str(staged.folder / "adapter_model.safetensors"), "pt") as weights:
         saved = list(weights.keys())

@@ -165,3 +165,24 @@ def test_non_finite_loss_raises_before_the_step_is_saved(tmp_path):
     assert caught.value.step == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2"]
     assert not list(tmp_path.rglob("training_args.bin"))  # no pickle of the arguments in checkpoints
+
+
+def test_merging_an_adapter_onto_a_pickle_only_base_is_refused(tmp_path):
+    """The merge path loads the adapter's base from safetensors only, as training does."""
+    from peft import LoraConfig, get_peft_model
+
+    from ptft_hf.hub.merge import merge_adapter
+    from ptft_hf.models.tokenizers import train_byte_bpe
+
+    tokenizer = train_byte_bpe(["a pickled base model"] * 20, vocab_size=300)
+    base = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=len(tokenizer)))
+    base.config.save_pretrained(tmp_path / "base")
+    torch.save(base.state_dict(), tmp_path / "base" / "pytorch_model.bin")  # pickle weights only
+    adapter = get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM"))
+    adapter.save_pretrained(tmp_path / "run" / "model")
+    tokenizer.save_pretrained(tmp_path / "run" / "model")
+    config_path = tmp_path / "run" / "model" / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": str(tmp_path / "base")}))
+    with pytest.raises(UserError, match=r"^base model: .* only pickle checkpoints .*; convert the base's weights to safetensors"):
+        merge_adapter(tmp_path / "run" / "model")
+    assert not (tmp_path / "run" / "merged").exists()
