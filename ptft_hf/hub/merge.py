@@ -118,6 +118,8 @@ def merge_adapter(
     base = PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     quantization = _run_quantization(adapter_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    if tokenizer.pad_token is None:  # Llama 3 ships none; the check texts are padded to one batch
+        tokenizer.pad_token = tokenizer.eos_token
     inputs = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
     mask = inputs["attention_mask"].bool()
 

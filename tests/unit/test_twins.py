@@ -85,3 +85,51 @@ def test_the_chunked_loss_trains_each_family_as_the_stock_loss_does(twins, famil
         weights[chunked] = model.model.layers[0].self_attn.q_proj.weight.detach().clone()
     assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], rel=1e-4)
     torch.testing.assert_close(weights[True], weights[False], rtol=1e-3, atol=5e-5)  # Adam magnifies summation order
+
+
+QUANT = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+         "bnb_4bit_compute_dtype": "float32"}
+
+
+@pytest.mark.parametrize("strategy_name", ["full", "lora", "dora", "qlora"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_strategy_trains_each_family_and_the_merged_model_is_the_adapter_model(twins, family, strategy_name,
+                                                                                      tmp_path):
+    """A few steps through the project's loader, strategy and trainer; an adapter is then merged
+    (`ptft-hf-merge`'s code, which reloads what it saved and compares logits) into a folder that
+    loads as a plain model and gives the adapter model's logits."""
+    import bitsandbytes as bnb
+
+    from ptft_hf.config.schema import ModelConfig, StrategyConfig
+    from ptft_hf.hub.merge import merge_adapter
+    from ptft_hf.models.loading import load_causal_lm
+    from ptft_hf.strategies import get_strategy
+
+    tokenizer = AutoTokenizer.from_pretrained(twins[family])
+    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "auto", "use_dora": strategy_name == "dora"}
+    strategy = get_strategy(StrategyConfig(name=strategy_name, lora=None if strategy_name == "full" else lora,
+                                           quantization=dict(QUANT) if strategy_name == "qlora" else None,
+                                           gradient_checkpointing=False))
+    model = strategy.wrap(load_causal_lm(ModelConfig(name=family, name_or_path=str(twins[family])), tokenizer,
+                                         **strategy.model_kwargs()), task_type="CAUSAL_LM")
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    g = torch.Generator().manual_seed(5)
+    blocks = Dataset.from_dict({"input_ids": torch.randint(0, len(tokenizer), (8, 24), generator=g).tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), max_steps=2, per_device_train_batch_size=4,
+                             learning_rate=5e-2, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    PtftTrainer(model=model, args=args, train_dataset=blocks, data_collator=CausalLMCollator()).train()
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), before[n])]
+    assert changed and len(changed) == len(before)  # every trainable tensor moved
+    if strategy_name == "full":
+        return
+    assert all("lora_" in n for n in before)
+    if strategy_name == "qlora":  # the blocks' linear layers are 4-bit under the adapters
+        assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 7 * model.config.num_hidden_layers
+        return  # merging a 4-bit base (dequantised into the base's own classes) is test_strategies.py's
+    model.save_pretrained(tmp_path / "run" / "model")
+    tokenizer.save_pretrained(tmp_path / "run" / "model")
+    merged = merge_adapter(tmp_path / "run" / "model", atol=1e-4)
+    reloaded = AutoModelForCausalLM.from_pretrained(merged.output_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer("What is 2 plus 3?", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
