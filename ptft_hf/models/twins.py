@@ -14,6 +14,11 @@ as the preset loads the Hub checkpoint. Nothing is downloaded.
   `<|eot_id|>`, with its "Cutting Knowledge Date" system block.
 
 The templates are the families' own, less their tool-calling branches.
+
+The other presets' families have twins too (`OTHER_FAMILIES`, no chat template): `gpt2` (GPT-2,
+byte-level BPE with `<|endoftext|>`), and the encoders `bert`, `distilbert` and `modernbert`
+(masked-LM heads; an uncased WordPiece with [CLS]/[SEP]/[MASK]/[PAD]/[UNK], which ModernBERT's own
+BPE tokenizer also carries: the architecture is what the twin stands in for).
 """
 
 from __future__ import annotations
@@ -87,6 +92,47 @@ def build_twin(family: str, folder: str | Path, texts: Iterable[str], vocab_size
                                   pad_token_id=tokenizer.pad_token_id, architectures=[spec["architecture"]], **settings)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+OTHER_FAMILIES: dict[str, dict[str, Any]] = {
+    "gpt2": {"preset": "gpt2", "kind": "causal", "config": {"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 64,
+                                                             "n_positions": 512}},
+    "bert": {"preset": "bert_base", "kind": "masked",
+             "config": {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "intermediate_size": 128, "max_position_embeddings": 512}},
+    "distilbert": {"preset": "distilbert", "kind": "masked",
+                   "config": {"model_type": "distilbert", "dim": 64, "n_layers": 2, "n_heads": 4, "hidden_dim": 128,
+                              "max_position_embeddings": 512}},
+    "modernbert": {"preset": "modernbert_base", "kind": "masked",
+                   "config": {"model_type": "modernbert", "hidden_size": 64, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "intermediate_size": 128, "max_position_embeddings": 512,
+                              "global_attn_every_n_layers": 2, "local_attention": 64}},
+}
+
+
+def build_other_twin(family: str, folder: str | Path, texts: Iterable[str], vocab_size: int = 512, seed: int = 0) -> Path:
+    """Save the twin of a family without a chat template (GPT-2, BERT, DistilBERT, ModernBERT)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from ptft_hf.models.tokenizers import train_byte_bpe, train_wordpiece
+
+    spec = OTHER_FAMILIES[family]
+    masked = spec["kind"] == "masked"
+    tokenizer = (train_wordpiece if masked else train_byte_bpe)(list(texts), vocab_size, model_max_length=512)
+    settings = dict(spec["config"])
+    ids = {"pad_token_id": tokenizer.pad_token_id}
+    if masked:
+        ids.update(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id)
+    else:
+        ids.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = AutoConfig.for_model(settings.pop("model_type"), vocab_size=len(tokenizer), **ids, **settings)
+    torch.manual_seed(seed)
+    model = (AutoModelForMaskedLM if masked else AutoModelForCausalLM).from_config(config)
     folder = Path(folder)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -133,3 +133,50 @@ def test_every_strategy_trains_each_family_and_the_merged_model_is_the_adapter_m
     ids = torch.tensor([tokenizer("What is 2 plus 3?", add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def other_twins(tmp_path_factory):
+    from ptft_hf.models.twins import OTHER_FAMILIES, build_other_twin
+
+    texts = [d for _, d in zip(range(300), iter_stdlib_docstrings())]
+    root = tmp_path_factory.mktemp("other_twins")
+    return {family: build_other_twin(family, root / family, texts) for family in OTHER_FAMILIES}
+
+
+@pytest.mark.parametrize("strategy_name", ["full", "lora"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "modernbert"])
+def test_each_encoder_family_trains_a_classification_head(other_twins, family, strategy_name, tmp_path):
+    """The encoders' twins load through the project's loader with a fresh 3-label head and train
+    under the strategy; with LoRA only the adapters and the head (saved whole) train."""
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+    from ptft_hf.config.schema import ModelConfig, StrategyConfig
+    from ptft_hf.models.loading import load_model
+    from ptft_hf.objectives.classification import HEAD_MODULES, pooling_modules
+    from ptft_hf.strategies import get_strategy
+
+    tokenizer = AutoTokenizer.from_pretrained(other_twins[family])
+    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "auto"}
+    strategy = get_strategy(StrategyConfig(name=strategy_name, lora=None if strategy_name == "full" else lora,
+                                           gradient_checkpointing=False))
+    model = load_model(ModelConfig(name=family, name_or_path=str(other_twins[family])), tokenizer,
+                       AutoModelForSequenceClassification, num_labels=3, **strategy.model_kwargs(HEAD_MODULES))
+    model = strategy.wrap(model, task_type="SEQ_CLS", modules_to_save=pooling_modules(model))  # as the objective does
+    texts = ["where is my card", "my top up failed", "the card has not arrived yet", "add money failed"] * 2
+    rows = Dataset.from_dict({**tokenizer(texts), "labels": [0, 1, 2, 1] * 2})
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), max_steps=2, per_device_train_batch_size=4,
+                             learning_rate=5e-2, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
+    PtftTrainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer),
+                token_metrics=False).train()
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), before[n])]
+    assert changed and len(changed) == len(before)
+    if strategy_name == "lora":
+        assert all("lora_" in n or "modules_to_save" in n for n in before)
+        assert any("modules_to_save" in n for n in before)  # the new head trains whole
+
+
+def test_the_gpt2_twin_is_the_preset_architecture(other_twins):
+    model = AutoModelForCausalLM.from_pretrained(other_twins["gpt2"])
+    assert type(model).__name__ == "GPT2LMHeadModel" and model.config.n_layer == 2
