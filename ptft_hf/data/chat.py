@@ -16,6 +16,7 @@ alone do not fit is dropped and counted, never cut inside a reply.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -135,14 +136,21 @@ class Encoded:
 def encode_conversation(messages: Sequence[Message], tokenizer: Any, template: PlainTemplate | None,
                         max_length: int, train_on_prompt: bool = False, end_of_turn: str | None = None) -> Encoded:
     """Token ids and labels (-100 outside assistant replies). Too long: the prompt before the first
-    reply is cut from the left; if that is not enough, `dropped` (nothing of a reply is cut)."""
-    text, spans = render_with_spans(messages, tokenizer, template, end_of_turn)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(encoding["input_ids"])
-    labels = []
-    for token_id, (start, end) in zip(ids, encoding["offset_mapping"]):
-        inside = any(s <= start < e for s, e in spans) if end > start else False
-        labels.append(token_id if (inside or train_on_prompt) else IGNORE_INDEX)
+    reply is cut from the left; if that is not enough, `dropped` (nothing of a reply is cut).
+    A chat template that marks replies with `{% generation %}` gives the labelled tokens itself
+    (`return_assistant_tokens_mask`); otherwise they are the tokens inside the replies' spans."""
+    marked = assistant_token_mask(messages, tokenizer) if template is None else None
+    if marked is not None:
+        ids, mask = marked
+        labels = [token_id if (inside or train_on_prompt) else IGNORE_INDEX for token_id, inside in zip(ids, mask)]
+    else:
+        text, spans = render_with_spans(messages, tokenizer, template, end_of_turn)
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(encoding["input_ids"])
+        labels = []
+        for token_id, (start, end) in zip(ids, encoding["offset_mapping"]):
+            inside = any(s <= start < e for s, e in spans) if end > start else False
+            labels.append(token_id if (inside or train_on_prompt) else IGNORE_INDEX)
     if len(ids) <= max_length:
         return Encoded(ids, labels, truncated=False, dropped=False)
     cut = len(ids) - max_length
@@ -152,3 +160,16 @@ def encode_conversation(messages: Sequence[Message], tokenizer: Any, template: P
     if cut > first_reply:
         return Encoded([], [], truncated=True, dropped=True)
     return Encoded(ids[cut:], labels[cut:], truncated=True, dropped=False)
+
+
+GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def assistant_token_mask(messages: Sequence[Message], tokenizer: Any) -> tuple[list[int], list[int]] | None:
+    """(ids, 1 where the template's `{% generation %}` blocks put a token) when the chat template
+    has such blocks, else None."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not GENERATION_BLOCK.search(template):
+        return None
+    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    return list(out["input_ids"]), [int(m) for m in out["assistant_masks"]]

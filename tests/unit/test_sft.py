@@ -3,6 +3,8 @@ truncation accounting, chat templates, and packing that keeps examples apart."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import DataCollatorWithFlattening, GPT2Config, GPT2LMHeadModel
@@ -156,3 +158,18 @@ def test_a_reply_that_also_appears_in_the_prompt_is_labelled_where_it_is_the_rep
     messages = [{"role": "user", "content": "Say yes"}, {"role": "assistant", "content": "yes"}]
     text, spans = render_with_spans(messages, tokenizer, None, "<|eot_id|>")
     assert [text[s:e] for s, e in spans] == ["yes<|eot_id|>"] and text[spans[0][0] - 2: spans[0][0]] == "\n\n"
+
+
+def test_a_template_with_generation_blocks_marks_the_labelled_tokens_itself(twin_tokenizers):
+    """`{% generation %}` blocks (here around the reply only, not its end-of-turn token) decide the
+    labels through `return_assistant_tokens_mask`; the span search would have labelled <|im_end|>."""
+    tokenizer = copy.deepcopy(twin_tokenizers["qwen2"])  # the module's tokenizer keeps its own template
+    tokenizer.chat_template = (
+        "{%- for message in messages %}{%- if message['role'] == 'assistant' %}"
+        "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message['content'] }}{% endgeneration %}{{- '<|im_end|>\\n' }}"
+        "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
+        "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    encoded = encode_conversation(CONVERSATION[1:], tokenizer, None, max_length=512, end_of_turn="<|im_end|>")
+    labelled = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+    assert tokenizer.convert_ids_to_tokens(labelled) == ["5", "8"]
+    assert tokenizer.decode(encoded.input_ids).startswith("<|im_start|>user\nWhat is 2 plus 3?<|im_end|>")
