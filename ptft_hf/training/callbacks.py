@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import TrainerCallback
+from transformers import LogitsProcessorList, TrainerCallback
 
 from ptft_hf.config.schema import SamplesConfig
 from ptft_hf.distributed import weights_are_sharded
-from ptft_hf.training.generation import stop_token_ids
+from ptft_hf.training.generation import SparingRepetitionPenalty, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ def generate_samples(model: Any, tokenizer: Any, cfg: SamplesConfig,
             do_sample=cfg.do_sample,
             temperature=cfg.temperature if cfg.do_sample else None,
             top_k=cfg.top_k if cfg.do_sample else None,
-            repetition_penalty=cfg.repetition_penalty,
+            # the penalty spares the stop tokens: a chat prompt holds the end-of-turn token already
+            logits_processor=LogitsProcessorList([SparingRepetitionPenalty(cfg.repetition_penalty, stop)])
+            if cfg.repetition_penalty != 1.0 else None,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0],
             eos_token_id=stop,
             synced_gpus=synced,

@@ -19,6 +19,21 @@ def split_reference(row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
     return messages[:last], messages[last]["content"]
 
 
+class SparingRepetitionPenalty:
+    """transformers' repetition penalty, except on `spared` tokens (the stop tokens): a chat
+    prompt holds the end-of-turn token (after every user turn), and penalised there the model would
+    not end its own turn."""
+
+    def __init__(self, penalty: float, spared: Sequence[int]):
+        self.penalty, self.spared = penalty, list(spared)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        seen = torch.gather(scores, 1, input_ids)
+        penalised = scores.scatter(1, input_ids, torch.where(seen < 0, seen * self.penalty, seen / self.penalty))
+        penalised[:, self.spared] = scores[:, self.spared]
+        return penalised
+
+
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """The eos ids of the model's generation_config (one or several), else the tokenizer's EOS."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

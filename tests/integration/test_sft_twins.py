@@ -65,6 +65,8 @@ def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg,
     stopped = sum(p["stopped_at_eos"] for p in predictions) / 25
     assert metrics["eval_stopped_at_eos"] == stopped >= 0.95, predictions
     assert all(end_of_turn not in p["answer"] for p in predictions)
+    # the sample, under the samples' repetition penalty (which spares the stop tokens the prompt holds), stops too
+    assert metrics["sample"]["completion"].strip().isdigit(), metrics["sample"]
     # the Python API's generate stops at the end of the turn too (the saved generation config)
     reply = open_run(tmp_path / "run").generate(tokenizer.apply_chat_template(SUMS[7]["messages"][:1], tokenize=False,
                                                                         add_generation_prompt=True), max_new_tokens=12)

@@ -173,3 +173,18 @@ def test_a_template_with_generation_blocks_marks_the_labelled_tokens_itself(twin
     labelled = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
     assert tokenizer.convert_ids_to_tokens(labelled) == ["5", "8"]
     assert tokenizer.decode(encoded.input_ids).startswith("<|im_start|>user\nWhat is 2 plus 3?<|im_end|>")
+
+
+def test_the_samples_repetition_penalty_spares_the_stop_tokens():
+    """A chat prompt holds the end-of-turn token after every user turn; transformers' penalty would
+    push it down and the sample would run past its turn (seen with ChatML on banking77_router)."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from ptft_hf.training.generation import SparingRepetitionPenalty
+
+    scores = torch.tensor([[2.0, -1.0, 3.0, 0.5, 4.0]])
+    seen = torch.tensor([[0, 1, 4]])  # token 4 is the end-of-turn token, in the prompt
+    stock = RepetitionPenaltyLogitsProcessor(1.3)(seen, scores.clone())
+    ours = SparingRepetitionPenalty(1.3, spared=[4])(seen, scores.clone())
+    assert ours[0, 4] == 4.0 and stock[0, 4] < 4.0  # spared here, penalised by the stock processor
+    torch.testing.assert_close(ours[0, :4], stock[0, :4])  # every other token as transformers does it
