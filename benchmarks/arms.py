@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -93,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 
         release_process_group()  # several-process arms (W5): before exit, not in exit-time destructors
     if result is None:  # a rank other than 0 of a several-process arm: rank 0 reports
-        return status
+        # and leaves without the interpreter's exit-time destructors: under load, rank 1 of W5 died in
+        # them ("terminate called without an active exception", SIGABRT) even after the process
+        # group was destroyed, failing a finished arm
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     rank = int(os.environ.get("RANK", "0"))
     json_out = args.json_out if rank == 0 else f"{args.json_out}.rank{rank}"  # a failing rank > 0: its own file
     result.update(workload=args.workload, arm=args.arm, loadavg_before=before, loadavg_after=loadavg(),
