@@ -12,7 +12,8 @@ from typing import Any
 
 from huggingface_hub import ModelCardData
 
-from ptft_hf.hub.lineage import HUB, SCRATCH, RunRecord, describe_origin, hub_base_model, trace_lineage
+from ptft_hf.hub.lineage import (HUB, SCRATCH, RunRecord, adapter_base_on_hub, describe_origin, hub_base_model,
+                                 trace_lineage)
 
 PIPELINE_TAGS = {"clm": "text-generation", "sft": "text-generation", "mlm": "fill-mask",
                  "classification": "text-classification"}
@@ -55,10 +56,10 @@ def card_metadata(chain: list[RunRecord], kind: str) -> dict[str, Any]:
     """The YAML front matter, as the Hub reads it (keys without a value are left out)."""
     record = chain[-1]
     objective, strategy = _objective(record), _strategy(record)
-    base = hub_base_model(chain)
-    relation = None
-    if base and record.origin == HUB:  # the direct base; further up, let the Hub infer it
-        relation = {ADAPTER: "adapter", FULL: "finetune", MERGED: "merge"}[kind]
+    direct = adapter_base_on_hub(chain)  # the exact weights this run started from, by Hub id
+    base, relation = hub_base_model(chain), None  # further up the chain: let the Hub infer the relation
+    if direct:
+        base, relation = direct[0], {ADAPTER: "adapter", FULL: "finetune", MERGED: "merge"}[kind]
     tags = ["ptft_hf", strategy, objective]
     if kind == MERGED:
         tags.append("merged")
@@ -185,8 +186,11 @@ def _usage_lines(chain: list[RunRecord], kind: str, repo_id: str) -> list[str]:
     code = [f"from transformers import {auto}, AutoTokenizer"]
     notes: list[str] = []
     if kind == ADAPTER:
-        direct = record.origin == HUB and not record.random_init
-        base = record.base if direct else "path/to/base-model"
+        on_hub = adapter_base_on_hub(chain)
+        direct = on_hub is not None
+        base = on_hub[0] if on_hub else "path/to/base-model"
+        if on_hub and on_hub[1]:
+            labels = f", revision=\"{on_hub[1]}\"{labels}"
         code += ["from peft import PeftModel", ""]
         quant = (record.config.get("strategy") or {}).get("quantization") if strategy == "qlora" else None
         if quant:

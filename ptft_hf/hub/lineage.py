@@ -22,6 +22,7 @@ from ptft_hf.run_dir import FINISHED_MARKER
 log = logging.getLogger(__name__)
 
 SCRATCH, HUB, RUN, LOCAL = "scratch", "hub", "run", "local"
+PUSH_RECORD = "hub_push.json"  # what publishing a run staged and pushed (ptft_hf.hub.publish)
 _MAX_DEPTH = 32
 
 
@@ -101,7 +102,8 @@ def _parent(record: RunRecord) -> tuple[Path | None, str, str | None] | None:
     sha = lineage.get("base_config_sha256")
     if lineage.get("base_run_dir"):
         name = lineage.get("init_from_stage") or Path(lineage["base_run_dir"]).name
-        for candidate in (Path(lineage["base_run_dir"]), record.run_dir.parent / name):
+        # the sibling stage first: a copied or moved pipeline folder holds its own earlier stages
+        for candidate in (record.run_dir.parent / name, Path(lineage["base_run_dir"])):
             if (candidate / FINISHED_MARKER).is_file():
                 return candidate, name, sha
         log.warning("lineage: the folder of stage '%s' (%s) is gone; the chain stops there", name, lineage["base_run_dir"])
@@ -142,6 +144,45 @@ def hub_base_model(chain: list[RunRecord]) -> str | None:
             return record.base
         if record.origin != RUN:
             return None
+    return None
+
+
+def cached_snapshot_id(folder: str | None) -> tuple[str, str] | None:
+    """(Hub id, commit) of a folder in the Hugging Face cache's layout
+    (`.../models--org--name/snapshots/<commit>`): the Hub checkpoint it is a copy of."""
+    if not folder:
+        return None
+    parts = Path(folder).expanduser().parts
+    if len(parts) < 3 or parts[-2] != "snapshots" or not parts[-3].startswith("models--"):
+        return None
+    repo = parts[-3][len("models--"):].replace("--", "/")
+    return (repo, parts[-1]) if looks_like_hub_id(repo) else None
+
+
+def published_full_model(record: RunRecord) -> tuple[str, str | None] | None:
+    """(repo id, branch) where the full model of `record`'s run was pushed, if it was."""
+    path = record.run_dir / PUSH_RECORD if record.run_dir else None
+    if not path or not path.is_file():
+        return None
+    pushed = json.loads(path.read_text(encoding="utf-8"))
+    if pushed.get("dry_run") or pushed.get("kind") != "full" or not pushed.get("repo_id"):
+        return None
+    return pushed["repo_id"], pushed.get("revision")
+
+
+def adapter_base_on_hub(chain: list[RunRecord]) -> tuple[str, str | None] | None:
+    """(Hub id, revision) of the exact weights the last run's adapter was trained on, when others
+    can load them by that id: a Hub checkpoint, a copy of one in the Hugging Face cache, or an
+    earlier stage whose full model was pushed. None otherwise (a local folder, a random init)."""
+    record = chain[-1]
+    if record.random_init:
+        return None
+    if record.origin == HUB:
+        return record.base, record.revision
+    if record.origin == LOCAL:
+        return cached_snapshot_id(record.base)
+    if record.origin == RUN and len(chain) > 1:
+        return published_full_model(chain[-2])
     return None
 
 

@@ -16,12 +16,13 @@ from typing import Any
 
 from ptft_hf.config.schema import HubConfig
 from ptft_hf.errors import UserError
+from ptft_hf.hub.lineage import PUSH_RECORD
 from ptft_hf.hub.push import Pushed, push_folder
 from ptft_hf.hub.stage import Staged, load_run_config, reload_check, stage_run
 
 log = logging.getLogger(__name__)
 
-RECORD = "hub_push.json"
+RECORD = PUSH_RECORD
 
 
 class PublishError(UserError):

@@ -11,6 +11,7 @@ run's `model/` loaded through the run's own loading code when pushing a finished
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,8 @@ class Staged:
     run_dir: Path
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # present in the source, not uploaded
+    # an adapter's base as the run loaded it, when the staged adapter_config.json names it by Hub id
+    local_base: str | None = None
 
 
 def model_kind(model_dir: Path) -> str:
@@ -126,12 +129,39 @@ def stage_run(run_dir: str | Path, hub: HubConfig) -> Staged:
             staged.skipped.append(path.name)
     if not any(name.endswith(".safetensors") for name in staged.files):
         raise UserError.of("run_dir", f"'{source}' holds no safetensors weights", "save the model with safetensors (the default)")
+    if kind == ADAPTER:
+        staged.local_base = _name_base_by_hub_id(folder / "adapter_config.json", run_dir)
     if staged.skipped:
         log.info("not staged (not safetensors, config or tokenizer files): %s", ", ".join(staged.skipped))
     write_card(folder / CARD, run_dir, kind, hub.repo_id)
     staged.files = sorted([*staged.files, CARD])
     log.info("staged the %s of run %s in %s: %s", _KIND_WORDS[kind], run_dir.name, folder, ", ".join(staged.files))
     return staged
+
+
+def _name_base_by_hub_id(adapter_config: Path, run_dir: Path) -> str | None:
+    """Point the staged adapter at its base's Hub id, where the lineage knows one (peft wrote the
+    folder the run loaded, which no one else can resolve); returns the replaced local name."""
+    from ptft_hf.hub.lineage import adapter_base_on_hub, trace_lineage
+
+    config = json.loads(adapter_config.read_text(encoding="utf-8"))
+    local = config.get("base_model_name_or_path")
+    on_hub = adapter_base_on_hub(trace_lineage(run_dir))
+    if on_hub is None:
+        if not local or not Path(local).expanduser().exists():
+            return None  # a Hub id already, or a folder that is not on this machine
+        log.warning("the adapter's base is the local folder '%s', which no one else can load: publish that model "
+                    "(ptft-hf-push <its run folder> --repo-id user/base) and stage this run again, or publish it merged "
+                    "(hub.merged=true)", local)
+        return None
+    repo_id, revision = on_hub
+    if repo_id == local and revision == config.get("revision"):
+        return None
+    config.update(base_model_name_or_path=repo_id, revision=revision)
+    adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("adapter_config.json names its base by Hub id: %s%s (trained from %s)", repo_id,
+             f" at revision {revision}" if revision else "", local)
+    return local
 
 
 def _auto_class(objective: str) -> Any:
@@ -199,6 +229,8 @@ def load_staged(staged: Staged, conf: PtftConfig, device: torch.device,
     kwargs = _base_kwargs(conf, num_labels)
     if "device_map" in kwargs:
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
+    if staged.local_base:  # the same weights, by lineage: checked from the copy the run loaded, not downloaded
+        base_name = staged.local_base
     revision = conf.model.revision if base_name == conf.model.name_or_path else None
     base, info = auto.from_pretrained(base_name, revision=revision, dtype=_dtype(conf), output_loading_info=True,
                                       use_safetensors=not conf.model.allow_pickle, **kwargs)

@@ -158,6 +158,21 @@ def test_push_full_run_public_to_a_branch(quickstart, recorder):
     meta = _front_matter((run_dir / "pretrain" / "hub" / "README.md").read_text())
     assert meta["library_name"] == "transformers" and "base_model" not in meta and "full" in meta["tags"]
 
+    # the adapter trained on that base now names it by Hub id, so others can load it; the reload
+    # check still runs against the local copy the run trained on (the same weights, by lineage)
+    local_base = json.loads((run_dir / "finetune" / "model" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(local_base).is_absolute() and local_base.endswith("/pretrain/model")  # the folder it trained from
+    assert push_main([str(run_dir / "finetune"), "--repo-id", "me/legal-adapter", "--dry-run"]) == 0
+    staged = run_dir / "finetune" / "hub"
+    adapter_config = json.loads((staged / "adapter_config.json").read_text())
+    assert (adapter_config["base_model_name_or_path"], adapter_config["revision"]) == ("me/tiny-base", "v1")
+    card = (staged / "README.md").read_text()
+    meta = _front_matter(card)
+    assert (meta["base_model"], meta["base_model_relation"]) == ("me/tiny-base", "adapter")
+    assert 'AutoModelForCausalLM.from_pretrained("me/tiny-base", revision="v1")' in card
+    assert "which is not on the Hub" not in card
+    assert json.loads((run_dir / "finetune" / "hub_push.json").read_text())["reload_max_abs_logit_diff"] <= 1e-4
+
 
 def test_full_run_dry_run_loads_back(quickstart, capsys):
     run_dir, _ = quickstart

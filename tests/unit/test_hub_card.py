@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from ptft_hf.hub.card import ADAPTER, FULL, MERGED, render_card
-from ptft_hf.hub.lineage import trace_lineage
+from ptft_hf.hub.lineage import adapter_base_on_hub, cached_snapshot_id, trace_lineage
 
 SHA = "ab" * 32
 
@@ -134,3 +134,27 @@ def test_merged_adapter_is_a_transformers_model_merged_from_its_base(make_run, t
     meta = front_matter(render_card(run, MERGED, "me/merged"))
     assert (meta["library_name"], meta["base_model_relation"]) == ("transformers", "merge")
     assert meta["tags"] == ["ptft_hf", "dora", "clm", "merged"]
+
+
+def test_a_copy_of_a_hub_checkpoint_in_the_hf_cache_is_named_by_its_id_and_commit(make_run, tmp_path):
+    snapshot = tmp_path / "hf" / "hub" / "models--Qwen--Qwen2.5-0.5B" / "snapshots" / ("c0" * 20)
+    snapshot.mkdir(parents=True)
+    run = make_run(tmp_path / "run", "model=qwen2_5_0_5b", f"model.name_or_path={snapshot}", "strategy=lora")
+    card = render_card(run, ADAPTER, "me/qwen-adapter")
+    assert (front_matter(card)["base_model"], front_matter(card)["base_model_relation"]) == ("Qwen/Qwen2.5-0.5B", "adapter")
+    assert f'AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B", revision="{"c0" * 20}")' in card
+    assert [cached_snapshot_id(str(p)) for p in (snapshot, snapshot.parent, tmp_path / "snapshots" / "x")] == [
+        ("Qwen/Qwen2.5-0.5B", "c0" * 20), None, None]
+
+
+def test_an_earlier_stage_pushed_in_full_is_the_adapters_base_a_dry_run_is_not(make_run, tmp_path):
+    pretrain = make_run(tmp_path / "pipe" / "pretrain", "model=tiny_gpt2")
+    finetune = make_run(tmp_path / "pipe" / "finetune", "model=pretrained", f"model.name_or_path={pretrain / 'model'}",
+                        "strategy=lora", lineage={"init_from_stage": "pretrain", "base_run_dir": str(pretrain),
+                                                  "base_config_sha256": SHA})
+    record = {"repo_id": "me/base", "dry_run": True, "kind": "full", "revision": None}
+    (pretrain / "hub_push.json").write_text(json.dumps(record))
+    assert adapter_base_on_hub(trace_lineage(finetune)) is None
+    (pretrain / "hub_push.json").write_text(json.dumps({**record, "dry_run": False}))
+    assert adapter_base_on_hub(trace_lineage(finetune)) == ("me/base", None)
+    assert front_matter(render_card(finetune, ADAPTER))["base_model"] == "me/base"
