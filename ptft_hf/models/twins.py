@@ -16,9 +16,10 @@ as the preset loads the Hub checkpoint. Nothing is downloaded.
 The templates are the families' own, less their tool-calling branches.
 
 The other presets' families have twins too (`OTHER_FAMILIES`, no chat template): `gpt2` (GPT-2,
-byte-level BPE with `<|endoftext|>`), and the encoders `bert`, `distilbert` and `modernbert`
-(masked-LM heads; an uncased WordPiece with [CLS]/[SEP]/[MASK]/[PAD]/[UNK], which ModernBERT's own
-BPE tokenizer also carries: the architecture is what the twin stands in for).
+byte-level BPE with `<|endoftext|>`), and the encoders with masked-LM heads: `bert` and
+`distilbert` (an uncased WordPiece with [CLS]/[SEP]/[MASK]/[PAD]/[UNK]) and `modernbert` (a
+byte-level BPE, cased, with the same five tokens as ModernBERT's own: `[CLS] text [SEP]`, and a
+`[MASK]` that takes the space before it, as ModernBERT's does).
 """
 
 from __future__ import annotations
@@ -114,6 +115,27 @@ OTHER_FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
+def modernbert_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int = 512) -> PreTrainedTokenizerFast:
+    """ModernBERT's kind of tokenizer: byte-level BPE (no lower-casing) with BERT's five special
+    tokens, `[CLS] text [SEP]` per text, and an `lstrip` `[MASK]` (as in answerdotai/ModernBERT-base)."""
+    from tokenizers import AddedToken
+
+    specials = {"unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                "mask_token": "[MASK]"}
+    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(specials.values()), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.add_special_tokens([AddedToken("[MASK]", lstrip=True, special=True, normalized=False)])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length,
+                                   **specials)
+
+
 def build_other_twin(family: str, folder: str | Path, texts: Iterable[str], vocab_size: int = 512, seed: int = 0) -> Path:
     """Save the twin of a family without a chat template (GPT-2, BERT, DistilBERT, ModernBERT)."""
     import torch
@@ -123,7 +145,8 @@ def build_other_twin(family: str, folder: str | Path, texts: Iterable[str], voca
 
     spec = OTHER_FAMILIES[family]
     masked = spec["kind"] == "masked"
-    tokenizer = (train_wordpiece if masked else train_byte_bpe)(list(texts), vocab_size, model_max_length=512)
+    train = modernbert_tokenizer if family == "modernbert" else train_wordpiece if masked else train_byte_bpe
+    tokenizer = train(list(texts), vocab_size, model_max_length=512)
     settings = dict(spec["config"])
     ids = {"pad_token_id": tokenizer.pad_token_id}
     if masked:

@@ -13,9 +13,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFl
 
 from ptft_hf.data.builtin import iter_stdlib_docstrings
 from ptft_hf.data.chat import encode_conversation
-from ptft_hf.data.collators import CausalLMCollator
+from ptft_hf.data.collators import CausalLMCollator, MaskedLMCollator
 from ptft_hf.models.twins import FAMILIES, build_twin
 from ptft_hf.objectives.sft import configure_for_packing
+from ptft_hf.strategies.qlora import keep_cpu_weights_trainable
 from ptft_hf.training.trainer import PtftTrainer
 
 LLAMA_LINEARS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -26,6 +27,15 @@ def twins(tmp_path_factory):
     texts = [d for _, d in zip(range(300), iter_stdlib_docstrings())]
     root = tmp_path_factory.mktemp("twins")
     return {family: build_twin(family, root / family, texts) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def other_twins(tmp_path_factory):
+    from ptft_hf.models.twins import OTHER_FAMILIES, build_other_twin
+
+    texts = [d for _, d in zip(range(300), iter_stdlib_docstrings())]
+    root = tmp_path_factory.mktemp("other_twins")
+    return {family: build_other_twin(family, root / family, texts) for family in OTHER_FAMILIES}
 
 
 def _model(folder, attention: str = "sdpa"):
@@ -92,25 +102,28 @@ QUANT = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_doubl
 
 
 @pytest.mark.parametrize("strategy_name", ["full", "lora", "dora", "qlora"])
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_every_strategy_trains_each_family_and_the_merged_model_is_the_adapter_model(twins, family, strategy_name,
-                                                                                      tmp_path):
-    """A few steps through the project's loader, strategy and trainer; an adapter is then merged
-    (`ptft-hf-merge`'s code, which reloads what it saved and compares logits) into a folder that
-    loads as a plain model and gives the adapter model's logits."""
+@pytest.mark.parametrize("family", [*sorted(FAMILIES), "gpt2"])
+def test_every_strategy_trains_each_family_and_the_merged_model_is_the_adapter_model(twins, other_twins, family,
+                                                                                      strategy_name, tmp_path):
+    """A few steps through the project's loader, strategy and trainer. A full model is saved and
+    reloads with the same logits; an adapter is merged (`ptft-hf-merge`'s code, which reloads what it
+    saved and compares logits) into a folder that loads as a plain model with the adapter model's
+    logits; a QLoRA adapter reloads onto its 4-bit base with the same logits."""
     import bitsandbytes as bnb
+    from peft import PeftModel
 
     from ptft_hf.config.schema import ModelConfig, StrategyConfig
     from ptft_hf.hub.merge import merge_adapter
     from ptft_hf.models.loading import load_causal_lm
     from ptft_hf.strategies import get_strategy
 
-    tokenizer = AutoTokenizer.from_pretrained(twins[family])
+    folder = other_twins["gpt2"] if family == "gpt2" else twins[family]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "auto", "use_dora": strategy_name == "dora"}
     strategy = get_strategy(StrategyConfig(name=strategy_name, lora=None if strategy_name == "full" else lora,
                                            quantization=dict(QUANT) if strategy_name == "qlora" else None,
                                            gradient_checkpointing=False))
-    model = strategy.wrap(load_causal_lm(ModelConfig(name=family, name_or_path=str(twins[family])), tokenizer,
+    model = strategy.wrap(load_causal_lm(ModelConfig(name=family, name_or_path=str(folder)), tokenizer,
                                          **strategy.model_kwargs()), task_type="CAUSAL_LM")
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     g = torch.Generator().manual_seed(5)
@@ -120,61 +133,129 @@ def test_every_strategy_trains_each_family_and_the_merged_model_is_the_adapter_m
     PtftTrainer(model=model, args=args, train_dataset=blocks, data_collator=CausalLMCollator()).train()
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), before[n])]
     assert changed and len(changed) == len(before)  # every trainable tensor moved
-    if strategy_name == "full":
-        return
-    assert all("lora_" in n for n in before)
-    if strategy_name == "qlora":  # the blocks' linear layers are 4-bit under the adapters
-        assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 7 * model.config.num_hidden_layers
-        return  # merging a 4-bit base (dequantised into the base's own classes) is test_strategies.py's
-    model.save_pretrained(tmp_path / "run" / "model")
-    tokenizer.save_pretrained(tmp_path / "run" / "model")
-    merged = merge_adapter(tmp_path / "run" / "model", atol=1e-4)
-    reloaded = AutoModelForCausalLM.from_pretrained(merged.output_dir, dtype=torch.float32).eval()
     ids = torch.tensor([tokenizer("What is 2 plus 3?", add_special_tokens=False)["input_ids"]])
+    saved = tmp_path / "run" / "model"
+    model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    if strategy_name == "full":
+        reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
+    elif strategy_name == "qlora":  # every adapted layer is 4-bit under its adapter
+        assert all("lora_" in n for n in before)
+        adapted = sorted(n for n, m in model.named_modules() if hasattr(m, "lora_A"))
+        four_bit = sorted(n.removesuffix(".base_layer") for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit))
+        assert adapted and four_bit == adapted
+        # merging a 4-bit base (dequantised into the base's own classes) is test_strategies.py's
+        base = load_causal_lm(ModelConfig(name=family, name_or_path=str(folder)), tokenizer, **strategy.model_kwargs())
+        reloaded = PeftModel.from_pretrained(keep_cpu_weights_trainable(base), saved)  # the kernel it trained with
+    else:
+        assert all("lora_" in n for n in before)
+        merged = merge_adapter(saved, atol=1e-4)
+        reloaded = AutoModelForCausalLM.from_pretrained(merged.output_dir, dtype=torch.float32)
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(reloaded.eval()(input_ids=ids).logits, model.eval()(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def other_twins(tmp_path_factory):
-    from ptft_hf.models.twins import OTHER_FAMILIES, build_other_twin
-
-    texts = [d for _, d in zip(range(300), iter_stdlib_docstrings())]
-    root = tmp_path_factory.mktemp("other_twins")
-    return {family: build_other_twin(family, root / family, texts) for family in OTHER_FAMILIES}
+ENCODERS = ["bert", "distilbert", "modernbert"]
 
 
-@pytest.mark.parametrize("strategy_name", ["full", "lora"])
-@pytest.mark.parametrize("family", ["bert", "distilbert", "modernbert"])
-def test_each_encoder_family_trains_a_classification_head(other_twins, family, strategy_name, tmp_path):
-    """The encoders' twins load through the project's loader with a fresh 3-label head and train
-    under the strategy; with LoRA only the adapters and the head (saved whole) train."""
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
-
-    from ptft_hf.config.schema import ModelConfig, StrategyConfig
-    from ptft_hf.models.loading import load_model
-    from ptft_hf.objectives.classification import HEAD_MODULES, pooling_modules
+def _encoder_strategy(strategy_name: str):
+    from ptft_hf.config.schema import StrategyConfig
     from ptft_hf.strategies import get_strategy
 
-    tokenizer = AutoTokenizer.from_pretrained(other_twins[family])
-    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "auto"}
-    strategy = get_strategy(StrategyConfig(name=strategy_name, lora=None if strategy_name == "full" else lora,
-                                           gradient_checkpointing=False))
-    model = load_model(ModelConfig(name=family, name_or_path=str(other_twins[family])), tokenizer,
-                       AutoModelForSequenceClassification, num_labels=3, **strategy.model_kwargs(HEAD_MODULES))
-    model = strategy.wrap(model, task_type="SEQ_CLS", modules_to_save=pooling_modules(model))  # as the objective does
-    texts = ["where is my card", "my top up failed", "the card has not arrived yet", "add money failed"] * 2
-    rows = Dataset.from_dict({**tokenizer(texts), "labels": [0, 1, 2, 1] * 2})
+    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "auto", "use_dora": strategy_name == "dora"}
+    return get_strategy(StrategyConfig(name=strategy_name, lora=None if strategy_name == "full" else lora,
+                                       quantization=dict(QUANT) if strategy_name == "qlora" else None,
+                                       gradient_checkpointing=False))
+
+
+def _train_and_reload(model, rows, collator, tmp_path, load_base, inputs):
+    """Two steps; every trainable tensor must move. Then the model is saved and reloaded (plainly, or
+    the adapter onto a freshly loaded base) and must give the trained model's logits."""
+    from peft import PeftModel
+
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), max_steps=2, per_device_train_batch_size=4,
                              learning_rate=5e-2, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True)
-    PtftTrainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer),
-                token_metrics=False).train()
+    PtftTrainer(model=model, args=args, train_dataset=rows, data_collator=collator, token_metrics=False).train()
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), before[n])]
     assert changed and len(changed) == len(before)
+    model.save_pretrained(tmp_path / "model")
+    reloaded = PeftModel.from_pretrained(keep_cpu_weights_trainable(load_base()), tmp_path / "model") \
+        if hasattr(model, "peft_config") else \
+        type(model).from_pretrained(tmp_path / "model", dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(**inputs).logits, model.eval()(**inputs).logits, rtol=1e-4, atol=1e-4)
+    return sorted(before)
+
+
+@pytest.mark.parametrize("strategy_name", ["full", "lora", "dora", "qlora"])
+@pytest.mark.parametrize("family", ENCODERS)
+def test_each_encoder_family_trains_a_classification_head(other_twins, family, strategy_name, tmp_path):
+    """The encoders' twins load through the project's loader with a fresh 3-label head and train
+    under each strategy as the classification objective wraps them; with an adapter only the
+    adapters and the head (saved whole) train, and under QLoRA the encoder's linear layers are 4-bit
+    while the head stays full precision. The saved model reloads with the trained logits."""
+    import bitsandbytes as bnb
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+    from ptft_hf.config.schema import ModelConfig
+    from ptft_hf.models.loading import load_model
+    from ptft_hf.objectives.classification import HEAD_MODULES, pooling_modules
+
+    tokenizer = AutoTokenizer.from_pretrained(other_twins[family])
+    strategy = _encoder_strategy(strategy_name)
+
+    def load_base():
+        return load_model(ModelConfig(name=family, name_or_path=str(other_twins[family])), tokenizer,
+                          AutoModelForSequenceClassification, num_labels=3, **strategy.model_kwargs(HEAD_MODULES))
+
+    base = load_base()
+    model = strategy.wrap(base, task_type="SEQ_CLS", modules_to_save=pooling_modules(base))  # as the objective does
+    texts = ["where is my card", "my top up failed", "the card has not arrived yet", "add money failed"] * 2
+    rows = Dataset.from_dict({**tokenizer(texts), "labels": [0, 1, 2, 1] * 2})
+    inputs = tokenizer(texts[:3], padding=True, return_tensors="pt")
+    trained = _train_and_reload(model, rows, DataCollatorWithPadding(tokenizer), tmp_path, load_base, inputs)
+    if strategy_name == "full":
+        return
+    assert all("lora_" in n or "modules_to_save" in n for n in trained)
+    assert any("modules_to_save" in n for n in trained)  # the new head trains whole
+    four_bit = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if strategy_name == "qlora":
+        assert four_bit and not [n for n in four_bit if any(h in n for h in ("classifier", "pre_classifier"))]
+    else:
+        assert not four_bit
+
+
+@pytest.mark.parametrize("strategy_name", ["full", "lora"])
+@pytest.mark.parametrize("family", ENCODERS)
+def test_each_encoder_family_trains_its_masked_lm_head(other_twins, family, strategy_name, tmp_path):
+    """Masked-LM training of each encoder's twin with the project's MLM collator (the family's own
+    [MASK] and special tokens); the saved model reloads with the trained logits."""
+    from transformers import AutoModelForMaskedLM
+
+    from ptft_hf.config.schema import ModelConfig
+    from ptft_hf.models.loading import load_model
+
+    tokenizer = AutoTokenizer.from_pretrained(other_twins[family])
+    strategy = _encoder_strategy(strategy_name)
+
+    def load_base():
+        return load_model(ModelConfig(name=family, name_or_path=str(other_twins[family])), tokenizer,
+                          AutoModelForMaskedLM, **strategy.model_kwargs())
+
+    model = strategy.wrap(load_base(), task_type=None)
+    texts = ["Return the number of items in the container.", "Permission is hereby granted, free of charge."] * 4
+    rows = Dataset.from_dict(tokenizer(texts))
+    collator = MaskedLMCollator.for_tokenizer(tokenizer, mlm_probability=0.3, seed=0)
+    batch = collator([rows[i] for i in range(4)])
+    chosen = batch["labels"][batch["labels"] != -100].tolist()
+    assert chosen and not set(chosen) & set(tokenizer.all_special_ids)  # [CLS], [SEP], [PAD] are never chosen
+    assert (batch["input_ids"] == tokenizer.mask_token_id).any()
+    inputs = tokenizer(texts[:2], padding=True, return_tensors="pt")
+    trained = _train_and_reload(model, rows, collator, tmp_path, load_base, inputs)
     if strategy_name == "lora":
-        assert all("lora_" in n or "modules_to_save" in n for n in before)
-        assert any("modules_to_save" in n for n in before)  # the new head trains whole
+        assert all("lora_" in n for n in trained)
 
 
 def test_the_gpt2_twin_is_the_preset_architecture(other_twins):
