@@ -1,5 +1,7 @@
 """Pipelines: stages run in order, each a full run in its own folder, a later stage starting from
-an earlier stage's model. The pipeline report puts the stages side by side.
+an earlier stage's model. Several stages may start from the same one (one pretrained model, many
+specialists): the pipeline is then a tree, run in its stages' order, each branch with its own
+lineage. The pipeline report puts the stages side by side.
 
 Each stage is composed from conf/ like a command line of its own: its group options, the
 preset's `overrides`, then the user's `extra`. A stage with `init_from` loads the earlier stage's
@@ -9,14 +11,13 @@ specialising (general knowledge lost) is a number next to the gain.
 Re-running a pipeline into its folder compares each stage with the finished run there (the
 fingerprint of its config in its `metrics.json`):
 
-- without `overwrite`: stages that finished with the same config are skipped and an unfinished one
-  resumes from its latest checkpoint (a re-run after a crash); a finished stage whose config changed
-  is refused, one line per changed stage, before anything is written.
-- `overwrite=true`: the stages before the first one that changed (or has no finished run) are kept
-  as they are; that stage and every stage after it in pipeline order train again (a later stage
-  starts from a re-trained one, or follows it). When no stage changed, every stage trains again.
-  The replaced stages and the old pipeline report wait in `.replaced/` until the new pipeline
-  finishes; the kept stages stay in place, untouched.
+- without `overwrite`: stages that finished with the same config are skipped and unfinished ones
+  resume from their latest checkpoints (a re-run after a crash); a finished stage whose config
+  changed is refused, one line per changed stage, before anything is written.
+- `overwrite=true`: a stage that changed (or has no finished run) trains again, and so does every
+  stage built on it (its branch below it); the other stages are kept as they are. When no stage
+  changed, every stage trains again. The replaced stages and the old pipeline report wait in
+  `.replaced/` until the new pipeline finishes; the kept stages stay in place, untouched.
 """
 
 from __future__ import annotations
@@ -157,11 +158,22 @@ class StagePlan:
     restart: set[str] = field(default_factory=set)  # unfinished stages that start over instead of resuming
 
 
+def stage_ancestors(name: str, stages: dict[str, StageConfig]) -> list[str]:
+    """The stages `name` starts from, nearest first (its `init_from`, that stage's, ...)."""
+    chain, base = [], stages[name].init_from
+    while base and base not in chain:
+        chain.append(base)
+        base = stages[base].init_from
+    return chain
+
+
 def plan_stages(composed: dict[str, DictConfig], stages: dict[str, StageConfig], run_dir: Path,
                 overwrite: bool) -> StagePlan:
     """Compare every stage with the run its folder holds and decide which stages are kept and which
-    train (see the module docstring). Without `overwrite`, a finished stage that would have to train
-    again is refused, one line per changed stage, and so is a finished pipeline with nothing to do."""
+    train (see the module docstring). A pipeline is a tree (several stages may start from the same
+    one): a stage trains when it changed, never finished, or its base stage trains; the other
+    branches are kept. Without `overwrite`, a finished stage that would have to train again is
+    refused, one line per such stage, and so is a finished pipeline with nothing to do."""
     names = list(composed)
     finished: dict[str, dict[str, Any]] = {}
     state: dict[str, str] = {}
@@ -174,12 +186,14 @@ def plan_stages(composed: dict[str, DictConfig], stages: dict[str, StageConfig],
             state[name] = "same" if same else "changed"
         else:
             state[name] = "unfinished" if holds_unfinished_run(run_dir / name) else "absent"
-    first = next((i for i, name in enumerate(names) if state[name] != "same"), None)
-    rerun_all = first is None and overwrite
-    if rerun_all:
-        first = 0
-    plan = StagePlan(kept={name: finished[name] for name in names[:first]})  # all of them when nothing runs
-    for name in names[first:] if first is not None else ():
+    rerun_all = overwrite and all(state[name] == "same" for name in names)
+    plan = StagePlan()
+    for name in names:  # pipeline order: a stage's base comes before it
+        base = stages[name].init_from
+        base_trains = base in plan.run
+        if state[name] == "same" and not base_trains and not rerun_all:
+            plan.kept[name] = finished[name]
+            continue
         reasons = []
         if rerun_all:
             reasons.append("overwrite=true and no stage changed: every stage trains again")
@@ -189,18 +203,16 @@ def plan_stages(composed: dict[str, DictConfig], stages: dict[str, StageConfig],
             if state[name] == "changed":
                 reasons.append(f"its config changed since the run in {run_dir / name}"
                                + _changed_keys(run_dir / name, _as_recorded(composed[name], stages[name], finished[name])))
-            if name == names[first] and state[name] == "unfinished":
-                reasons.append("its run is unfinished: it resumes from its latest checkpoint")
-                plan.resume.add(name)
-            elif name != names[first]:
-                base = stages[name].init_from
-                reasons.append(f"its base stage '{base}' trains again" if base in plan.run
-                               else f"it comes after stage '{names[first]}', which trains again")
+            if base_trains:
+                reasons.append(f"its base stage '{base}' trains again")
                 if state[name] == "unfinished":
                     plan.restart.add(name)
+            elif state[name] == "unfinished":
+                reasons.append("its run is unfinished: it resumes from its latest checkpoint")
+                plan.resume.add(name)
         plan.run[name] = "; ".join(reasons)
     if not overwrite:
-        _refuse_finished(plan, state, run_dir)
+        _refuse_finished(plan, state, stages, run_dir)
     return plan
 
 
@@ -216,22 +228,23 @@ def _as_recorded(stage_cfg: DictConfig, stage: StageConfig, metrics: dict[str, A
     return stage_cfg
 
 
-def _refuse_finished(plan: StagePlan, state: dict[str, str], run_dir: Path) -> None:
+def _refuse_finished(plan: StagePlan, state: dict[str, str], stages: dict[str, StageConfig], run_dir: Path) -> None:
     """Without overwrite: no finished stage is trained over, and a finished pipeline is not re-run."""
     problems: list[Problem] = []
-    running = list(plan.run)
-    for i, name in enumerate(running):
-        after = running[i + 1:]
-        also = f" and the stages after it ({', '.join(after)})" if after else ""
+    kept_said = False
+    for name in plan.run:
+        after = [n for n in plan.run if name in stage_ancestors(n, stages)]
+        also = f" and the stages built on it ({', '.join(after)})" if after else ""
         kept = ""
-        if i == 0 and plan.kept:
+        if plan.kept and not kept_said:
             kept = f"; {', '.join(plan.kept)} kept as {'it is' if len(plan.kept) == 1 else 'they are'}"
         if state[name] == "changed":
             problems.append(Problem(f"stages.{name}", f"'{run_dir / name}' holds a finished stage run with another config",
                                     f"add overwrite=true to train it again{also}{kept}, or choose another hydra.run.dir"))
-        elif state[name] == "same" and not any(state[n] == "changed" for n in running[:i]):
-            problems.append(Problem(f"stages.{name}", f"'{run_dir / name}' holds a finished stage run, but stage "
-                                    f"'{running[0]}' before it trains again", "add overwrite=true to train it again too, "
+            kept_said = True
+        elif state[name] == "same" and not any(state[a] == "changed" for a in stage_ancestors(name, stages)):
+            problems.append(Problem(f"stages.{name}", f"'{run_dir / name}' holds a finished stage run, but its base stage "
+                                    f"'{stages[name].init_from}' trains again", "add overwrite=true to train it again too, "
                                     "or choose another hydra.run.dir"))
     if not problems and is_finished(run_dir):
         problems.append(Problem("hydra.run.dir", f"'{run_dir}' already holds a finished run",

@@ -266,7 +266,7 @@ def test_a_finished_stage_after_one_that_trains_again_is_not_skipped(pipeline_ru
     with pytest.raises(UserError) as err:
         run_pipeline(ptft_hf.compose(*QUICKSTART_RUN).cfg, run_dir, shared_overrides(list(QUICKSTART_RUN)))
     assert [str(p) for p in err.value.problems] == [
-        f"stages.finetune: '{run_dir / 'finetune'}' holds a finished stage run, but stage 'pretrain' before it trains "
+        f"stages.finetune: '{run_dir / 'finetune'}' holds a finished stage run, but its base stage 'pretrain' trains "
         "again; add overwrite=true to train it again too, or choose another hydra.run.dir"]
     assert _hashes(run_dir) == before
 

@@ -1,0 +1,140 @@
+"""A pipeline whose stages fan out from one pretrained stage (a tree): the run order, each branch's
+lineage, and a re-run that keeps the finished branches and resumes only the unfinished one.
+
+The stages' training is replaced by a recorder that writes what a finished run leaves
+(`metrics.json` with the config fingerprint, `model/`), or, for the stage told to crash, what a
+run killed after its first checkpoint leaves; planning, composing, lineage and the pipeline report
+are the real code. Training itself is covered by tests/integration/test_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ptft_hf
+from ptft_hf.errors import UserError
+from ptft_hf.pipeline import config_fingerprint, run_pipeline, shared_overrides, stage_ancestors
+
+# general -> legal -> legal_sft, and general -> support: two branches from one pretrained model
+TREE_YAML = """# @package _global_
+stages:
+  general: {model: tiny_gpt2, data: builtin_docs, strategy: full}
+  legal: {init_from: general, data: builtin_licenses, strategy: lora}
+  support: {init_from: general, data: builtin_docs, strategy: lora}
+  legal_sft: {init_from: legal, data: builtin_licenses, strategy: full}
+"""
+
+
+@pytest.fixture(autouse=True)
+def tree_experiment(tmp_path, monkeypatch):
+    """`experiment=tree` from a folder of the test's own, on Hydra's search path (as a user's own
+    experiment file would be)."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "tree.yaml").write_text(TREE_YAML)
+    TREE[:] = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=tree"]
+
+
+TREE: list[str] = []
+
+
+class Recorder:
+    """Stands in for `ptft_hf.recipe.run`: records each stage's base and lineage and leaves a
+    finished run folder, or an unfinished one (a checkpoint, no metrics.json) for `crash`."""
+
+    def __init__(self, crash: str | None = None):
+        self.calls: list[dict] = []
+        self.crash = crash
+
+    def __call__(self, cfg, run_dir, references=None, lineage=None):
+        run_dir = Path(run_dir)
+        self.calls.append({"stage": run_dir.name, "base": cfg.model.name_or_path, "lineage": dict(lineage or {}),
+                           "references": sorted(references or {}),
+                           "resume": cfg.trainer.get("resume_from_checkpoint")})
+        (run_dir / "checkpoints" / "checkpoint-5").mkdir(parents=True, exist_ok=True)
+        if run_dir.name == self.crash:
+            raise KeyboardInterrupt("killed after checkpoint-5")
+        (run_dir / "model").mkdir(exist_ok=True)
+        metrics = {"config_fingerprint": config_fingerprint(cfg), "lineage": dict(lineage or {}),
+                   "objective": cfg.objective.name, "strategy": cfg.strategy.name, "data": cfg.data.name,
+                   "data_train": {"documents": 10, "tokens": 1000}, "train_flops_estimate": 1e9,
+                   "trainable_parameters": 10, "trainable_percent": 1.0, "eval_loss": 2.0, "eval_perplexity": 7.4}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    import ptft_hf.recipe
+
+    def install(crash: str | None = None) -> Recorder:
+        fake = Recorder(crash)
+        monkeypatch.setattr(ptft_hf.recipe, "run", fake)
+        return fake
+
+    return install
+
+
+def _run(run_dir: Path, *extra: str) -> dict:
+    experiment = ptft_hf.compose(*TREE, *extra)
+    return run_pipeline(experiment.cfg, run_dir, shared_overrides([*TREE, *extra]))
+
+
+def test_a_tree_runs_in_dependency_order_and_each_branch_has_its_own_lineage(recorder, tmp_path):
+    fake = recorder()
+    summary = _run(tmp_path / "run")
+    assert [c["stage"] for c in fake.calls] == ["general", "legal", "support", "legal_sft"]
+    by_stage = {c["stage"]: c for c in fake.calls}
+    assert by_stage["general"]["lineage"] == {} and by_stage["general"]["base"] is None  # built from its config
+    for stage, base in (("legal", "general"), ("support", "general"), ("legal_sft", "legal")):
+        lineage = by_stage[stage]["lineage"]
+        assert lineage["init_from_stage"] == base
+        assert lineage["base_model"] == by_stage[stage]["base"] == str((tmp_path / "run" / base / "model").resolve())
+        base_metrics = json.loads((tmp_path / "run" / base / "metrics.json").read_text())
+        assert lineage["base_config_sha256"] == base_metrics["config_fingerprint"]
+    # each specialist measures forgetting on its own base's data
+    assert by_stage["support"]["references"] == ["builtin_docs"] and by_stage["legal_sft"]["references"] == ["builtin_licenses"]
+    assert summary["stage_order"] == ["general", "legal", "support", "legal_sft"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in summary["stage_order"])
+
+
+def test_a_rerun_keeps_the_finished_branches_and_resumes_the_unfinished_one(recorder, tmp_path, caplog):
+    crashed = recorder(crash="support")
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "run")
+    assert [c["stage"] for c in crashed.calls] == ["general", "legal", "support"]  # killed in the support branch
+    legal = (tmp_path / "run" / "legal" / "metrics.json").read_text()
+
+    caplog.set_level("INFO", logger="ptft_hf.pipeline")
+    again = recorder()
+    _run(tmp_path / "run")
+    assert [c["stage"] for c in again.calls] == ["support", "legal_sft"]  # general and legal are kept
+    assert "pipeline stage 'support' trains: its run is unfinished: it resumes from its latest checkpoint" in caplog.text
+    assert "pipeline stage 'legal_sft' trains: it has not run yet" in caplog.text
+    assert again.calls[0]["resume"] is not False  # resumed, not restarted
+    assert (tmp_path / "run" / "legal" / "metrics.json").read_text() == legal  # untouched
+
+
+def test_a_changed_branch_trains_again_with_what_is_built_on_it_and_nothing_else(recorder, tmp_path, caplog):
+    recorder()
+    _run(tmp_path / "run")
+    changed = ["stages.legal.extra=['trainer.max_steps=7']"]
+    with pytest.raises(UserError) as err:  # without overwrite: refused, one line, nothing written
+        _run(tmp_path / "run", *changed)
+    assert [p.field for p in err.value.problems] == ["stages.legal"]
+    assert "and the stages built on it (legal_sft); general, support kept as they are" in str(err.value.problems[0])
+    fake = recorder()
+    _run(tmp_path / "run", *changed, "overwrite=true")
+    assert [c["stage"] for c in fake.calls] == ["legal", "legal_sft"]
+
+
+def test_stage_ancestors_follow_init_from_to_the_root():
+    stages = ptft_hf.compose(*TREE).cfg.stages
+    from omegaconf import OmegaConf
+
+    typed = OmegaConf.to_object(stages)
+    assert stage_ancestors("legal_sft", typed) == ["legal", "general"]
+    assert stage_ancestors("support", typed) == ["general"] and stage_ancestors("general", typed) == []
