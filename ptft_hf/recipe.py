@@ -49,7 +49,7 @@ from ptft_hf.strategies import get_strategy
 from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples, tensorboard_callback
 from ptft_hf.training.generation import exact_match_eval
 from ptft_hf.training.cost import estimate_training_flops, peak_memory_mb, reset_peak_memory
-from ptft_hf.training.report import plot_loss, write_report
+from ptft_hf.training.report import baseline_verdict, plot_loss, write_report
 from ptft_hf.training.safety import Interrupted, NonFiniteLoss, StopOnSignal
 from ptft_hf.training.trainer import PtftTrainer
 
@@ -165,6 +165,8 @@ def run(
         else:
             splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
             log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
+            if conf.data.replay:
+                splits = add_replay(conf, splits, references or {})
         if resume_from is not None and conf.model.tokenizer.train:  # the tokenizer the checkpoint was trained with
             tokenizer = load_tokenizer(ModelConfig(name_or_path=str(resume_from)))
         else:
@@ -246,6 +248,11 @@ def run(
     samples = []
     if prepared.generates and (trainer.is_world_process_zero() or sharded):
         samples = generate_samples(prepared.model, tokenizer, conf.samples, _prompt_formatter(prepared, tokenizer))
+    verdict = baseline_verdict(metrics)
+    metrics["beats_baseline"] = verdict is None if ("majority_accuracy" in metrics or "unigram_perplexity" in metrics) \
+        else None
+    if verdict:
+        log.warning("%s: check the learning rate, the steps and the data (metrics.json beats_baseline=false)", verdict)
     if trainer.is_world_process_zero():
         metrics["saved_bytes"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
         metrics["sample"] = samples[0] if samples else None
@@ -286,6 +293,23 @@ def _train_tokens(prepared: Prepared, args: TrainingArguments, steps: int) -> in
         return int(padding["tokens"])
     block = prepared.metrics.get("data_train", {}).get("block_size") or len(prepared.train_dataset[0]["input_ids"])
     return steps * _tokens_per_step(args, block)
+
+
+def add_replay(conf: PtftConfig, splits: Any, references: Mapping[str, DataConfig]) -> Any:
+    """Mix `data.replay` of the training tokens from the base stage's own training data (the
+    documents it trained on, never its eval ones) into this stage's: a corpus mixed by token share,
+    named `replay_<data>`, counted in `data_mixture` like any other."""
+    if len(references) != 1:
+        raise UserError.of("data.replay", "needs the base stage's data, and this run has no base stage",
+                           "set it on a pipeline stage with init_from, or mix a corpus with data.extra_train (weight)")
+    (base_name, base_data), = references.items()
+    name = f"replay_{base_name}"
+    base_train = load_text_splits(base_data, conf.seed)["train"].select_columns(["text"])
+    splits[f"{MIXTURE_PREFIX}{name}"] = base_train.cast(splits["train"].select_columns(["text"]).features)
+    conf.data.extra_train = [*conf.data.extra_train, {"name": name, "weight": conf.data.replay}]
+    log.info("replay: %.0f%% of the training tokens from %s's %d training documents", 100 * conf.data.replay, base_name,
+             len(base_train))
+    return splits
 
 
 def tokenizer_texts(splits: Mapping[str, Any], conf: PtftConfig) -> Iterator[str]:

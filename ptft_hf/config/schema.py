@@ -68,6 +68,9 @@ class DataConfig:
     stream_eval_documents: int = 200  # streaming without eval data: the stream's first N documents evaluate
     # more training text mixed in: a list of {path, format, text_column} (e.g. a domain corpus)
     extra_train: List[Dict[str, Any]] = field(default_factory=list)
+    # clm pipeline stages: this share of the training tokens comes from the base stage's own
+    # training data (replay, against forgetting); 0 mixes in nothing
+    replay: float = 0.0
 
 
 PLAIN_CHAT_TEMPLATE: Dict[str, str] = {

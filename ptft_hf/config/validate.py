@@ -245,9 +245,9 @@ def _check_extra_train(field: str, extra: Any) -> list[Problem]:
 def mixture_problems(cfg: DictConfig) -> list[Problem]:
     """Weighted extra corpora: causal-LM blocks only, and shares leaving some for the main data."""
     weights = [e.get("weight") for e in cfg.data.get("extra_train") or [] if hasattr(e, "get") and e.get("weight") is not None]
-    if not weights or not all(_is_number(w) for w in weights):
-        return []
-    problems = []
+    problems = _replay_problems(cfg, weights)
+    if problems or not weights or not all(_is_number(w) for w in weights):
+        return problems
     if cfg.objective.name != "clm":
         problems.append(Problem("data.extra_train", f"weights mix causal-LM blocks, not objective={cfg.objective.name}",
                                 "use objective=clm, or repeat: N to concatenate documents"))
@@ -255,6 +255,29 @@ def mixture_problems(cfg: DictConfig) -> list[Problem]:
         problems.append(Problem("data.extra_train", f"the weights add up to {sum(float(w) for w in weights):g}, leaving "
                                 "nothing for the main data", "keep their sum below 1 (the main data takes the rest)"))
     return problems
+
+
+def _replay_problems(cfg: DictConfig, weights: list[Any]) -> list[Problem]:
+    """`data.replay`: a share below 1, of causal-LM blocks, mixed on disk (not in a stream)."""
+    replay = cfg.data.get("replay") or 0.0
+    if not replay:
+        return []
+    if not 0.0 < float(replay) < 1.0:
+        return [Problem("data.replay", f"is {replay}, not a share of the training tokens",
+                        "use a number between 0 and 1 (e.g. 0.2), or 0 for no replay")]
+    if cfg.objective.name != "clm":
+        return [Problem("data.replay", f"mixes causal-LM blocks, not objective={cfg.objective.name}",
+                        "drop data.replay, or use it on a clm stage")]
+    if cfg.data.get("streaming"):
+        return [Problem("data.replay", "mixes data packed on disk, not a stream", "drop data.replay or data.streaming")]
+    if _is_number_list(weights) and float(replay) + sum(float(w) for w in weights) >= 1.0:
+        return [Problem("data.replay", "with data.extra_train's weights leaves nothing for the main data",
+                        "keep replay plus the weights below 1")]
+    return []
+
+
+def _is_number_list(values: list[Any]) -> bool:
+    return all(_is_number(v) for v in values)
 
 
 def _check_model(cfg: DictConfig) -> list[Problem]:

@@ -8,7 +8,7 @@ length-grouped sampler puts texts of similar length together; the padded share i
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -81,6 +81,17 @@ def metrics_fn(names: list[str], f1_average: str):
     return compute
 
 
+def majority_baseline(train_labels: Sequence[int], eval_labels: Sequence[int], num_labels: int,
+                      f1_average: str) -> dict[str, float | int]:
+    """Accuracy and F1 of always answering the most frequent training label: the floor a
+    classifier must beat (as the unigram perplexity is for a language model)."""
+    top = int(np.argmax(np.bincount(np.asarray(train_labels), minlength=num_labels)))
+    references = np.asarray(eval_labels)
+    predictions = np.full_like(references, top)
+    f1 = load_metric("f1").compute(predictions=predictions, references=references, average=f1_average)["f1"]
+    return {"label_id": top, "accuracy": float((references == top).mean()), "f1": float(f1)}
+
+
 def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
                            references: dict[str, DataConfig]) -> Prepared:
     if "label" not in splits["train"].column_names:
@@ -100,6 +111,9 @@ def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any
         log.warning("texts longer than %d tokens were truncated: %s", max_length, truncated)
     train, eval_ = train.remove_columns("truncated"), eval_.remove_columns("truncated")
     counter = PaddingCounter()
+    baseline = majority_baseline(train["labels"], eval_["labels"], len(id2label), obj.f1_average)
+    log.info("majority-class baseline (always '%s'): accuracy %.4f, %s-F1 %.4f", id2label[baseline["label_id"]],
+             baseline["accuracy"], obj.f1_average, baseline["f1"])
     overrides = {"train_sampling_strategy": "group_by_length"} if obj.group_by_length else {}
     return Prepared(
         model=model, train_dataset=train, eval_dataset=eval_, collator=DataCollatorWithPadding(tokenizer),
@@ -107,6 +121,8 @@ def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any
         eval_collator=DataCollatorWithPadding(tokenizer), task_type="SEQ_CLS", token_metrics=False,
         compute_metrics=metrics_fn(list(obj.metrics), obj.f1_average), training_overrides=overrides,
         metrics={"num_labels": len(id2label), "max_length": max_length, "truncated": truncated,
+                 "majority_label": id2label[baseline["label_id"]], "majority_accuracy": baseline["accuracy"],
+                 "majority_f1": baseline["f1"],
                  "data_train": {"documents": len(train), "tokens": int(sum(train["length"]))},
                  "data_eval": {"documents": len(eval_), "tokens": int(sum(eval_["length"]))},
                  "padding": counter.stats},

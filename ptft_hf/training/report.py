@@ -39,14 +39,32 @@ def plot_loss(log_path: str | Path, out_path: str | Path, title: str = "") -> Pa
     return Path(out_path)
 
 
+def baseline_verdict(metrics: dict[str, Any]) -> str | None:
+    """One line when the trained model does not beat the floor a model that learned nothing
+    reaches: the majority-class baseline (classification) or the unigram perplexity (LMs)."""
+    if "eval_accuracy" in metrics and "majority_accuracy" in metrics and \
+            metrics["eval_accuracy"] <= metrics["majority_accuracy"]:
+        return (f"the model does not beat the majority-class baseline: accuracy {metrics['eval_accuracy']:.4f} vs "
+                f"{metrics['majority_accuracy']:.4f} for always answering '{metrics.get('majority_label')}'")
+    if "eval_perplexity" in metrics and "unigram_perplexity" in metrics and \
+            metrics["eval_perplexity"] >= metrics["unigram_perplexity"]:
+        return (f"the model does not beat the unigram floor: perplexity {metrics['eval_perplexity']:.4g} vs "
+                f"{metrics['unigram_perplexity']:.4g} for token frequencies alone")
+    return None
+
+
 def write_report(run_dir: Path, metrics: dict[str, Any], samples: list[dict[str, str]]) -> Path:
     """A short markdown summary of the run beside `metrics.json`."""
     keys = [
         "eval_perplexity_before", "eval_perplexity", "unigram_perplexity", "eval_accuracy_before", "eval_accuracy",
-        "eval_f1_before", "eval_f1", "train_loss", "train_tokens_per_second", "parameters", "trainable_parameters",
+        "majority_accuracy", "eval_f1_before", "eval_f1", "majority_f1", "train_loss", "train_tokens_per_second", "parameters", "trainable_parameters",
         "wall_time_s",
     ]
-    lines = [f"# Run report: {metrics.get('run_name', run_dir.name)}", "", "| metric | value |", "|---|---|"]
+    lines = [f"# Run report: {metrics.get('run_name', run_dir.name)}", ""]
+    verdict = baseline_verdict(metrics)
+    if verdict:
+        lines += [f"**Learned nothing useful: {verdict}.**", ""]
+    lines += ["| metric | value |", "|---|---|"]
     for key in keys:
         if key in metrics:
             value = metrics[key]
@@ -129,6 +147,11 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
         lines.append(f"## {name}")
         lines.append("")
         lines.append(f"- eval on {m['data']}: {quality_summary(m)}")
+        if "majority_accuracy" in m:
+            lines.append(f"- majority-class baseline (always `{m.get('majority_label')}`): accuracy "
+                         f"{_fmt(m['majority_accuracy'])}, F1 {_fmt(m.get('majority_f1'))}")
+        if baseline_verdict(m):
+            lines.append(f"- **learned nothing useful: {baseline_verdict(m)}**")
         if "eval_perplexity" in m and m.get("eval_perplexity_before"):
             change = 100.0 * (m["eval_perplexity"] / m["eval_perplexity_before"] - 1.0)
             lines.append(f"- eval perplexity change: {change:+.1f}%")

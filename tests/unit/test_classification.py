@@ -6,7 +6,8 @@ from datasets import Dataset
 from transformers import EvalPrediction
 
 from ptft_hf.errors import UserError
-from ptft_hf.objectives.classification import label_maps, metrics_fn
+from ptft_hf.objectives.classification import label_maps, majority_baseline, metrics_fn
+from ptft_hf.training.report import baseline_verdict, write_report
 
 
 def test_label_maps_are_sorted_and_complete():
@@ -30,3 +31,27 @@ def test_local_evaluate_metrics_accuracy_and_macro_f1():
     # class 0: f1 1; class 1: tp 1, fn 1 -> 2/3; class 2: tp 1, fp 1 -> 2/3
     assert result["accuracy"] == pytest.approx(0.75)
     assert result["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_the_majority_baseline_always_answers_the_most_frequent_training_label():
+    train = [2, 2, 2, 0, 1, 2, 0]  # label 2 is the most frequent
+    eval_ = [2, 0, 1, 2, 3]
+    baseline = majority_baseline(train, eval_, num_labels=4, f1_average="macro")
+    assert baseline["label_id"] == 2 and baseline["accuracy"] == pytest.approx(2 / 5)
+    # macro-F1: class 2 has precision 2/5 and recall 1, F1 4/7; classes 0, 1 and 3 score 0
+    assert baseline["f1"] == pytest.approx((4 / 7) / 4)
+
+
+@pytest.mark.parametrize("metrics,verdict", [
+    ({"eval_accuracy": 0.013, "majority_accuracy": 0.013, "majority_label": "card_arrival"},
+     "the model does not beat the majority-class baseline: accuracy 0.0130 vs 0.0130 for always answering 'card_arrival'"),
+    ({"eval_accuracy": 0.2, "majority_accuracy": 0.013}, None),
+    ({"eval_perplexity": 900.0, "unigram_perplexity": 850.0},
+     "the model does not beat the unigram floor: perplexity 900 vs 850 for token frequencies alone"),
+    ({"eval_perplexity": 90.0, "unigram_perplexity": 850.0}, None),
+    ({"eval_loss": 1.0}, None),
+])
+def test_a_run_that_does_not_beat_its_floor_says_so(metrics, verdict, tmp_path):
+    assert baseline_verdict(metrics) == verdict
+    report = write_report(tmp_path, {"run_name": "r", **metrics}, []).read_text()
+    assert ("Learned nothing useful" in report) is (verdict is not None)
