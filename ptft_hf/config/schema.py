@@ -87,6 +87,8 @@ class ObjectiveConfig:
     block_size: int = 128  # tokens per packed block (clm, mlm)
     add_eos: bool = True  # put EOS ([SEP] for BERT) after every document before packing
     num_proc: Optional[int] = None  # datasets.map workers
+    # the CPU trainer's default learning rate for this objective (trainer.learning_rate, set, wins)
+    learning_rate: float = 1.0e-3
     mlm_probability: float = 0.15  # mlm: share of tokens (or words) to predict
     whole_word_mask: bool = False  # mlm: mask all tokens of a chosen word together
     eval_mask_seed: int = 1234  # mlm: eval masks depend only on this seed and the text
