@@ -113,3 +113,10 @@ def test_length_megabatch_must_hold_a_batch(compose_cfg, tmp_path, value, fields
                                             f"data.eval_path={train}", "data.label_column=category",
                                             f"objective.length_megabatch={value}"))
     assert [p.field for p in problems] == fields
+
+
+@pytest.mark.parametrize("overrides,learning_rate", [
+    ([], 1e-3), (["objective=classification"], 3e-4), (["objective=classification", "trainer.learning_rate=1e-3"], 1e-3),
+    (["objective=classification", "objective.learning_rate=5e-4"], 5e-4), (["objective=mlm", "model=tiny_bert"], 1e-3)])
+def test_the_cpu_trainers_learning_rate_is_the_objectives_unless_set(compose_cfg, overrides, learning_rate):
+    assert compose_cfg(*overrides).trainer.learning_rate == learning_rate
