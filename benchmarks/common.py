@@ -235,11 +235,15 @@ def thread_env(env: dict[str, str], threads: int) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "RAYON_NUM_THREADS": str(threads)}
 
 
-def project_trainer_field(device: str, key: str) -> Any:
-    """A field of the project's trainer preset for this device (conf/trainer/cpu.yaml or gpu.yaml),
-    so a baseline can share, say, the learning rate without importing the project."""
+def project_trainer_field(device: str, key: str, objective: str = "clm") -> Any:
+    """A field of the project's trainer preset for this device (conf/trainer/cpu.yaml or gpu.yaml)
+    as it resolves for `objective` (the CPU preset's learning rate is the objective's), so a
+    baseline can share, say, the learning rate without importing the project's training code."""
     from omegaconf import OmegaConf
 
+    from ptft_hf.config.schema import ObjectiveConfig
     from ptft_hf.paths import conf_dir
 
-    return OmegaConf.load(conf_dir() / "trainer" / ("gpu.yaml" if device == "cuda" else "cpu.yaml"))[key]
+    trainer = OmegaConf.load(conf_dir() / "trainer" / ("gpu.yaml" if device == "cuda" else "cpu.yaml"))
+    chosen = OmegaConf.merge(OmegaConf.structured(ObjectiveConfig), OmegaConf.load(conf_dir() / "objective" / f"{objective}.yaml"))
+    return OmegaConf.merge({"objective": chosen, "trainer": trainer}).trainer[key]

@@ -174,7 +174,7 @@ def _glue(spec: dict[str, Any], run_dir: Path, pad_to_max_length: bool) -> dict[
     args = TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=s["batch_size"], max_steps=s["steps"], seed=spec["seed"],
         use_cpu=device == "cpu", bf16=device == "cuda", report_to="none", save_strategy="no", disable_tqdm=True,
-        learning_rate=s["learning_rate"], **{k: project_trainer_field(device, k) for k in SHARED_TRAINER_FIELDS},
+        learning_rate=s["learning_rate"], **{k: project_trainer_field(device, k, "classification") for k in SHARED_TRAINER_FIELDS},
     )
     timer = step_timer()
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,

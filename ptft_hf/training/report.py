@@ -104,33 +104,94 @@ def _reference_pairs(metrics: dict[str, Any]) -> list[tuple[str, float, float]]:
 def quality_summary(m: dict[str, Any]) -> str:
     """The stage's headline eval figure, before → after: perplexity for LMs, accuracy/F1 otherwise."""
     if "eval_perplexity" in m:
-        return f"perplexity {_fmt(m.get('eval_perplexity_before'))} → {_fmt(m['eval_perplexity'])}"
+        exact = f"; exact match {_fmt(m['eval_exact_match'])}" if "eval_exact_match" in m else ""
+        return f"perplexity {_fmt(m.get('eval_perplexity_before'))} → {_fmt(m['eval_perplexity'])}{exact}"
     parts = [f"{name} {_fmt(m.get(f'eval_{name}_before'))} → {_fmt(m.get(f'eval_{name}'))}"
              for name in ("accuracy", "f1") if f"eval_{name}" in m]
     return "; ".join(parts) or "–"
 
 
+def stage_purpose(m: dict[str, Any]) -> str:
+    """What a stage was for: pretraining (an LM from scratch), continued pretraining (full LM
+    training of a checkpoint), fine-tuning, or a control (random weights)."""
+    language_modelling = m.get("objective") in ("clm", "mlm")
+    if m.get("random_init"):
+        return "control (random weights)"
+    if not m.get("base_model"):
+        return "pretraining" if language_modelling else "training from scratch"
+    if language_modelling and m.get("strategy") == "full":
+        return "continued pretraining"
+    return "fine-tuning"
+
+
+def _data_words(m: dict[str, Any]) -> str:
+    mixture = m.get("data_mixture") or {}
+    others = [f"{100 * part['weight']:.0f}% {name}" for name, part in mixture.items() if name != m["data"]]
+    return m["data"] + (f" (+ {', '.join(others)})" if others else "")
+
+
+def _seed_table(stages: dict[str, dict[str, Any]], configs: dict[str, Any]) -> list[str]:
+    """Pretraining against each fine-tuning, one column per stage: purpose, data, cost, update."""
+    names = list(stages)
+    first = stages[names[0]].get("train_flops_estimate") or 0.0
+
+    def flops(m: dict[str, Any]) -> str:
+        value = m.get("train_flops_estimate")
+        if value is None:
+            return "–"
+        return f"{value:.3g}" + (f" ({value / first:.2f}x)" if first and m is not stages[names[0]] else "")
+
+    def base(name: str) -> str:
+        init_from = getattr(configs.get(name), "init_from", None)
+        return f"stage `{init_from}`" if init_from else "its config (random weights)" if not stages[name].get("base_model") \
+            else "a checkpoint"
+
+    def forgetting(m: dict[str, Any]) -> str:
+        return "; ".join(f"{n} {_fmt(b)} → {_fmt(a)} ({100.0 * (a / b - 1.0):+.1f}%)" for n, b, a in _reference_pairs(m)) or "–"
+
+    rows = [
+        ("purpose", lambda n, m: stage_purpose(m)),
+        ("starts from", lambda n, m: base(n)),
+        ("objective, strategy", lambda n, m: f"{m['objective']}, {m['strategy']}"),
+        ("data", lambda n, m: _data_words(m)),
+        ("documents / tokens", lambda n, m: f"{m['data_train'].get('documents', '–')} / {m['data_train'].get('tokens', '–')}"),
+        ("tokens trained", lambda n, m: _fmt(m.get("train_tokens"))),
+        ("wall time (s)", lambda n, m: _fmt(m.get("wall_time_s"))),
+        (f"est. training FLOPs (x `{names[0]}`)", lambda n, m: flops(m)),
+        ("peak memory (MB)", lambda n, m: _fmt(m.get("peak_memory_mb"))),
+        ("parameters updated", lambda n, m: f"{m['trainable_percent']:.2f}% ({m['trainable_parameters']:,})"),
+        ("saved (MB)", lambda n, m: _fmt(m["saved_bytes"] / 2**20, 3) if m.get("saved_bytes") is not None else "–"),
+        ("own eval before → after", lambda n, m: quality_summary(m)),
+        ("baseline", lambda n, m: _baseline_words(m)),
+        ("general perplexity (forgetting)", lambda n, m: forgetting(m)),
+    ]
+    lines = ["| | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(n, stages[n]) for n in names) + " |")
+    return lines
+
+
+def _baseline_words(m: dict[str, Any]) -> str:
+    if "majority_accuracy" in m:
+        verdict = "beaten" if baseline_verdict(m) is None else "**not beaten**"
+        return f"majority class: accuracy {_fmt(m['majority_accuracy'])} ({verdict})"
+    if "unigram_perplexity" in m:
+        verdict = "beaten" if baseline_verdict(m) is None else "**not beaten**"
+        return f"unigram perplexity {_fmt(m['unigram_perplexity'])} ({verdict})"
+    return "–"
+
+
 def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any]) -> Path:
-    """The seed's comparison table: one row per stage, with what it cost and what it changed."""
+    """The seed's comparison first (pretraining against each fine-tuning: purpose, data, cost and
+    parameters updated, one column per stage), then the value of pretraining, then each stage."""
     order = summary.get("stage_order") or list(summary["stages"])
     summary = {**summary, "stages": {name: summary["stages"][name] for name in order}}
     lines = [
         f"# Pipeline report: {run_dir.name}", "",
         f"{len(summary['stages'])} stages in {summary['wall_time_s']:.0f} s.", "",
-        "| stage | objective | strategy | data | documents | tokens | wall time (s) | est. training FLOPs | "
-        "parameters updated | peak memory (MB) | eval before → after | general perplexity before → after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "## Pretraining vs fine-tuning", "",
+        *_seed_table(summary["stages"], stages),
     ]
-    for name, m in summary["stages"].items():
-        refs = _reference_pairs(m)
-        general = "; ".join(f"{n}: {_fmt(b)} → {_fmt(a)}" for n, b, a in refs) or "–"
-        init = " (random init)" if m.get("random_init") else ""
-        lines.append(
-            f"| {name} | {m['objective']} | {m['strategy']}{init} | {m['data']} | {m['data_train']['documents']} | "
-            f"{m['data_train']['tokens']} | {_fmt(m.get('wall_time_s'))} | {m['train_flops_estimate']:.3g} | "
-            f"{m['trainable_parameters']:,} ({m['trainable_percent']:.2f}%) | {_fmt(m.get('peak_memory_mb'))} | "
-            f"{quality_summary(m)} | {general} |"
-        )
     lines.append("")
     controls = {n: m for n, m in summary["stages"].items() if m.get("random_init")}
     for control_name, control in controls.items():

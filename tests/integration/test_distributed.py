@@ -109,7 +109,7 @@ def test_the_quickstart_pipeline_under_two_processes_matches_the_single_process_
                                                          "pretrain", "report.md"]
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["stage_order"] == ["pretrain", "finetune"] and summary["stages_trained"] == ["pretrain", "finetune"]
-    assert (run_dir / "report.md").read_text().count("| pretrain |") == 1
+    assert (run_dir / "report.md").read_text().count("## pretrain\n") == 1
     pretrain, finetune = (json.loads((run_dir / s / "metrics.json").read_text()) for s in ("pretrain", "finetune"))
     assert finetune["lineage"]["base_config_sha256"] == pretrain["config_fingerprint"]
     assert finetune["base_model"] == str((run_dir / "pretrain" / "model").resolve())

@@ -274,9 +274,15 @@ def test_a_finished_stage_after_one_that_trains_again_is_not_skipped(pipeline_ru
 def test_pipeline_report_has_the_per_stage_table(pipeline_run):
     _, run_dir = pipeline_run
     report = (run_dir / "report.md").read_text()
-    assert "| stage | objective | strategy | data | documents | tokens | wall time (s) | est. training FLOPs | parameters updated |" in report
-    rows = [line for line in report.splitlines() if line.startswith("| pretrain |") or line.startswith("| finetune |")]
-    assert len(rows) == 2 and "100.00%" in rows[0] and "builtin_docs:" in rows[1]
+    table = report.split("## Pretraining vs fine-tuning\n\n")[1].split("\n\n")[0].splitlines()
+    assert table[0] == "| | `pretrain` | `finetune` |"
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in table[2:]}
+    assert rows["purpose"] == ["pretraining", "fine-tuning |"]
+    assert rows["starts from"] == ["its config (random weights)", "stage `pretrain` |"]
+    assert rows["parameters updated"][0].startswith("100.00%") and rows["general perplexity (forgetting)"][1].startswith("builtin_docs ")
+    pretrain, finetune = (json.loads((run_dir / s / "metrics.json").read_text()) for s in ("pretrain", "finetune"))
+    ratio = finetune["train_flops_estimate"] / pretrain["train_flops_estimate"]
+    assert rows["est. training FLOPs (x `pretrain`)"][1] == f"{finetune['train_flops_estimate']:.3g} ({ratio:.2f}x) |"
     assert "general perplexity on builtin_docs" in report
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["stage_order"] == ["pretrain", "finetune"]

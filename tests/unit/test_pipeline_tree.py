@@ -98,7 +98,8 @@ def test_a_tree_runs_in_dependency_order_and_each_branch_has_its_own_lineage(rec
     assert by_stage["support"]["references"] == ["builtin_docs"] and by_stage["legal_sft"]["references"] == ["builtin_licenses"]
     assert summary["stage_order"] == ["general", "legal", "support", "legal_sft"]
     report = (tmp_path / "run" / "report.md").read_text()
-    assert all(f"| {name} |" in report for name in summary["stage_order"])
+    assert "| | `general` | `legal` | `support` | `legal_sft` |" in report  # one report compares the branches
+    assert "| starts from | its config (random weights) | stage `general` | stage `general` | stage `legal` |" in report
 
 
 def test_a_rerun_keeps_the_finished_branches_and_resumes_the_unfinished_one(recorder, tmp_path, caplog):
