@@ -181,6 +181,25 @@ def _baseline_words(m: dict[str, Any]) -> str:
     return "–"
 
 
+def _same_task_other_base(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """Stages fine-tuned alike from different bases (e.g. with and without a domain-adaptive
+    stage): what the base was worth, on the task's own metric."""
+    lines = []
+    names = [n for n, m in stages.items() if not m.get("random_init") and m.get("lineage")]
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            a, b = stages[first], stages[second]
+            if (a["objective"], a["data"]) != (b["objective"], b["data"]) or a["lineage"].get("init_from_stage") == \
+                    b["lineage"].get("init_from_stage"):
+                continue
+            key = next((f"eval_{k}" for k in ("accuracy", "exact_match", "perplexity") if f"eval_{k}" in a and f"eval_{k}" in b), None)
+            if key:
+                lines.append(f"- the same fine-tuning from two bases, {key[len('eval_'):]}: `{first}` (from "
+                             f"`{a['lineage']['init_from_stage']}`) {_fmt(a[key])} vs `{second}` (from "
+                             f"`{b['lineage']['init_from_stage']}`) {_fmt(b[key])}: {a[key] - b[key]:+.4f}")
+    return lines
+
+
 def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any]) -> Path:
     """The seed's comparison first (pretraining against each fine-tuning: purpose, data, cost and
     parameters updated, one column per stage), then the value of pretraining, then each stage."""
@@ -203,6 +222,7 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
                 if key in m and key in control:
                     lines.append(f"- value of pretraining, {metric}: `{name}` {_fmt(m[key])} vs `{control_name}` "
                                  f"(same fine-tuning from random weights) {_fmt(control[key])}: {m[key] - control[key]:+.4f}")
+    lines += _same_task_other_base(summary["stages"])
     lines.append("")
     for name, m in summary["stages"].items():
         lines.append(f"## {name}")

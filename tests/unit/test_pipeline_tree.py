@@ -139,3 +139,35 @@ def test_stage_ancestors_follow_init_from_to_the_root():
     typed = OmegaConf.to_object(stages)
     assert stage_ancestors("legal_sft", typed) == ["legal", "general"]
     assert stage_ancestors("support", typed) == ["general"] and stage_ancestors("general", typed) == []
+
+
+def _stage(objective: str, data: str, base: str | None, accuracy: float, random_init: bool = False) -> dict:
+    return {"objective": objective, "strategy": "full", "data": data, "random_init": random_init,
+            "base_model": f"/runs/{base}/model" if base else None,
+            "lineage": {"init_from_stage": base, "base_run_dir": f"/runs/{base}", "base_config_sha256": "ab" * 32} if base else {},
+            "data_train": {"documents": 10, "tokens": 100}, "train_flops_estimate": 1e9 if base else 4e9,
+            "trainable_parameters": 10, "trainable_percent": 100.0, "eval_accuracy": accuracy,
+            "majority_accuracy": 0.362, "majority_label": "INHIBITOR"}
+
+
+def test_the_report_weighs_each_base_a_control_and_the_domain_stage(tmp_path):
+    """The medical branch's comparisons: ChemProt from the domain-adapted model, from the general
+    one (no domain stage) and from random weights (the control)."""
+    from ptft_hf.training.report import write_pipeline_report
+
+    stages = {"general": {**_stage("clm", "wikitext2", None, 0.3), "eval_perplexity": 90.0},
+              "medical": {**_stage("clm", "medical_abstracts", "general", 0.3), "eval_perplexity": 40.0},
+              "chemprot": _stage("classification", "chemprot", "medical", 0.61),
+              "chemprot_general": _stage("classification", "chemprot", "general", 0.58),
+              "chemprot_control": _stage("classification", "chemprot", "general", 0.35, random_init=True)}
+    for m in stages.values():
+        if m["objective"] == "clm":
+            del m["eval_accuracy"], m["majority_accuracy"], m["majority_label"]
+    report = write_pipeline_report(tmp_path, {"stages": stages, "wall_time_s": 10.0}, {}).read_text()
+    assert ("- value of pretraining, accuracy: `chemprot` 0.61 vs `chemprot_control` (same fine-tuning from random "
+            "weights) 0.35: +0.2600") in report
+    assert ("- the same fine-tuning from two bases, accuracy: `chemprot` (from `medical`) 0.61 vs `chemprot_general` "
+            "(from `general`) 0.58: +0.0300") in report
+    assert "| purpose | pretraining | continued pretraining | fine-tuning | fine-tuning | control (random weights) |" in report
+    assert "majority class: accuracy 0.362 (**not beaten**)" in report  # the control did not beat it
+    assert "| est. training FLOPs (x `general`) | 4e+09 | 1e+09 (0.25x) |" in report
