@@ -12,7 +12,8 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening, TrainingArguments
 
 from ptft_hf.data.builtin import iter_stdlib_docstrings
-from ptft_hf.data.chat import encode_conversation
+from ptft_hf.config.schema import PLAIN_CHAT_TEMPLATE
+from ptft_hf.data.chat import PlainTemplate, encode_conversation
 from ptft_hf.data.collators import CausalLMCollator, MaskedLMCollator
 from ptft_hf.models.twins import FAMILIES, build_twin
 from ptft_hf.objectives.sft import configure_for_packing
@@ -43,13 +44,15 @@ def _model(folder, attention: str = "sdpa"):
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_packed_rows_give_each_example_its_own_logits(twins, family, attention):
-    tokenizer = AutoTokenizer.from_pretrained(twins[family])
-    model = configure_for_packing(_model(twins[family], attention))
+@pytest.mark.parametrize("family", [*sorted(FAMILIES), "gpt2"])
+def test_packed_rows_give_each_example_its_own_logits(twins, other_twins, family, attention):
+    folder = other_twins["gpt2"] if family == "gpt2" else twins[family]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = configure_for_packing(_model(folder, attention))
     conversations = [[{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5"}],
                      [{"role": "user", "content": "A longer question, about 4 plus 4?"}, {"role": "assistant", "content": "8"}]]
-    examples = [encode_conversation(c, tokenizer, None, max_length=256) for c in conversations]
+    template = PlainTemplate(**PLAIN_CHAT_TEMPLATE) if family == "gpt2" else None  # GPT-2 has none: the plain one
+    examples = [encode_conversation(c, tokenizer, template, max_length=256) for c in conversations]
     batch = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)(
         [{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
     first = len(examples[0].input_ids)
