@@ -71,6 +71,12 @@ def labelled(encoded: list[tuple[list[int], list[int]]]) -> list[list[int]]:
     return [[i for i, label in enumerate(labels) if label != IGNORE] for _, labels in encoded]
 
 
+def _every_end_of_turn_labelled(encoded: list[tuple[list[int], list[int]]], eot: int) -> bool:
+    """Each assistant turn's end-of-turn token carries a label: as many labelled end-of-turn
+    tokens as assistant turns (two per conversation here)."""
+    return all(sum(1 for t, label in zip(ids, labels) if t == eot and label != IGNORE) == 2 for ids, labels in encoded)
+
+
 def compare_labels(family: str, template_name: str, template: str | None, twin: Path, rows: list, folder: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,8 +88,7 @@ def compare_labels(family: str, template_name: str, template: str | None, twin: 
     eot = end_of_turn_id(tokenizer, None)
     mine = ours(rows, tokenizer, 512)
     result: dict[str, Any] = {"family": family, "template": template_name,
-                              "ours_labels_end_of_turn": all(labels[len(ids) - 1 - ids[::-1].index(eot)] == eot
-                                                             for ids, labels in mine)}
+                              "ours_labels_end_of_turn": _every_end_of_turn_labelled(mine, eot)}
     result["ours_labelled_per_conversation"] = len(labelled(mine)[0])
     try:
         _, theirs = trl_encoded(rows, tokenizer, AutoModelForCausalLM.from_pretrained(twin), 512, folder / template_name)
@@ -92,8 +97,7 @@ def compare_labels(family: str, template_name: str, template: str | None, twin: 
         return result
     result["trl"] = "accepted"
     result["trl_labelled_per_conversation"] = len(labelled(theirs)[0])
-    result["trl_labels_end_of_turn"] = all(eot in [t for t, label in zip(ids, labels) if label != IGNORE]
-                                           for ids, labels in theirs)
+    result["trl_labels_end_of_turn"] = _every_end_of_turn_labelled(theirs, eot)
     same_ids = [a[0] == b[0] for a, b in zip(mine, theirs)]
     result["same_token_ids"] = sum(same_ids) / len(rows)
     result["same_labels"] = sum(x == y for x, y in zip(labelled(mine), labelled(theirs))) / len(rows)
@@ -128,10 +132,10 @@ def speed(twin: Path, template: str, rows: list, steps: int, folder: Path) -> di
     ours_train = time.perf_counter() - start
 
     torch.manual_seed(0)
+    trl_model = AutoModelForCausalLM.from_pretrained(twin)  # loaded outside the timed window, as ours is
     start = time.perf_counter()
-    trl_trainer, theirs = trl_encoded(rows, tokenizer, AutoModelForCausalLM.from_pretrained(twin), None,
-                                      folder / "trl", padding_free=True, **common)
-    trl_prep = time.perf_counter() - start  # includes building the trainer (small next to tokenising)
+    trl_trainer, theirs = trl_encoded(rows, tokenizer, trl_model, None, folder / "trl", padding_free=True, **common)
+    trl_prep = time.perf_counter() - start  # SFTTrainer prepares its data set while it is built
     start = time.perf_counter()
     trl_loss = trl_trainer.train().training_loss
     trl_train = time.perf_counter() - start

@@ -137,6 +137,9 @@ def compose_stages(cfg: DictConfig, run_dir: Path, shared: list[str] = ()) -> di
         stage_cfg.overwrite = cfg.overwrite
         if name == names[-1]:
             _with_pipeline_hub(stage_cfg, cfg)
+        if stage_cfg.data.get("replay") and not stage.init_from:
+            problems.append(Problem(f"stages.{name}: data.replay", "needs a base stage to replay, and this stage has no "
+                                    "init_from", "set init_from to the stage whose data it replays, or drop data.replay"))
         for problem in collect_problems(stage_cfg):
             if problem.field == "model.name_or_path" and stage.init_from:
                 continue  # filled from the earlier stage, which does not exist yet
@@ -246,7 +249,7 @@ def _refuse_finished(plan: StagePlan, state: dict[str, str], stages: dict[str, S
             problems.append(Problem(f"stages.{name}", f"'{run_dir / name}' holds a finished stage run, but its base stage "
                                     f"'{stages[name].init_from}' trains again", "add overwrite=true to train it again too, "
                                     "or choose another hydra.run.dir"))
-    if not problems and is_finished(run_dir):
+    if not problems and not plan.run and is_finished(run_dir):  # new stages added to a finished pipeline do run
         problems.append(Problem("hydra.run.dir", f"'{run_dir}' already holds a finished run",
                                 "choose another folder or add overwrite=true"))
     if problems:
@@ -265,9 +268,14 @@ def _changed_keys(stage_dir: Path, stage_cfg: DictConfig, limit: int = 4) -> str
         new = _flatten(redact(resolved, secret_values(resolved)))  # as config.yaml holds it: no secrets in the log
     except Exception:  # no readable config.yaml: the fingerprint alone says it changed
         return ""
+    def counted(key: str) -> bool:
+        return key.split(".")[0] not in _NOT_FINGERPRINTED and key != "trainer.resume_from_checkpoint"
+
     changed = [f"{k}: {old[k]} -> {new[k]}" for k in sorted(old.keys() & new.keys())
-               if old[k] != new[k] and old[k] != "***" and k.split(".")[0] not in _NOT_FINGERPRINTED
-               and k != "trainer.resume_from_checkpoint"]
+               if old[k] != new[k] and old[k] != "***" and counted(k)]
+    # a setting this version added (or dropped) changes the fingerprint too: name it
+    changed += [f"{k}: (not recorded) -> {new[k]}" for k in sorted(new.keys() - old.keys()) if counted(k) and new[k] is not None]
+    changed += [f"{k}: {old[k]} -> (gone)" for k in sorted(old.keys() - new.keys()) if counted(k)]
     if not changed:
         return ""
     return f" ({', '.join(changed[:limit])}{' ...' if len(changed) > limit else ''})"

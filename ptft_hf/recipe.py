@@ -49,7 +49,7 @@ from ptft_hf.strategies import get_strategy
 from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generate_samples, tensorboard_callback
 from ptft_hf.training.generation import exact_match_eval
 from ptft_hf.training.cost import estimate_training_flops, peak_memory_mb, reset_peak_memory
-from ptft_hf.training.report import baseline_verdict, plot_loss, write_report
+from ptft_hf.training.report import baseline_verdict, beats_baseline, plot_loss, write_report
 from ptft_hf.training.safety import Interrupted, NonFiniteLoss, StopOnSignal
 from ptft_hf.training.trainer import PtftTrainer
 
@@ -249,8 +249,7 @@ def run(
     if prepared.generates and (trainer.is_world_process_zero() or sharded):
         samples = generate_samples(prepared.model, tokenizer, conf.samples, _prompt_formatter(prepared, tokenizer))
     verdict = baseline_verdict(metrics)
-    metrics["beats_baseline"] = verdict is None if ("majority_accuracy" in metrics or "unigram_perplexity" in metrics) \
-        else None
+    metrics["beats_baseline"] = beats_baseline(metrics)  # None: no floor to compare with
     if verdict:
         log.warning("%s: check the learning rate, the steps and the data (metrics.json beats_baseline=false)", verdict)
     if trainer.is_world_process_zero():

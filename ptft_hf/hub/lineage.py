@@ -102,10 +102,12 @@ def _parent(record: RunRecord) -> tuple[Path | None, str, str | None] | None:
     sha = lineage.get("base_config_sha256")
     if lineage.get("base_run_dir"):
         name = lineage.get("init_from_stage") or Path(lineage["base_run_dir"]).name
-        # the sibling stage first: a copied or moved pipeline folder holds its own earlier stages
-        for candidate in (record.run_dir.parent / name, Path(lineage["base_run_dir"])):
-            if (candidate / FINISHED_MARKER).is_file():
-                return candidate, name, sha
+        # the sibling stage first (a copied or moved pipeline folder holds its own earlier stages),
+        # preferring the run whose config fingerprint is the one recorded
+        candidates = [c for c in (record.run_dir.parent / name, Path(lineage["base_run_dir"])) if (c / FINISHED_MARKER).is_file()]
+        matching = [c for c in candidates if sha and read_run(c)[0].get("config_fingerprint") == sha]
+        if matching or candidates:
+            return (matching or candidates)[0], name, sha
         log.warning("lineage: the folder of stage '%s' (%s) is gone; the chain stops there", name, lineage["base_run_dir"])
         return None, name, sha
     folder = _run_of_model_folder(record.base or "")
@@ -142,6 +144,9 @@ def hub_base_model(chain: list[RunRecord]) -> str | None:
             return None
         if record.origin == HUB:
             return record.base
+        if record.origin == LOCAL:
+            cached = cached_snapshot_id(record.base)
+            return cached[0] if cached else None
         if record.origin != RUN:
             return None
     return None
@@ -160,14 +165,18 @@ def cached_snapshot_id(folder: str | None) -> tuple[str, str] | None:
 
 
 def published_full_model(record: RunRecord) -> tuple[str, str | None] | None:
-    """(repo id, branch) where the full model of `record`'s run was pushed, if it was."""
+    """(repo id, revision) where the full model of `record`'s run was last pushed, if it was: the
+    revision is the upload's commit (the exact weights), else the branch it went to."""
     path = record.run_dir / PUSH_RECORD if record.run_dir else None
     if not path or not path.is_file():
         return None
     pushed = json.loads(path.read_text(encoding="utf-8"))
-    if pushed.get("dry_run") or pushed.get("kind") != "full" or not pushed.get("repo_id"):
+    if pushed.get("dry_run"):  # a dry run after a push keeps that push's record beside its own
+        pushed = pushed.get("last_push") or {}
+    if pushed.get("kind") != "full" or not pushed.get("repo_id"):
         return None
-    return pushed["repo_id"], pushed.get("revision")
+    commit = str(pushed.get("commit_url") or "").rstrip("/").rsplit("/commit/", 1)
+    return pushed["repo_id"], commit[1] if len(commit) == 2 and commit[1] else pushed.get("revision")
 
 
 def adapter_base_on_hub(chain: list[RunRecord]) -> tuple[str, str | None] | None:
@@ -200,6 +209,9 @@ def describe_origin(record: RunRecord, previous: RunRecord | None) -> str:
         return f"the model of stage `{previous.name}`"
     if record.run_dir is None:
         return "a run whose folder is not on this machine"
+    cached = cached_snapshot_id(record.base)
+    if cached:
+        return f"[`{cached[0]}`](https://huggingface.co/{cached[0]}) (revision `{cached[1]}`), a copy in the Hugging Face cache"
     return f"a local checkpoint (`{_short(record.base)}`), origin not recorded"
 
 

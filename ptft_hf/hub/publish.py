@@ -70,4 +70,10 @@ def _write_record(run_dir: Path, hub: HubConfig, published: Published) -> None:
         "url": published.pushed.url if published.pushed else None,
         "commit_url": published.pushed.commit_url if published.pushed else None,
     }
-    (run_dir / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    path = run_dir / RECORD
+    if record["dry_run"] and path.is_file():  # keep the last real push: later stages may name it as their base
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        last_push = earlier.get("last_push") if earlier.get("dry_run") else earlier
+        if last_push:
+            record["last_push"] = last_push
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

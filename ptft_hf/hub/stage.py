@@ -148,8 +148,12 @@ def _name_base_by_hub_id(adapter_config: Path, run_dir: Path) -> str | None:
     local = config.get("base_model_name_or_path")
     on_hub = adapter_base_on_hub(trace_lineage(run_dir))
     if on_hub is None:
-        if not local or not Path(local).expanduser().exists():
-            return None  # a Hub id already, or a folder that is not on this machine
+        if not local or not Path(local).is_absolute() and not Path(local).expanduser().exists():
+            return None  # a Hub id already
+        if not Path(local).expanduser().exists():
+            log.warning("the adapter's base is the local folder '%s', which is not on this machine any more and no "
+                        "one else can load: publish the base model and stage this run again", local)
+            return None
         log.warning("the adapter's base is the local folder '%s', which no one else can load: publish that model "
                     "(ptft-hf-push <its run folder> --repo-id user/base) and stage this run again, or publish it merged "
                     "(hub.merged=true)", local)

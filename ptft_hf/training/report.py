@@ -39,18 +39,27 @@ def plot_loss(log_path: str | Path, out_path: str | Path, title: str = "") -> Pa
     return Path(out_path)
 
 
-def baseline_verdict(metrics: dict[str, Any]) -> str | None:
-    """One line when the trained model does not beat the floor a model that learned nothing
-    reaches: the majority-class baseline (classification) or the unigram perplexity (LMs)."""
-    if "eval_accuracy" in metrics and "majority_accuracy" in metrics and \
-            metrics["eval_accuracy"] <= metrics["majority_accuracy"]:
-        return (f"the model does not beat the majority-class baseline: accuracy {metrics['eval_accuracy']:.4f} vs "
-                f"{metrics['majority_accuracy']:.4f} for always answering '{metrics.get('majority_label')}'")
-    if "eval_perplexity" in metrics and "unigram_perplexity" in metrics and \
-            metrics["eval_perplexity"] >= metrics["unigram_perplexity"]:
-        return (f"the model does not beat the unigram floor: perplexity {metrics['eval_perplexity']:.4g} vs "
-                f"{metrics['unigram_perplexity']:.4g} for token frequencies alone")
+def beats_baseline(metrics: dict[str, Any]) -> bool | None:
+    """Whether the trained model beats the floor a model that learned nothing reaches: the
+    majority-class baseline (on accuracy, else F1) or the unigram perplexity; None when the run
+    has no such figure to compare."""
+    for ours, floor, lower_is_better in (("eval_accuracy", "majority_accuracy", False), ("eval_f1", "majority_f1", False),
+                                         ("eval_perplexity", "unigram_perplexity", True)):
+        if ours in metrics and floor in metrics:
+            return metrics[ours] < metrics[floor] if lower_is_better else metrics[ours] > metrics[floor]
     return None
+
+
+def baseline_verdict(metrics: dict[str, Any]) -> str | None:
+    """One line when the trained model does not beat its floor (see `beats_baseline`)."""
+    if beats_baseline(metrics) is not False:
+        return None
+    if "majority_accuracy" in metrics:
+        metric = "accuracy" if "eval_accuracy" in metrics else "f1"
+        return (f"the model does not beat the majority-class baseline: {metric} {metrics[f'eval_{metric}']:.4f} vs "
+                f"{metrics[f'majority_{metric}']:.4f} for always answering '{metrics.get('majority_label')}'")
+    return (f"the model does not beat the unigram floor: perplexity {metrics['eval_perplexity']:.4g} vs "
+            f"{metrics['unigram_perplexity']:.4g} for token frequencies alone")
 
 
 def write_report(run_dir: Path, metrics: dict[str, Any], samples: list[dict[str, str]]) -> Path:
@@ -172,11 +181,10 @@ def _seed_table(stages: dict[str, dict[str, Any]], configs: dict[str, Any]) -> l
 
 
 def _baseline_words(m: dict[str, Any]) -> str:
+    verdict = {True: "beaten", False: "**not beaten**", None: "not compared"}[beats_baseline(m)]
     if "majority_accuracy" in m:
-        verdict = "beaten" if baseline_verdict(m) is None else "**not beaten**"
         return f"majority class: accuracy {_fmt(m['majority_accuracy'])} ({verdict})"
     if "unigram_perplexity" in m:
-        verdict = "beaten" if baseline_verdict(m) is None else "**not beaten**"
         return f"unigram perplexity {_fmt(m['unigram_perplexity'])} ({verdict})"
     return "–"
 
@@ -186,11 +194,20 @@ def _same_task_other_base(stages: dict[str, dict[str, Any]]) -> list[str]:
     stage): what the base was worth, on the task's own metric."""
     lines = []
     names = [n for n, m in stages.items() if not m.get("random_init") and m.get("lineage")]
+
+    def ancestors(name: str) -> set[str]:
+        seen: set[str] = set()
+        while name in stages and (stages[name].get("lineage") or {}).get("init_from_stage") not in (None, *seen):
+            name = stages[name]["lineage"]["init_from_stage"]
+            seen.add(name)
+        return seen
+
     for i, first in enumerate(names):
         for second in names[i + 1:]:
             a, b = stages[first], stages[second]
-            if (a["objective"], a["data"]) != (b["objective"], b["data"]) or a["lineage"].get("init_from_stage") == \
-                    b["lineage"].get("init_from_stage"):
+            if (a["objective"], a["data"], a.get("strategy")) != (b["objective"], b["data"], b.get("strategy")) or \
+                    a["lineage"].get("init_from_stage") == b["lineage"].get("init_from_stage") or \
+                    first in ancestors(second) or second in ancestors(first):
                 continue
             key = next((f"eval_{k}" for k in ("accuracy", "exact_match", "perplexity") if f"eval_{k}" in a and f"eval_{k}" in b), None)
             if key:

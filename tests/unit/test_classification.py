@@ -50,8 +50,19 @@ def test_the_majority_baseline_always_answers_the_most_frequent_training_label()
      "the model does not beat the unigram floor: perplexity 900 vs 850 for token frequencies alone"),
     ({"eval_perplexity": 90.0, "unigram_perplexity": 850.0}, None),
     ({"eval_loss": 1.0}, None),
+    ({"eval_f1": 0.05, "majority_f1": 0.05, "majority_accuracy": 0.3, "majority_label": "x"},  # metrics=[f1]: F1 decides
+     "the model does not beat the majority-class baseline: f1 0.0500 vs 0.0500 for always answering 'x'"),
 ])
 def test_a_run_that_does_not_beat_its_floor_says_so(metrics, verdict, tmp_path):
     assert baseline_verdict(metrics) == verdict
     report = write_report(tmp_path, {"run_name": "r", **metrics}, []).read_text()
     assert ("Learned nothing useful" in report) is (verdict is not None)
+
+
+@pytest.mark.parametrize("metrics,beats", [({"eval_accuracy": 0.5, "majority_accuracy": 0.5}, False),
+                                           ({"eval_f1": 0.3, "majority_accuracy": 0.5, "majority_f1": 0.1}, True),
+                                           ({"majority_accuracy": 0.5}, None), ({"eval_perplexity": 3.0}, None)])
+def test_beats_baseline_is_none_when_there_is_nothing_to_compare(metrics, beats):
+    from ptft_hf.training.report import beats_baseline
+
+    assert beats_baseline(metrics) is beats

@@ -145,6 +145,8 @@ def test_a_copy_of_a_hub_checkpoint_in_the_hf_cache_is_named_by_its_id_and_commi
     assert f'AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B", revision="{"c0" * 20}")' in card
     assert [cached_snapshot_id(str(p)) for p in (snapshot, snapshot.parent, tmp_path / "snapshots" / "x")] == [
         ("Qwen/Qwen2.5-0.5B", "c0" * 20), None, None]
+    full = render_card(make_run(tmp_path / "full", "model=qwen2_5_0_5b", f"model.name_or_path={snapshot}"), FULL)
+    assert front_matter(full)["base_model"] == "Qwen/Qwen2.5-0.5B" and "a copy in the Hugging Face cache" in full
 
 
 def test_an_earlier_stage_pushed_in_full_is_the_adapters_base_a_dry_run_is_not(make_run, tmp_path):
@@ -158,3 +160,8 @@ def test_an_earlier_stage_pushed_in_full_is_the_adapters_base_a_dry_run_is_not(m
     (pretrain / "hub_push.json").write_text(json.dumps({**record, "dry_run": False}))
     assert adapter_base_on_hub(trace_lineage(finetune)) == ("me/base", None)
     assert front_matter(render_card(finetune, ADAPTER))["base_model"] == "me/base"
+    # a push records its commit: the adapter is pinned to those exact weights, and a dry run staged
+    # later keeps the push's record beside its own
+    pushed = {**record, "dry_run": False, "revision": "v1", "commit_url": "https://huggingface.co/me/base/commit/" + "9" * 40}
+    (pretrain / "hub_push.json").write_text(json.dumps({**record, "last_push": pushed}))
+    assert adapter_base_on_hub(trace_lineage(finetune)) == ("me/base", "9" * 40)

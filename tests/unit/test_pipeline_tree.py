@@ -171,3 +171,27 @@ def test_the_report_weighs_each_base_a_control_and_the_domain_stage(tmp_path):
     assert "| purpose | pretraining | continued pretraining | fine-tuning | fine-tuning | control (random weights) |" in report
     assert "majority class: accuracy 0.362 (**not beaten**)" in report  # the control did not beat it
     assert "| est. training FLOPs (x `general`) | 4e+09 | 1e+09 (0.25x) |" in report
+
+
+def test_a_stage_added_to_a_finished_tree_runs_alone(recorder, tmp_path):
+    recorder()
+    _run(tmp_path / "run")
+    conf = Path(TREE[0].split("file://", 1)[1].rstrip("]"))
+    (conf / "experiment" / "tree.yaml").write_text(TREE_YAML + "  legal_control: {init_from: general, data: builtin_licenses, "
+                                                   "strategy: lora, extra: [model.random_init=true]}\n")
+    fake = recorder()
+    summary = _run(tmp_path / "run")  # no overwrite needed: nothing finished is trained over
+    assert [c["stage"] for c in fake.calls] == ["legal_control"]
+    assert summary["stages_kept"] == ["general", "legal", "support", "legal_sft"]
+
+
+def test_replay_on_a_stage_without_a_base_is_refused_before_anything_runs(recorder, tmp_path):
+    fake = recorder()
+    conf = Path(TREE[0].split("file://", 1)[1].rstrip("]"))
+    (conf / "experiment" / "tree.yaml").write_text(TREE_YAML + "  other_root: {data: builtin_licenses, extra: [data.replay=0.2]}\n")
+    with pytest.raises(UserError) as err:
+        _run(tmp_path / "run")
+    assert [str(p) for p in err.value.problems] == [
+        "stages.other_root: data.replay: needs a base stage to replay, and this stage has no init_from; set init_from to "
+        "the stage whose data it replays, or drop data.replay"]
+    assert fake.calls == []
