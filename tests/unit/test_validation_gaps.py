@@ -218,7 +218,9 @@ def test_pipeline_lora_stage_on_a_random_base_is_refused(compose_cfg, tmp_path, 
     with pytest.raises(UserError) as err:
         compose_stages(cfg, tmp_path / "run")
     random_base = _random_base("hub.push")
-    assert err.value.problems == [Problem(f"stages.finetune: {random_base.field}", random_base.what, random_base.fix)]
+    # without init_from the quickstart's finetune also has no base stage to replay (data.replay)
+    assert [p.field for p in err.value.problems] == ["stages.finetune: data.replay", "stages.finetune: hub.push"]
+    assert err.value.problems[1] == Problem(f"stages.finetune: {random_base.field}", random_base.what, random_base.fix)
     assert not (tmp_path / "run").exists()
 
 
