@@ -211,7 +211,8 @@ def _same_task_other_base(stages: dict[str, dict[str, Any]]) -> list[str]:
                 continue
             key = next((f"eval_{k}" for k in ("accuracy", "exact_match", "perplexity") if f"eval_{k}" in a and f"eval_{k}" in b), None)
             if key:
-                lines.append(f"- the same fine-tuning from two bases, {key[len('eval_'):]}: `{first}` (from "
+                better = "lower" if key == "eval_perplexity" else "higher"
+                lines.append(f"- the same fine-tuning from two bases, {key[len('eval_'):]} ({better} is better): `{first}` (from "
                              f"`{a['lineage']['init_from_stage']}`) {_fmt(a[key])} vs `{second}` (from "
                              f"`{b['lineage']['init_from_stage']}`) {_fmt(b[key])}: {a[key] - b[key]:+.4f}")
     return lines
@@ -237,8 +238,10 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
             for metric in ("accuracy", "f1", "perplexity"):
                 key = f"eval_{metric}"
                 if key in m and key in control:
-                    lines.append(f"- value of pretraining, {metric}: `{name}` {_fmt(m[key])} vs `{control_name}` "
-                                 f"(same fine-tuning from random weights) {_fmt(control[key])}: {m[key] - control[key]:+.4f}")
+                    better = "lower" if metric == "perplexity" else "higher"
+                    lines.append(f"- value of pretraining, {metric} ({better} is better): `{name}` {_fmt(m[key])} vs "
+                                 f"`{control_name}` (same data from random weights) {_fmt(control[key])}: "
+                                 f"{m[key] - control[key]:+.4f}")
     lines += _same_task_other_base(summary["stages"])
     lines.append("")
     for name, m in summary["stages"].items():

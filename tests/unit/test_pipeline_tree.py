@@ -164,10 +164,10 @@ def test_the_report_weighs_each_base_a_control_and_the_domain_stage(tmp_path):
         if m["objective"] == "clm":
             del m["eval_accuracy"], m["majority_accuracy"], m["majority_label"]
     report = write_pipeline_report(tmp_path, {"stages": stages, "wall_time_s": 10.0}, {}).read_text()
-    assert ("- value of pretraining, accuracy: `chemprot` 0.61 vs `chemprot_control` (same fine-tuning from random "
-            "weights) 0.35: +0.2600") in report
-    assert ("- the same fine-tuning from two bases, accuracy: `chemprot` (from `medical`) 0.61 vs `chemprot_general` "
-            "(from `general`) 0.58: +0.0300") in report
+    assert ("- value of pretraining, accuracy (higher is better): `chemprot` 0.61 vs `chemprot_control` (same data "
+            "from random weights) 0.35: +0.2600") in report
+    assert ("- the same fine-tuning from two bases, accuracy (higher is better): `chemprot` (from `medical`) 0.61 vs "
+            "`chemprot_general` (from `general`) 0.58: +0.0300") in report
     assert "| purpose | pretraining | continued pretraining | fine-tuning | fine-tuning | control (random weights) |" in report
     assert "majority class: accuracy 0.362 (**not beaten**)" in report  # the control did not beat it
     assert "| est. training FLOPs (x `general`) | 4e+09 | 1e+09 (0.25x) |" in report
