@@ -218,6 +218,17 @@ def _same_task_other_base(stages: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _timing_line(summary: dict[str, Any]) -> str:
+    """How long this invocation took, and, when it kept finished stages, what all stages took."""
+    stages, kept = summary["stages"], summary.get("stages_kept") or []
+    line = f"{len(stages)} stages in {summary['wall_time_s']:.0f} s."
+    if kept:
+        total = sum(m.get("wall_time_s") or 0.0 for m in stages.values())
+        line = (f"{len(stages)} stages: this run trained {len(stages) - len(kept)} in {summary['wall_time_s']:.0f} s and "
+                f"kept {len(kept)} finished ones; the stages' own wall times add up to {total:.0f} s.")
+    return line
+
+
 def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any]) -> Path:
     """The seed's comparison first (pretraining against each fine-tuning: purpose, data, cost and
     parameters updated, one column per stage), then the value of pretraining, then each stage."""
@@ -225,7 +236,7 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
     summary = {**summary, "stages": {name: summary["stages"][name] for name in order}}
     lines = [
         f"# Pipeline report: {run_dir.name}", "",
-        f"{len(summary['stages'])} stages in {summary['wall_time_s']:.0f} s.", "",
+        _timing_line(summary), "",
         "## Pretraining vs fine-tuning", "",
         *_seed_table(summary["stages"], stages),
     ]

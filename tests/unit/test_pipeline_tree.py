@@ -183,6 +183,8 @@ def test_a_stage_added_to_a_finished_tree_runs_alone(recorder, tmp_path):
     summary = _run(tmp_path / "run")  # no overwrite needed: nothing finished is trained over
     assert [c["stage"] for c in fake.calls] == ["legal_control"]
     assert summary["stages_kept"] == ["general", "legal", "support", "legal_sft"]
+    assert (tmp_path / "run" / "report.md").read_text().splitlines()[2].startswith(
+        "5 stages: this run trained 1 in ")  # and kept 4: the report says what all five took
 
 
 def test_replay_on_a_stage_without_a_base_is_refused_before_anything_runs(recorder, tmp_path):
