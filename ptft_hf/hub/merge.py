@@ -75,9 +75,9 @@ def _load_base(base: str, quantization: dict[str, Any] | None) -> torch.nn.Modul
     if quantization:
         from ptft_hf.strategies.qlora import keep_cpu_weights_trainable
 
-        model = _safe_causal_lm(base, quantization_config=BitsAndBytesConfig(**quantization), device_map={"": "cpu"})
-        keep_cpu_weights_trainable(model)  # the same 4-bit code path the adapter was trained with
-        return model
+        # the same 4-bit code path the adapter was trained with
+        return keep_cpu_weights_trainable(_safe_causal_lm(base, quantization_config=BitsAndBytesConfig(**quantization),
+                                                          device_map={"": "cpu"}))
     return _safe_causal_lm(base, dtype=torch.float32)
 
 

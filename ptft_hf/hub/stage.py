@@ -196,7 +196,7 @@ def _same_4bit_path(model: torch.nn.Module, conf: PtftConfig) -> torch.nn.Module
     if conf.strategy.name == "qlora":
         from ptft_hf.strategies.qlora import keep_cpu_weights_trainable
 
-        keep_cpu_weights_trainable(model)  # the 4-bit code path the adapter was trained with
+        return keep_cpu_weights_trainable(model)  # the 4-bit code path the adapter was trained with
     return model
 
 
