@@ -2,12 +2,15 @@
 
 `ptft-hf -m strategy=full,lora,qlora,dora ...` ends with `summary.md` and `summary.json` in the
 sweep folder: per job, its overrides, trainable parameters, train loss and eval perplexity.
+A sweep over `seed=` also gets each configuration's mean, spread and range across its seeds
+(`-m seed=1,2,3 model.name_or_path=a,b`: two rows, three seeds each), also in across_seeds.json.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,46 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_SEED_METRICS = ("eval_accuracy", "eval_f1", "eval_perplexity", "train_loss", "wall_time_s")
+
+
+def _without_seed(overrides: str) -> str:
+    return " ".join(o for o in overrides.split() if not o.lstrip("+").startswith("seed="))
+
+
+def across_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Jobs that differ only in `seed=`, grouped: per configuration, each metric's mean, sample
+    standard deviation, min and max over its seeds. Empty unless some configuration ran under
+    two or more seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(_without_seed(row["overrides"]), []).append(row)
+    if all(len(jobs) < 2 for jobs in groups.values()):
+        return []
+    summary = []
+    for overrides, jobs in groups.items():
+        entry: dict[str, Any] = {"overrides": overrides, "jobs": [j["job"] for j in jobs]}
+        for name in _SEED_METRICS:
+            values = [float(j[name]) for j in jobs if j.get(name) is not None]
+            if values:
+                entry[name] = {"mean": statistics.fmean(values),
+                               "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                               "min": min(values), "max": max(values), "n": len(values)}
+        summary.append(entry)
+    return summary
+
+
+def format_seed_table(groups: list[dict[str, Any]]) -> str:
+    names = [n for n in _SEED_METRICS if any(n in g for g in groups)]
+    lines = ["| overrides (seed aside) | seeds | " + " | ".join(f"{n}: mean ± std (min–max)" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for g in groups:
+        cells = [f"{g[n]['mean']:.4g} ± {g[n]['std']:.2g} ({g[n]['min']:.4g}–{g[n]['max']:.4g})" if n in g else "–"
+                 for n in names]
+        lines.append(f"| `{g['overrides']}` | {len(g['jobs'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 class SweepSummary(Callback):
     """Writes summary.md / summary.json into the sweep folder when a multirun ends."""
 
@@ -70,6 +113,11 @@ class SweepSummary(Callback):
         if not rows:
             return
         table = format_table(rows)
+        groups = across_seeds(rows)
+        if groups:
+            table += "\n\n## Across seeds\n\n" + format_seed_table(groups)
         (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n{table}\n", encoding="utf-8")
         (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+        if groups:
+            (sweep_dir / "across_seeds.json").write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
         log.info("sweep summary (%s):\n%s", sweep_dir / "summary.md", table)

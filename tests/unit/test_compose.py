@@ -120,3 +120,36 @@ def test_length_megabatch_must_hold_a_batch(compose_cfg, tmp_path, value, fields
     (["objective=classification", "objective.learning_rate=5e-4"], 5e-4), (["objective=mlm", "model=tiny_bert"], 1e-3)])
 def test_the_cpu_trainers_learning_rate_is_the_objectives_unless_set(compose_cfg, overrides, learning_rate):
     assert compose_cfg(*overrides).trainer.learning_rate == learning_rate
+
+
+@pytest.mark.parametrize("option", _options("experiment"))
+def test_every_pipeline_stage_composes_and_validates(compose_cfg, option, tmp_path):
+    """A stage's overrides are composed only when the pipeline starts: a bad one (a glob that
+    Hydra's override grammar cannot read, a misspelt key) must fail here, not after an hour."""
+    from ptft_hf.pipeline import compose_stages
+
+    cfg = compose_cfg(f"experiment={option}")
+    if "stages" not in cfg:
+        pytest.skip(f"experiment={option} is a single run, not a pipeline")
+    assert list(compose_stages(cfg, tmp_path / "run")) == list(cfg.stages)
+
+
+def test_seed_cases_holds_out_whole_licences_for_the_legal_eval(compose_cfg, tmp_path):
+    """Near-copies (gpl/lgpl/agpl, eupl-1.1/1.2, ...) on both sides of a random paragraph split
+    reward memorising: every legal stage trains on 37 licences and evaluates on the 10 others."""
+    from ptft_hf.data.sources import resolve_files
+    from ptft_hf.pipeline import compose_stages
+    from tests.conftest import shared_data
+
+    licences = sorted(p.name for p in shared_data("licenses").glob("*.txt"))
+    stages = compose_stages(compose_cfg("experiment=seed_cases"), tmp_path / "run")
+    legal = {name: s for name, s in stages.items() if s.data.name == "licenses"}
+    assert sorted(legal) == ["legal", "legal_control", "legal_no_replay"]
+    for name, stage in legal.items():
+        train = [Path(f).name for f in resolve_files("data.path", stage.data.path)]
+        held_out = [Path(f).name for f in resolve_files("data.eval_path", stage.data.eval_path)]
+        assert (len(train), len(held_out)) == (37, 10), name
+        assert sorted(train + held_out) == licences, name
+        assert held_out[:3] == ["mit-0.txt", "mit.txt", "mpl-2.0.txt"], name
+    assert [legal[n].data.replay for n in ("legal", "legal_no_replay", "legal_control")] == [0.2, 0.0, 0.0]
+    assert [legal[n].model.random_init for n in ("legal", "legal_no_replay", "legal_control")] == [False, False, True]
