@@ -218,6 +218,36 @@ def _same_task_other_base(stages: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _replay_share(m: dict[str, Any]) -> float:
+    """The share of a stage's training tokens replayed from its base stage's data (0: none)."""
+    return sum(part.get("weight", 0.0) for name, part in (m.get("data_mixture") or {}).items() if name.startswith("replay_"))
+
+
+def _with_and_without_replay(stages: dict[str, dict[str, Any]]) -> list[str]:
+    """Stages trained alike from the same base, one with `data.replay` and one without: the
+    general perplexity replay saved, and what it cost on the stage's own eval."""
+    lines = []
+    for name, m in stages.items():
+        share = _replay_share(m)
+        if not share or m.get("random_init"):
+            continue
+        for other, o in stages.items():
+            if other == name or o.get("random_init") or _replay_share(o) or \
+                    (o["objective"], o["data"], o.get("strategy")) != (m["objective"], m["data"], m.get("strategy")) or \
+                    (o.get("lineage") or {}).get("init_from_stage") != (m.get("lineage") or {}).get("init_from_stage"):
+                continue
+            with_ref = {ref: (before, after) for ref, before, after in _reference_pairs(m)}
+            for ref, before, after in _reference_pairs(o):
+                if ref not in with_ref:
+                    continue
+                b, a = with_ref[ref]
+                lines.append(f"- replay against forgetting, {ref} perplexity (lower is better): `{name}` ({100 * share:.0f}% "
+                             f"replayed) {_fmt(b)} → {_fmt(a)} ({100.0 * (a / b - 1.0):+.1f}%) vs `{other}` (no replay) "
+                             f"{_fmt(before)} → {_fmt(after)} ({100.0 * (after / before - 1.0):+.1f}%); own eval "
+                             f"{quality_summary(m)} vs {quality_summary(o)}")
+    return lines
+
+
 def _timing_line(summary: dict[str, Any]) -> str:
     """How long this invocation took, and, when it kept finished stages, what all stages took."""
     stages, kept = summary["stages"], summary.get("stages_kept") or []
@@ -254,6 +284,7 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
                                  f"`{control_name}` (same data from random weights) {_fmt(control[key])}: "
                                  f"{m[key] - control[key]:+.4f}")
     lines += _same_task_other_base(summary["stages"])
+    lines += _with_and_without_replay(summary["stages"])
     lines.append("")
     for name, m in summary["stages"].items():
         lines.append(f"## {name}")
