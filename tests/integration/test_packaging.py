@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 def test_every_package_folder_is_listed_in_pyproject():
     listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     on_disk = {".".join(p.parent.relative_to(REPO_ROOT).parts) for p in (REPO_ROOT / "ptft_hf").rglob("__init__.py")}
-    assert on_disk | {"ptft_hf.conf"} == listed
+    conf_groups = {f"ptft_hf.conf.{p.name}" for p in (REPO_ROOT / "conf").iterdir() if p.is_dir()}
+    assert on_disk | {"ptft_hf.conf"} | conf_groups == listed
 
 
 def _source_copy(folder):
