@@ -274,8 +274,9 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
     controls = {n: m for n, m in summary["stages"].items() if m.get("random_init")}
     for control_name, control in controls.items():
         for name, m in summary["stages"].items():
-            if name == control_name or m.get("random_init") or m["objective"] != control["objective"] or m["data"] != control["data"]:
-                continue
+            if name == control_name or m.get("random_init") or m["objective"] != control["objective"] or \
+                    m["data"] != control["data"] or _replay_share(m) != _replay_share(control):
+                continue  # a control is the same fine-tuning (data, replay) from random weights
             for metric in ("accuracy", "f1", "perplexity"):
                 key = f"eval_{metric}"
                 if key in m and key in control:

@@ -151,5 +151,5 @@ def test_seed_cases_holds_out_whole_licences_for_the_legal_eval(compose_cfg, tmp
         assert (len(train), len(held_out)) == (37, 10), name
         assert sorted(train + held_out) == licences, name
         assert held_out[:3] == ["mit-0.txt", "mit.txt", "mpl-2.0.txt"], name
-    assert [legal[n].data.replay for n in ("legal", "legal_no_replay", "legal_control")] == [0.2, 0.0, 0.0]
+    assert [legal[n].data.replay for n in ("legal", "legal_no_replay", "legal_control")] == [0.2, 0.0, 0.2]
     assert [legal[n].model.random_init for n in ("legal", "legal_no_replay", "legal_control")] == [False, False, True]

@@ -201,7 +201,8 @@ def test_replay_on_a_stage_without_a_base_is_refused_before_anything_runs(record
 
 def test_the_report_sets_a_replayed_stage_beside_its_twin_without_replay(tmp_path):
     """legal (20% of its tokens replayed from general's WikiText-2) and legal_no_replay: the same
-    stage otherwise, so the difference in general perplexity is what replay saved."""
+    stage otherwise, so the difference in general perplexity is what replay saved; the control
+    (random weights) is compared with the stage whose data, replay included, it shares."""
     from ptft_hf.training.report import write_pipeline_report
 
     def legal(replay: float, general_after: float, own_after: float, random_init: bool = False) -> dict:
@@ -214,11 +215,14 @@ def test_the_report_sets_a_replayed_stage_beside_its_twin_without_replay(tmp_pat
 
     stages = {"general": {**_stage("clm", "wikitext2", None, 0.3), "eval_perplexity": 145.0},
               "legal": legal(0.2, 159.5, 70.0), "legal_no_replay": legal(0.0, 174.0, 66.0),
-              "legal_control": legal(0.0, 7000.0, 72.0, random_init=True)}
+              "legal_control": legal(0.2, 7000.0, 72.0, random_init=True)}
     del stages["general"]["eval_accuracy"], stages["general"]["majority_accuracy"]
     report = write_pipeline_report(tmp_path, {"stages": stages, "wall_time_s": 10.0}, {}).read_text()
     replay_lines = [line for line in report.splitlines() if line.startswith("- replay against forgetting")]
     assert replay_lines == [
         "- replay against forgetting, wikitext2 perplexity (lower is better): `legal` (20% replayed) 145 → 159.5 (+10.0%) "
         "vs `legal_no_replay` (no replay) 145 → 174 (+20.0%); own eval perplexity 9000 → 70 vs perplexity 9000 → 66"]
-    assert "| data | wikitext2 | licenses (+ 20% replay_wikitext2) | licenses | licenses |" in report
+    assert "| data | wikitext2 | licenses (+ 20% replay_wikitext2) | licenses | licenses (+ 20% replay_wikitext2) |" in report
+    # the control is the same fine-tuning, replay included: legal_no_replay (other data) is not set against it
+    assert [line for line in report.splitlines() if line.startswith("- value of pretraining")] == [
+        "- value of pretraining, perplexity (lower is better): `legal` 70 vs `legal_control` (same data from random weights) 72: -2.0000"]
