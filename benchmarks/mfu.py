@@ -107,8 +107,12 @@ def peak_arm(spec: dict[str, Any], workload: str) -> dict[str, Any]:
     """The `peak` arm: GEMM rates at the workload's shapes (W1: GPT-2, W2: BERT)."""
     from benchmarks.common import configure
 
+    from ptft_hf.training.precision import resolve_auto_bf16
+
     device = configure(spec["threads"])
-    dtype = "bfloat16" if device == "cuda" else "float32"  # never bf16 on a CPU (no native bf16 here)
+    # the precision `ours` trains in: trainer.bf16=auto (bf16 on a GPU, on a CPU with native bf16 that
+    # measures faster); a baseline in fp32 is quoted against the same peak
+    dtype = "bfloat16" if resolve_auto_bf16(use_cpu=device == "cpu").bf16 else "float32"
     if workload == "w1":
         s = spec["w1"]
         gemms = gpt2_gemms(s["n_layer"], s["n_embd"], s["vocab_size"], s["batch_size"] * s["block_size"])
@@ -124,8 +128,8 @@ def peak_arm(spec: dict[str, Any], workload: str) -> dict[str, Any]:
 
 
 def bf16_check(k: int, n: int, m: int = 256) -> dict[str, Any]:
-    """fp32 against bf16 on this CPU at one small shape of the model (why CPU runs stay fp32: a CPU
-    without native bf16 emulates it, many times slower)."""
+    """fp32 against bf16 on this CPU at one small shape of the model (why `trainer.bf16=auto` probes
+    before it chooses bf16: a CPU without native bf16 emulates it, many times slower)."""
     rates = {}
     for name in ("float32", "bfloat16"):
         peak = measure_peak([{"name": "probe", "m": m, "k": k, "n": n, "count": 1}], "cpu", name, min_time=0.0, min_iters=3)

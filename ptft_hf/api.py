@@ -169,15 +169,17 @@ class RunResult:
 
     def predict(self, texts: Iterable[str], batch_size: int = 64) -> list[str]:
         """Predicted label names for `texts` (classification runs), each text cut at the run's
-        `max_length` tokens as its training and evaluation cut it."""
+        `max_length` tokens as its training and evaluation cut it, in the precision it evaluated in
+        (bf16 autocast when `trainer.bf16` made it bf16), so these are the predictions its metrics counted."""
         import torch
 
         model, tokenizer = self.load()
+        autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.metrics.get("precision") == "bf16")
         texts = list(texts)
         labels: list[str] = []
         id2label = model.config.id2label
         max_length = self.metrics.get("max_length")  # objective.max_length, capped at the model's positions
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             for start in range(0, len(texts), batch_size):
                 batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
                                   return_tensors="pt")

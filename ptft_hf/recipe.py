@@ -50,6 +50,7 @@ from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, generat
 from ptft_hf.training.generation import exact_match_eval
 from ptft_hf.training.cost import estimate_training_flops, peak_memory_mb, reset_peak_memory
 from ptft_hf.training.report import baseline_verdict, beats_baseline, plot_loss, write_report
+from ptft_hf.training.precision import resolve_trainer_precision
 from ptft_hf.training.safety import Interrupted, NonFiniteLoss, StopOnSignal
 from ptft_hf.training.trainer import PtftTrainer
 
@@ -70,8 +71,12 @@ def _resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 def _training_arguments(cfg: PtftConfig, run_dir: Path, objective_defaults: dict[str, Any]) -> TrainingArguments:
     """The trainer group's fields; an objective's needs (e.g. length grouping) unless set there.
-    `resume_from_checkpoint` is the run's business (see `run_dir.resume_checkpoint`), not the Trainer's."""
-    return build_training_arguments(vars(cfg.trainer), run_dir / "checkpoints", cfg.seed, objective_defaults)
+    `resume_from_checkpoint` is the run's business (see `run_dir.resume_checkpoint`), not the Trainer's.
+    `bf16: auto` is resolved here, and the log says what it became and why."""
+    fields, choice = resolve_trainer_precision(vars(cfg.trainer))
+    if choice is not None:
+        log.info("trainer.bf16=auto -> %s (trainer.bf16=false or true to choose)", choice.reason)
+    return build_training_arguments(fields, run_dir / "checkpoints", cfg.seed, objective_defaults)
 
 
 def _save_model(trainer: PtftTrainer, tokenizer: Any, model_dir: Path) -> None:
@@ -234,6 +239,7 @@ def run(
         "train_wall_time_s": round(train_wall, 2),
         "train_tokens": train_tokens,
         "train_tokens_per_second": tokens_this_call / max(train_result.metrics.get("train_runtime", 0.0), 1e-9),
+        "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",  # trainer.bf16=auto resolved
         "resumed_from_step": resumed_step,
         "config_fingerprint": config_fingerprint(cfg),
         "train_flops_estimate": estimate_training_flops(params, train_tokens),

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ptft_hf.config.schema import set_trainer_fields
+from ptft_hf.training.precision import resolve_trainer_precision
 
 
 def trainer_kwargs(trainer: Mapping[str, Any], objective_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The trainer fields a config sets, over an objective's needs (e.g. length grouping).
+    """The trainer fields a config sets, over an objective's needs (e.g. length grouping), with
+    `bf16: auto` resolved for this machine (see `training.precision`).
     `resume_from_checkpoint` is the run's business (see `run_dir.resume_checkpoint`), not the Trainer's."""
-    kwargs = {**dict(objective_defaults or {}), **set_trainer_fields(trainer)}
+    kwargs, _ = resolve_trainer_precision({**dict(objective_defaults or {}), **set_trainer_fields(trainer)})
     kwargs.pop("resume_from_checkpoint", None)
     return kwargs
 

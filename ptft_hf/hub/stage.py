@@ -257,6 +257,14 @@ def _logits(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], device
         model.train(was_training)
 
 
+def _plain_forward(model: torch.nn.Module) -> torch.nn.Module:
+    """The trained model with its own forward back: under mixed precision (trainer.bf16) accelerate
+    wrapped it in autocast, and the staged folder loads in fp32, as a user loads it."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_fp32_wrapper=False)
+
+
 def reload_check(staged: Staged, trained: torch.nn.Module | None = None, atol: float = 1e-4,
                  texts: Sequence[str] = CHECK_TEXTS) -> float:
     """Largest logit difference between the staged folder and the trained model; raises UserError
@@ -274,7 +282,7 @@ def reload_check(staged: Staged, trained: torch.nn.Module | None = None, atol: f
     what = f"the staged {_KIND_WORDS[staged.kind]} in '{staged.folder}'"
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(staged.folder))
-        reference = trained if trained is not None else load_trained(staged.run_dir, conf, num_labels)
+        reference = _plain_forward(trained) if trained is not None else load_trained(staged.run_dir, conf, num_labels)
         device = next(reference.parameters()).device
         expected = _logits(reference, tokenizer, texts, device)
         published, random = load_staged(staged, conf, device, num_labels)

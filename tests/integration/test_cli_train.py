@@ -39,6 +39,17 @@ def test_run_folder_is_complete(trained_run):
     assert config["trainer"]["max_steps"] == 60 and "${" not in (run_dir / "config.yaml").read_text()
 
 
+def test_log_says_which_precision_and_why(trained_run):
+    """trainer=cpu's `bf16: auto` became bf16 or fp32 on this CPU: the log gives the reason, the
+    metrics the precision the run trained in, and the two agree."""
+    run_dir, metrics = trained_run
+    lines = [line for line in (run_dir / "cli.log").read_text().splitlines() if "trainer.bf16=auto -> " in line]
+    assert len(lines) == 1, lines
+    chosen = lines[0].split("trainer.bf16=auto -> ", 1)[1]
+    assert chosen.startswith(("bf16 autocast: this CPU has ", "fp32: this CPU has ")), chosen
+    assert metrics["precision"] == ("bf16" if chosen.startswith("bf16") else "fp32")
+
+
 def test_loss_falls(trained_run):
     run_dir, metrics = trained_run
     assert metrics["eval_perplexity"] < 0.5 * metrics["eval_perplexity_before"]

