@@ -4,7 +4,8 @@
 
 Arms: setup (once, before the rest); w1: peak, ours, baseline; w2: peak, ours, pad128, dynamic;
 w3: full, lora, qlora; w4: ours, baseline (with --phase cold|cached and --cache-dir); w5: one, two
-(`two` under torchrun: rank 0 writes the JSON); w8: small, large, large_cached, stream.
+(`two` under torchrun: rank 0 writes the JSON); w6: peak, ours, baseline (W1's arms at GPT-2 124M's
+shape); w7: lora, lora_plain, qlora, qlora_plain; w8: small, large, large_cached, stream.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ ARMS = {
     "w3": ("full", "lora", "qlora"),
     "w4": ("ours", "baseline"),
     "w5": ("one", "two"),
+    "w6": ("peak", "ours", "baseline"),
+    "w7": ("lora", "lora_plain", "qlora", "qlora_plain"),
     "w8": ("small", "large", "large_cached", "stream"),
 }
 
@@ -39,10 +42,14 @@ def run_arm(workload: str, arm: str, spec: dict, run_dir: Path, phase: str | Non
         from benchmarks.mfu import peak_arm
 
         return peak_arm(spec, workload)
-    if workload == "w1":
+    if workload in ("w1", "w6"):
         from benchmarks import w1_clm
 
-        return getattr(w1_clm, arm)(spec, run_dir)
+        return getattr(w1_clm, arm)(spec, run_dir, workload)
+    if workload == "w7":
+        from benchmarks.w7_sft import sft_arm
+
+        return sft_arm(spec, run_dir, arm)
     if workload == "w2":
         from benchmarks import w2_classification
 

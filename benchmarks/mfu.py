@@ -113,8 +113,8 @@ def peak_arm(spec: dict[str, Any], workload: str) -> dict[str, Any]:
     # the precision `ours` trains in: trainer.bf16=auto (bf16 on a GPU, on a CPU with native bf16 that
     # measures faster); a baseline in fp32 is quoted against the same peak
     dtype = "bfloat16" if resolve_auto_bf16(use_cpu=device == "cpu").bf16 else "float32"
-    if workload == "w1":
-        s = spec["w1"]
+    if workload in ("w1", "w6"):
+        s = spec[workload]
         gemms = gpt2_gemms(s["n_layer"], s["n_embd"], s["vocab_size"], s["batch_size"] * s["block_size"])
     elif workload == "w2":
         s = spec["w2"]
@@ -124,7 +124,27 @@ def peak_arm(spec: dict[str, Any], workload: str) -> dict[str, Any]:
     result = measure_peak(gemms, device, dtype, min_time=spec["peak_min_time_s"], min_iters=spec["peak_min_iters"])
     if device == "cpu":
         result["bf16_check"] = bf16_check(gemms[0]["k"], gemms[0]["n"])
+    else:
+        result["datasheet"] = datasheet_peak()
     return result
+
+
+# dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, TFLOP/s, by the name torch
+# reports; the SXM parts' figures (H100 PCIe: 756, H100 NVL: 835)
+DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.0,
+                         "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.2}
+
+
+def datasheet_peak() -> dict[str, Any] | None:
+    """The GPU's dense bf16 datasheet peak, or None for a GPU not in the table (MFU against the
+    measured GEMM peak is reported either way)."""
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    for key, tflops in DATASHEET_BF16_TFLOPS.items():
+        if key in name:
+            return {"gpu": name, "matched": key, "bf16_dense_tflops": tflops}
+    return None
 
 
 def bf16_check(k: int, n: int, m: int = 256) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The set-up arm, run once before any timed arm: data files (subsets in smoke mode), the shared
-tokenizers, the held-out blocks both W1 arms are scored on, and the W3 checkpoint.
+tokenizers, the held-out blocks both W1 (and W6) arms are scored on, and the W3 and W7 checkpoints.
 
 Both arms of a workload load the same tokenizer folder, so they see identical tokens; the
 tokenizers are trained with the project's own trainers (byte-level BPE, WordPiece).
@@ -71,17 +71,18 @@ def _nonempty_lines(path: str) -> list[str]:
     return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _eval_blocks(spec: dict[str, Any], files: dict[str, str], tokenizer: Any, out_dir: Path) -> dict[str, Any]:
-    """Held-out blocks for W1, cut two ways from the eval text: `run_clm.py`'s (tokenise each
+def _eval_blocks(spec: dict[str, Any], files: dict[str, str], tokenizer: Any, out_dir: Path,
+                 workload: str = "w1") -> dict[str, Any]:
+    """Held-out blocks for W1 (or W6), cut two ways from the eval text: `run_clm.py`'s (tokenise each
     line, concatenate, cut) and the project's packing (EOS after each non-empty line). Both arms'
     models are scored on the same first `eval_blocks` blocks of each."""
     import datasets
     import numpy as np
 
-    from benchmarks.w1_clm import group_texts_fn, tokenize_fn
+    from benchmarks.w1_clm import group_texts_fn, spec_key, tokenize_fn
     from ptft_hf.data.packing import block_array, pack_blocks, tokenize_dataset
 
-    s = spec["w1"]
+    s = spec[workload]
     raw = datasets.load_dataset("text", data_files={"eval": [files["wikitext_eval"]]})["eval"]
     plain = raw.map(tokenize_fn(tokenizer), batched=True, remove_columns=raw.column_names)
     plain = plain.map(group_texts_fn(s["block_size"]), batched=True)
@@ -89,11 +90,25 @@ def _eval_blocks(spec: dict[str, Any], files: dict[str, str], tokenizer: Any, ou
     nonempty = raw.filter(lambda b: [t.strip() != "" for t in b["text"]], batched=True)
     packed, _ = pack_blocks(tokenize_dataset(nonempty, tokenizer, add_eos=True), s["block_size"])
     packed_blocks = block_array(packed)[: s["eval_blocks"]].astype(np.int64)
-    paths = {"plain": out_dir / "w1_eval_plain.npy", "packed": out_dir / "w1_eval_packed.npy"}
+    paths = {"plain": out_dir / f"{workload}_eval_plain.npy", "packed": out_dir / f"{workload}_eval_packed.npy"}
     np.save(paths["plain"], plain_blocks)
     np.save(paths["packed"], packed_blocks)
-    return {"eval_blocks_plain": str(paths["plain"]), "eval_blocks_packed": str(paths["packed"]),
-            "eval_blocks": [int(plain_blocks.shape[0]), int(packed_blocks.shape[0])]}
+    return {spec_key(workload, "eval_blocks_plain"): str(paths["plain"]), spec_key(workload, "eval_blocks_packed"): str(paths["packed"]),
+            spec_key(workload, "eval_blocks"): [int(plain_blocks.shape[0]), int(packed_blocks.shape[0])]}
+
+
+def padded_bpe(texts: list[str], vocab_size: int) -> tuple[Any, int]:
+    """A byte-level BPE learned from `texts` (as large as they allow), then padded with unused
+    tokens to exactly `vocab_size` (W6: GPT-2's 50,257, whose embedding and output matmul are a
+    third of GPT-2 small's parameters; WikiText-2's validation text gives ~14.6k merges).
+    Returns the tokenizer and its learned size."""
+    from ptft_hf.models.tokenizers import train_byte_bpe
+
+    tokenizer = train_byte_bpe(texts, vocab_size, 2)
+    learned = len(tokenizer)
+    if learned < vocab_size:
+        tokenizer.add_tokens([f"<|unused_{i}|>" for i in range(vocab_size - learned)])
+    return tokenizer, learned
 
 
 def _w3_checkpoint(spec: dict[str, Any], tokenizer: Any, out_dir: Path) -> dict[str, Any]:
@@ -135,6 +150,15 @@ def setup_arm(spec: dict[str, Any]) -> dict[str, Any]:
             result.update(_eval_blocks(spec, files, bpe, out_dir))
         if "w3" in workloads:
             result.update(_w3_checkpoint(spec, bpe, out_dir))
+    if "w6" in workloads:
+        w6_bpe, learned = padded_bpe(_nonempty_lines(files["wikitext_train"]), spec["w6"]["vocab_size"])
+        w6_bpe.save_pretrained(str(out_dir / "tok_w6"))
+        result.update(w6_bpe_dir=str(out_dir / "tok_w6"), w6_bpe_vocab=len(w6_bpe), w6_bpe_learned=learned)
+        result.update(_eval_blocks(spec, files, w6_bpe, out_dir, "w6"))
+    if "w7" in workloads:
+        from benchmarks.w7_sft import build_checkpoint
+
+        result.update(build_checkpoint(spec, files, out_dir))
     if "w8" in workloads:
         from benchmarks.w8_corpus import corpus_documents, write_corpus
 

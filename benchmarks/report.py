@@ -45,8 +45,9 @@ def _mfu(results: dict[int, dict], peaks: dict[int, dict], flops_key: str) -> tu
     return stat(mix), stat(best)
 
 
-def summarise_w1(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    peaks = _results(runs, "w1", "peak")
+def summarise_w1(runs: list[dict[str, Any]], workload: str = "w1") -> dict[str, Any]:
+    """W1, and W6 (the same arms at GPT-2 124M's shape on a GPU: MFU also against the datasheet)."""
+    peaks = _results(runs, workload, "peak")
     out: dict[str, Any] = {"peak": {"mix_gflops_per_s": stat([p["mix_gflops_per_s"] for p in peaks.values()]),
                                     "max_gflops_per_s": stat([p["peak_gflops_per_s"] for p in peaks.values()])}}
     checks = [p["bf16_check"] for p in peaks.values() if p.get("bf16_check")]
@@ -55,11 +56,18 @@ def summarise_w1(runs: list[dict[str, Any]]) -> dict[str, Any]:
                              "float32_gflops_per_s": stat([c["float32_gflops_per_s"] for c in checks]),
                              "bfloat16_gflops_per_s": stat([c["bfloat16_gflops_per_s"] for c in checks]),
                              "bf16_slowdown": stat([c["bf16_slowdown"] for c in checks])}
-    arms = {arm: _results(runs, "w1", arm) for arm in ("ours", "baseline")}
+    sheet = next((p["datasheet"] for p in peaks.values() if p.get("datasheet")), None)
+    if sheet:
+        out["datasheet"] = sheet
+    arms = {arm: _results(runs, workload, arm) for arm in ("ours", "baseline")}
     for arm, results in arms.items():
         out[arm] = _arm_stats(results, ["tokens_per_s", "eval_loss", "eval_loss_packed", "train_loss", "step_s_median",
-                                        "achieved_gflops_per_s", "trainer_eval_tokens_per_s", "trainer_eval_rss_growth_mb"])
+                                        "achieved_gflops_per_s", "trainer_eval_tokens_per_s", "trainer_eval_rss_growth_mb",
+                                        "cuda_peak_mb"])
         out[arm]["mfu"], out[arm]["mfu_vs_max"] = _mfu(results, peaks, "achieved_gflops_per_s")
+        if sheet:
+            out[arm]["mfu_datasheet"] = stat([r["achieved_gflops_per_s"] / (sheet["bf16_dense_tflops"] * 1e3)
+                                              for r in results.values()])
         if results:
             first = next(iter(results.values()))
             out[arm]["settings"] = first.get("settings")
@@ -68,6 +76,27 @@ def summarise_w1(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["speedup"] = _paired(arms["ours"], arms["baseline"], "tokens_per_s")
     if _med(out["ours"]["eval_loss"]) is not None and _med(out["baseline"]["eval_loss"]) is not None:
         out["eval_loss_delta"] = out["ours"]["eval_loss"]["median"] - out["baseline"]["eval_loss"]["median"]
+    return out
+
+
+def summarise_w6(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return summarise_w1(runs, "w6")
+
+
+def summarise_w7(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    arms = {arm: _results(runs, "w7", arm) for arm in ("lora", "lora_plain", "qlora", "qlora_plain")}
+    out: dict[str, Any] = {}
+    for arm, results in arms.items():
+        out[arm] = _arm_stats(results, ["tokens_per_s", "examples_per_s", "padded_share", "mean_length", "peak_memory_mb",
+                                        "train_loss", "step_s_median"])
+        if results:
+            first = next(iter(results.values()))
+            out[arm].update({k: first.get(k) for k in ("memory_kind", "trainable_parameters", "checkpoint_parameters",
+                                                        "settings", "labelled_tokens")})
+    for strategy in ("lora", "qlora"):
+        ours, plain = arms[strategy], arms[f"{strategy}_plain"]
+        out[f"{strategy}_speedup"] = _paired(ours, plain, "tokens_per_s")
+        out[f"{strategy}_memory_ratio"] = _paired(ours, plain, "peak_memory_mb")
     return out
 
 
@@ -150,13 +179,13 @@ def summarise_w8(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 SUMMARISERS: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
     "w1": summarise_w1, "w2": summarise_w2, "w3": summarise_w3, "w4": summarise_w4, "w5": summarise_w5,
-    "w8": summarise_w8,
+    "w6": summarise_w6, "w7": summarise_w7, "w8": summarise_w8,
 }
 
 
 def mfu_summary(summary: dict[str, Any]) -> dict[str, Any]:
     rows: dict[str, Any] = {}
-    for workload, arms in (("w1", ("ours", "baseline")), ("w2", ("ours", "pad128", "dynamic"))):
+    for workload, arms in (("w1", ("ours", "baseline")), ("w2", ("ours", "pad128", "dynamic")), ("w6", ("ours", "baseline"))):
         if workload not in summary:
             continue
         for arm in arms:
@@ -179,6 +208,20 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_target("W1 eval loss, ours - baseline (nats)", w1.get("eval_loss_delta"), "<=", 0.01,
                             "equal or lower loss; 0.01 nats tolerance"))
         rows.append(_target("W1 MFU of ours (vs GEMM mix peak)", _med(w1["ours"]["mfu"]), ">=", 0.55))
+    if "w6" in summary:
+        w6 = summary["w6"]
+        sheet = w6.get("datasheet")
+        rows.append(_target("W6 tokens/s, ours / baseline", _med(w6.get("speedup")), ">=", 1.0))
+        rows.append(_target("W6 eval loss, ours - baseline (nats)", w6.get("eval_loss_delta"), "<=", 0.02,
+                            "equal loss within noise"))
+        rows.append(_target("W6 MFU of ours (vs datasheet dense bf16 peak)", _med(w6["ours"].get("mfu_datasheet")), ">=", 0.40,
+                            f"{sheet['gpu']}: {sheet['bf16_dense_tflops']} TFLOP/s" if sheet else "no datasheet peak for this device"))
+    if "w7" in summary:
+        w7 = summary["w7"]
+        for strategy, name in (("lora", "LoRA"), ("qlora", "QLoRA")):
+            rows.append(_target(f"W7 {name} real tokens/s, ours / plain peft", _med(w7.get(f"{strategy}_speedup")), ">=", 1.5))
+            rows.append(_target(f"W7 {name} peak memory, ours / plain peft", _med(w7.get(f"{strategy}_memory_ratio")), "<=", 1.0,
+                                w7[strategy].get("memory_kind") or ""))
     if "w2" in summary:
         w2 = summary["w2"]
         rows.append(_target("W2 real tokens/s, ours / dynamic padding", _med(w2.get("tokens_speedup_vs_dynamic")), ">=", 2.0))
@@ -258,6 +301,32 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
             b = w1["bf16_check"]
             out.append(f"bf16 on this CPU at {'x'.join(map(str, b['shape']))}: {_spread(b['bfloat16_gflops_per_s'])} GFLOP/s against fp32 "
                        f"{_spread(b['float32_gflops_per_s'])} (bf16 time / fp32 time: {_spread(b['bf16_slowdown'])}; above 1 bf16 is slower)")
+        out.append("")
+    if "w6" in summary:
+        w6, s = summary["w6"], meta["spec"]["w6"]
+        sheet = w6.get("datasheet")
+        out.append(f"W6 causal-LM pretraining at GPT-2 124M's shape: {s['n_layer']}x{s['n_embd']}, vocab {s['vocab_size']}, block "
+                   f"{s['block_size']}, batch {s['batch_size']}, {s['steps']} steps ({s['warmup_steps']} warm-up discarded)")
+        rows = [[arm, _spread(w6[arm]["tokens_per_s"], 4), _spread(w6[arm]["eval_loss"], 4), _spread(w6[arm]["train_loss"], 4),
+                 _spread(w6[arm]["achieved_gflops_per_s"], 4), _spread(w6[arm].get("mfu_datasheet")), _spread(w6[arm]["mfu"]),
+                 _spread(w6[arm]["cuda_peak_mb"], 5)] for arm in ("ours", "baseline")]
+        out += _table(["arm", "tokens/s", "eval loss", "train loss", "GFLOP/s", "MFU (datasheet)", "MFU (GEMM mix)",
+                       "CUDA peak MB"], rows)
+        out.append(f"tokens/s ours/baseline (paired): {_spread(w6.get('speedup'))}; datasheet peak: "
+                   f"{(sheet['gpu'] + ' ' + str(sheet['bf16_dense_tflops']) + ' TFLOP/s dense bf16') if sheet else '-'};"
+                   f" GEMM mix peak measured {_spread(w6['peak']['mix_gflops_per_s'])} GFLOP/s")
+        out.append("")
+    if "w7" in summary:
+        w7, s = summary["w7"], meta["spec"]["w7"]
+        params = w7["lora"].get("checkpoint_parameters") or w7["lora_plain"].get("checkpoint_parameters")
+        out.append(f"W7 chat SFT of a Qwen2.5-0.5B-shaped model ({_fmt(params / 1e6 if params else None)}M parameters) on BANKING77"
+                   f" as chat: batch {s['batch_size']} conversations, {s['steps']} steps, LoRA r {s['lora_r']}")
+        rows = [[arm, _spread(w7[arm]["tokens_per_s"], 4), _spread(w7[arm]["padded_share"]), _spread(w7[arm]["peak_memory_mb"], 5),
+                 _spread(w7[arm]["train_loss"], 4), _spread(w7[arm]["step_s_median"])]
+                for arm in ("lora", "lora_plain", "qlora", "qlora_plain")]
+        out += _table(["arm", "real tokens/s", "padded share", "peak memory MB", "train loss", "step s"], rows)
+        out.append(f"real tokens/s ours/plain: LoRA {_spread(w7.get('lora_speedup'))}, QLoRA {_spread(w7.get('qlora_speedup'))};"
+                   f" peak memory ours/plain: LoRA {_spread(w7.get('lora_memory_ratio'))}, QLoRA {_spread(w7.get('qlora_memory_ratio'))}")
         out.append("")
     if "w2" in summary:
         w2, s = summary["w2"], meta["spec"]["w2"]

@@ -5,10 +5,12 @@ print the table and write the JSON.
     python -m benchmarks.run --workloads w1,w2 --reps 5 --steps 300
     python -m benchmarks.run --smoke                           # 1 step, tiny sizes, 1 rep, 1 thread
     python -m benchmarks.run --set w3.batch_size=1 --set w1.eval_blocks=128
+    python -m benchmarks.run --workloads w6,w7 --reps 2       # the GPU workloads (benchmarks/device_w6_w7.sh)
 
 Per repetition and workload the arms run in a fixed alternation (W1: peak, ours, baseline;
 W2: peak, ours, pad128, dynamic; W3: full, lora, qlora; W4: ours cold, ours cached, baseline
-cold, baseline cached; W5: one process, two processes; W8: small, large, large cached, stream), so slow drifts of a shared machine hit every arm alike; ratios are
+cold, baseline cached; W5: one process, two processes; W6: peak, ours, baseline; W7: lora, lora_plain,
+qlora, qlora_plain; W8: small, large, large cached, stream), so slow drifts of a shared machine hit every arm alike; ratios are
 taken per repetition (paired) and their median reported with min and max.
 """
 
@@ -32,7 +34,8 @@ from benchmarks.common import loadavg, offline_env, thread_env, write_json
 from benchmarks.report import SUMMARISERS, format_report, mfu_summary, targets
 
 REPO = Path(__file__).resolve().parents[1]
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w8")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8")
+DEFAULT_WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w8")  # W6 and W7 are sized for a GPU: asked for by name
 
 FULL = {
     "w1": {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 512, "vocab_size": 8000, "block_size": 256,
@@ -44,6 +47,14 @@ FULL = {
            "batch_size": 2, "steps": 3},
     "w4": {"block_size": 256},
     "w5": {"processes": 2, "threads_one": 2, "threads_two": 1},  # W1's sizes; 2 cores used either way
+    "w6": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 50257, "block_size": 1024,
+           "batch_size": 32, "steps": 120, "warmup_steps": 20, "eval_blocks": 32, "ours_overrides": []},
+    "w7": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+           "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768, "tokenizer_vocab": 8192,
+           "batch_size": 32, "max_length": 256, "steps": 60, "warmup_steps": 10, "learning_rate": 2e-4, "lora_r": 16,
+           "lora_alpha": 32, "gradient_checkpointing": True,
+           "ours_overrides": ["objective.packing=true"],                 # padding-free batches
+           "ours_overrides_cuda_lora": ["model.dtype=bfloat16"]},        # a frozen base in bf16, as the plain script loads it
     "w8": {"small_mb": 500, "large_mb": 2000, "num_proc": 2, "block_size": 1024, "stream_steps": 200, "stream_block_size": 256},
     "peak_min_time_s": 0.3, "peak_min_iters": 5,
 }
@@ -58,6 +69,13 @@ SMOKE = {
            "batch_size": 2, "steps": 1},
     "w4": {"block_size": 32},
     "w5": {"processes": 2, "threads_one": 1, "threads_two": 1},
+    "w6": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 1024, "block_size": 32,
+           "batch_size": 2, "steps": 2, "warmup_steps": 1, "eval_blocks": 4, "ours_overrides": []},
+    "w7": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 128, "tokenizer_vocab": 512,
+           "batch_size": 4, "max_length": 96, "steps": 2, "warmup_steps": 1, "learning_rate": 2e-4, "lora_r": 4,
+           "lora_alpha": 8, "gradient_checkpointing": True, "ours_overrides": ["objective.packing=true"],
+           "ours_overrides_cuda_lora": ["model.dtype=bfloat16"]},
     "w8": {"small_mb": 1, "large_mb": 4, "num_proc": 2, "block_size": 64, "stream_steps": 6, "stream_block_size": 32},
     "peak_min_time_s": 0.0, "peak_min_iters": 2,
 }
@@ -65,8 +83,10 @@ SMOKE = {
 
 def arm_plan(workload: str) -> list[tuple[str, str | None]]:
     """(arm, phase) in the order they alternate within one repetition."""
-    if workload == "w1":
+    if workload in ("w1", "w6"):
         return [("peak", None), ("ours", None), ("baseline", None)]
+    if workload == "w7":
+        return [("lora", None), ("lora_plain", None), ("qlora", None), ("qlora_plain", None)]
     if workload == "w2":
         return [("peak", None), ("ours", None), ("pad128", None), ("dynamic", None)]
     if workload == "w3":
@@ -155,7 +175,8 @@ def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of w1,w2,w3,w4,w5,w8")
+    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                        help="comma-separated subset of w1,w2,w3,w4,w5,w6,w7,w8 (default: all but the GPU-sized w6,w7)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --smoke)")
     parser.add_argument("--steps", type=int, default=None, help="training steps of W1 and W2")
     parser.add_argument("--threads", type=int, default=None, help="threads per arm (default 2; 1 with --smoke)")

@@ -1,4 +1,8 @@
-"""W1, causal-LM pretraining of a GPT-2 built from a config, on WikiText-2.
+"""W1 (and W6), causal-LM pretraining of a GPT-2 built from a config, on WikiText-2.
+
+W1 is a small GPT-2 on the CPU; W6 is GPT-2 124M's shape (12 x 768, block 1024, vocabulary 50,257)
+in bf16 on one GPU. Both run the same two arms below, each reading its sizes from
+`spec[workload]` and its files from the set-up's keys for that workload (`spec_key`).
 
 ours:     the project's default configuration (model=tiny_gpt2 at the workload's sizes,
           objective=clm, trainer=cpu, or trainer=gpu on CUDA), built with the project's own code
@@ -125,11 +129,17 @@ def matmul_parameters(model: Any) -> dict[str, int]:
             "matmul_parameters": int(blocks + embed.numel())}
 
 
+def spec_key(workload: str, name: str) -> str:
+    """The set-up's result key of `name` for `workload`: W1's keep their first names (bpe_dir,
+    eval_blocks_plain, ...), other workloads' carry the workload as a prefix (w6_bpe_dir)."""
+    return name if workload == "w1" else f"{workload}_{name}"
+
+
 def _result(spec: dict[str, Any], trainer: Any, timer: Any, train_result: Any, model: Any, device: str,
-            prep_s: float, extra: dict[str, Any], baseline_eval: bool = False) -> dict[str, Any]:
+            prep_s: float, extra: dict[str, Any], baseline_eval: bool = False, workload: str = "w1") -> dict[str, Any]:
     from benchmarks.mfu import lm_flops_per_token
 
-    s = spec["w1"]
+    s = spec[workload]
     warmup = s["warmup_steps"]
     steps, seconds = timed_window(timer, warmup)
     tokens = steps * s["batch_size"] * s["block_size"]
@@ -137,10 +147,11 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, train_result: Any, m
     counts = matmul_parameters(model)
     fpt = lm_flops_per_token(counts["matmul_parameters"], s["n_layer"], s["n_embd"], s["block_size"])
     started = time.perf_counter()
-    losses = {"eval_loss": eval_loss(model, spec["eval_blocks_plain"], s["batch_size"], device),
-              "eval_loss_packed": eval_loss(model, spec["eval_blocks_packed"], s["batch_size"], device)}
+    plain_blocks, packed_blocks = spec[spec_key(workload, "eval_blocks_plain")], spec[spec_key(workload, "eval_blocks_packed")]
+    losses = {"eval_loss": eval_loss(model, plain_blocks, s["batch_size"], device),
+              "eval_loss_packed": eval_loss(model, packed_blocks, s["batch_size"], device)}
     eval_s = time.perf_counter() - started
-    own_eval = trainer_eval(trainer, spec["eval_blocks_plain"], with_mask_and_labels=baseline_eval)
+    own_eval = trainer_eval(trainer, plain_blocks, with_mask_and_labels=baseline_eval)
     args = trainer.args
     config = model.config
     return {
@@ -158,21 +169,32 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, train_result: Any, m
                      "dropout": {"resid": config.resid_pdrop, "embd": config.embd_pdrop, "attn": config.attn_pdrop},
                      "attn_implementation": getattr(config, "_attn_implementation", None),
                      "vocab_size": config.vocab_size},
-        **extra, "env": environment(),
+        **extra, "env": environment(), **cuda_memory(device),
     }
 
 
-def ours(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def cuda_memory(device: str) -> dict[str, Any]:
+    """Peak CUDA memory allocated by this process (nothing on the CPU)."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+
+
+def ours(spec: dict[str, Any], run_dir: Path, workload: str = "w1") -> dict[str, Any]:
     device = configure(spec["threads"])
-    trainer, prepared, timer, overrides, prep_s = ours_trainer(spec, run_dir, device, spec["w1"]["batch_size"])
+    trainer, prepared, timer, overrides, prep_s = ours_trainer(spec, run_dir, device, spec[workload]["batch_size"], workload)
     train_result = trainer.train()
     return _result(spec, trainer, timer, train_result, prepared.model, device, prep_s,
-                   {"overrides": overrides, "train_blocks": len(prepared.train_dataset)})
+                   {"overrides": overrides, "train_blocks": len(prepared.train_dataset)}, workload=workload)
 
 
-def ours_trainer(spec: dict[str, Any], run_dir: Path, device: str, per_device_batch: int) -> tuple[Any, Any, Any, list[str], float]:
-    """The project's W1 trainer (trainer, prepared, step timer, overrides, preparation seconds),
-    `per_device_batch` rows per process (W5 runs it on several processes)."""
+def ours_trainer(spec: dict[str, Any], run_dir: Path, device: str, per_device_batch: int,
+                 workload: str = "w1") -> tuple[Any, Any, Any, list[str], float]:
+    """The project's trainer for W1 or W6 (trainer, prepared, step timer, overrides, preparation
+    seconds), `per_device_batch` rows per process (W5 runs W1's on several processes). The
+    workload's `ours_overrides` (W6: none by default) are appended: settings a device run tries."""
     from omegaconf import OmegaConf
     from transformers import set_seed
 
@@ -183,17 +205,18 @@ def ours_trainer(spec: dict[str, Any], run_dir: Path, device: str, per_device_ba
     from ptft_hf.recipe import build_trainer
     from ptft_hf.strategies import get_strategy
 
-    s = spec["w1"]
+    s = spec[workload]
     started = time.perf_counter()
     overrides = [
         "model=tiny_gpt2", f"model.config.n_layer={s['n_layer']}", f"model.config.n_embd={s['n_embd']}",
         f"model.config.n_head={s['n_head']}", f"model.config.n_positions={s['n_positions']}",
-        "model.tokenizer.train=false", f"model.tokenizer.name_or_path={spec['bpe_dir']}",
+        "model.tokenizer.train=false", f"model.tokenizer.name_or_path={spec[spec_key(workload, 'bpe_dir')]}",
         "data=wikitext2", f"data.path={spec['files']['wikitext_train']}", f"data.eval_path={spec['files']['wikitext_eval']}",
         "objective=clm", f"objective.block_size={s['block_size']}",
         *(["trainer=gpu"] if device == "cuda" else []),
         f"trainer.per_device_train_batch_size={per_device_batch}", f"trainer.max_steps={s['steps']}",
         "trainer.eval_strategy=no", "trainer.save_strategy=no", "trainer.disable_tqdm=true", f"seed={spec['seed']}",
+        *s.get("ours_overrides", []),
     ]
     conf = OmegaConf.to_object(compose(*overrides).cfg)
     set_seed(conf.seed)
@@ -206,16 +229,21 @@ def ours_trainer(spec: dict[str, Any], run_dir: Path, device: str, per_device_ba
     return trainer, prepared, timer, overrides, time.perf_counter() - started
 
 
-def baseline(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+# W6's baseline shares the project's GPU schedule and weight decay ("the same optimizer"); W1's
+# keeps run_clm's defaults apart from the learning rate, as recorded in benchmarks/README.md
+W6_SHARED_TRAINER_FIELDS = ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay")
+
+
+def baseline(spec: dict[str, Any], run_dir: Path, workload: str = "w1") -> dict[str, Any]:
     device = configure(spec["threads"])
     import datasets
     from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, Trainer, TrainingArguments,
                               default_data_collator, set_seed)
 
-    s = spec["w1"]
+    s = spec[workload]
     started = time.perf_counter()
     set_seed(spec["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(spec["bpe_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(spec[spec_key(workload, "bpe_dir")])
     raw = datasets.load_dataset("text", data_files={"train": [spec["files"]["wikitext_train"]]})["train"]
     tokenized = raw.map(tokenize_fn(tokenizer), batched=True, remove_columns=raw.column_names,
                         desc="Running tokenizer on dataset")
@@ -225,10 +253,11 @@ def baseline(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                         eos_token_id=tokenizer.eos_token_id)
     model = AutoModelForCausalLM.from_config(config)
+    shared = W6_SHARED_TRAINER_FIELDS if workload == "w6" else ("learning_rate",)
     args = TrainingArguments(
         output_dir=str(run_dir), per_device_train_batch_size=s["batch_size"], max_steps=s["steps"],
-        seed=spec["seed"], learning_rate=project_trainer_field(device, "learning_rate"), use_cpu=device == "cpu", bf16=device == "cuda",
-        report_to="none", save_strategy="no", disable_tqdm=True,
+        seed=spec["seed"], use_cpu=device == "cpu", bf16=device == "cuda",
+        report_to="none", save_strategy="no", disable_tqdm=True, **{k: project_trainer_field(device, k) for k in shared},
     )
     timer = step_timer()
     preprocess_logits_for_metrics, compute_metrics = run_clm_metrics()
@@ -238,4 +267,4 @@ def baseline(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     prep_s = time.perf_counter() - started
     train_result = trainer.train()
     return _result(spec, trainer, timer, train_result, model, device, prep_s, {"train_blocks": len(lm_dataset)},
-                   baseline_eval=True)
+                   baseline_eval=True, workload=workload)
