@@ -122,7 +122,7 @@ def step_seconds(timer: Any, warmup: int) -> list[float]:
 
 class BatchRecorder:
     """Records, per batch: examples, real (non-padding) tokens, tokens including padding, and the
-    sum of squared real lengths (for the attention FLOPs). Either wraps a collator (the plain
+    sum of squared real lengths (for the attention FLOPs); a packed row counts its examples. Either wraps a collator (the plain
     Trainer arms, whose loaders have no worker processes) or observes the batches where they
     arrive (`PtftTrainer.batch_observers`: right with dataloader workers, as on CUDA)."""
 
@@ -138,11 +138,16 @@ class BatchRecorder:
     def observe(self, batch: dict[str, Any]) -> None:
         ids = batch["input_ids"]
         mask = batch.get("attention_mask")
-        if mask is None:
+        positions = batch.get("position_ids")
+        if mask is None and positions is not None and int(ids.shape[0]) == 1:
+            # a padding-free packed row (DataCollatorWithFlattening): each example restarts at position 0
+            starts = [int(i) for i in (positions[0] == 0).nonzero().flatten()] + [int(ids.shape[1])]
+            lengths = [b - a for a, b in zip(starts, starts[1:])]
+        elif mask is None:
             lengths = [int(ids.shape[1])] * int(ids.shape[0])
         else:
             lengths = [int(x) for x in mask.sum(dim=1)]
-        self.batches.append({"examples": int(ids.shape[0]), "tokens": sum(lengths),
+        self.batches.append({"examples": len(lengths), "tokens": sum(lengths),
                              "padded_tokens": int(ids.numel()) - sum(lengths),
                              "sum_len_sq": sum(n * n for n in lengths)})
 

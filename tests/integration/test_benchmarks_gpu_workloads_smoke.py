@@ -1,0 +1,102 @@
+"""The GPU-sized workloads W6 and W7 through the benchmark harness at smoke size on the CPU
+(`python -m benchmarks.run --smoke --workloads w6,w7`), so the script a lent GPU runs
+(benchmarks/device_w6_w7.sh) cannot rot. Nothing about speed is asserted: the structural facts
+that make each comparison fair (same model, same tokens, same adapters, same schedule) and the
+accounting of real tokens with and without padding."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.report import targets
+from tests.conftest import REPO_ROOT, shared_data
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, cache_env):
+    shared_data("wikitext-2", "valid.txt")
+    shared_data("banking77", "train.csv")
+    root = tmp_path_factory.mktemp("bench_gpu")
+    out = root / "bench.json"
+    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_SHARED_DATA=str(shared_data()))
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--workloads", "w6,w7", "--out", str(out),
+         "--workdir", str(root / "work")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=540,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return json.loads(out.read_text()), result.stdout
+
+
+def _result(payload, workload, arm):
+    return next(r["result"] for r in payload["runs"] if r["workload"] == workload and r["arm"] == arm)
+
+
+def test_both_workloads_reach_the_table_and_each_verdict_follows_from_its_numbers(smoke):
+    payload, stdout = smoke
+    assert payload["errors"] == []
+    assert "W6 causal-LM pretraining at GPT-2 124M's shape" in stdout and "W7 chat SFT" in stdout
+    rows = payload["targets"]
+    assert rows == targets(payload["summary"])
+    names = {t["target"] for t in rows}
+    assert {"W6 tokens/s, ours / baseline", "W7 LoRA real tokens/s, ours / plain peft",
+            "W7 QLoRA peak memory, ours / plain peft"} <= names
+    for t in rows:
+        if t["value"] is None:  # on a CPU: no datasheet bf16 peak to quote MFU against
+            assert t["target"].startswith("W6 MFU") and t["met"] is None and "no datasheet" in t["detail"]
+            continue
+        assert math.isfinite(t["value"])
+        assert t["met"] is (t["value"] >= t["threshold"] if t["op"] == ">=" else t["value"] <= t["threshold"]), t
+
+
+def test_w6_trains_the_same_gpt2_on_a_vocabulary_padded_to_the_specs_size(smoke):
+    payload, _ = smoke
+    spec, setup = payload["meta"]["spec"]["w6"], payload["meta"]["setup"]
+    assert setup["w6_bpe_vocab"] == spec["vocab_size"] > setup["w6_bpe_learned"]  # learned merges + unused tokens
+    ours, baseline = _result(payload, "w6", "ours"), _result(payload, "w6", "baseline")
+    assert ours["matmul_parameters"] == baseline["matmul_parameters"]
+    assert ours["settings"]["vocab_size"] == baseline["settings"]["vocab_size"] == spec["vocab_size"]
+    for key in ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay"):  # the same schedule both sides
+        assert ours["settings"][key] == baseline["settings"][key], key
+    assert ours["steps"] == baseline["steps"] == spec["steps"]
+    assert ours["tokens_timed"] == baseline["tokens_timed"] == (spec["steps"] - spec["warmup_steps"]) * spec["batch_size"] * spec["block_size"]
+    for result in (ours, baseline):  # a couple of steps from random weights: about ln(vocab)
+        assert 0.5 * math.log(spec["vocab_size"]) < result["eval_loss"] < 2 * math.log(spec["vocab_size"])
+    peak = _result(payload, "w6", "peak")
+    assert {r["m"] for r in peak["shapes"]} == {spec["batch_size"] * spec["block_size"]}
+    assert "datasheet" not in peak  # measured on the CPU
+
+
+def test_w7_compares_the_same_adapters_on_the_same_conversations(smoke):
+    payload, _ = smoke
+    spec = payload["meta"]["spec"]["w7"]
+    arms = {arm: _result(payload, "w7", arm) for arm in ("lora", "lora_plain", "qlora", "qlora_plain")}
+    # the same LoRA (rank, alpha, every linear layer of the blocks) on the same model, four ways
+    assert len({r["trainable_parameters"] for r in arms.values()}) == 1
+    assert len({r["checkpoint_parameters"] for r in arms.values()}) == 1
+    for arm, result in arms.items():
+        timed = result["timed_batches"]
+        assert result["steps"] == spec["steps"] and timed["examples"] == (spec["steps"] - spec["warmup_steps"]) * spec["batch_size"], arm
+        assert result["tokens_per_s"] == pytest.approx(timed["tokens"] / result["timed_s"], rel=1e-2)  # timed_s is rounded
+        assert result["peak_memory_mb"] > 0
+    for ours in ("lora", "qlora"):  # padding-free packing: one row per batch, no padding, every example counted
+        assert arms[ours]["padded_share"] == 0.0 and arms[ours]["settings"]["collator"] == "DataCollatorWithFlattening"
+        assert "objective.packing=true" in arms[ours]["overrides"]
+    for plain in ("lora_plain", "qlora_plain"):  # dynamic padding to the batch's longest conversation
+        assert arms[plain]["padded_share"] > 0.0
+    # the same conversations through the same chat template: the same mean length, whichever side
+    # (both sides see every training conversation; the plain script labels the newline after
+    # <|im_end|> too, so its labelled tokens exceed ours by one per conversation)
+    plain_labels, ours_labels = arms["lora_plain"]["labelled_tokens"], arms["lora"]["labelled_tokens"]
+    assert plain_labels > ours_labels > 0
+    with open(payload["meta"]["spec"]["files"]["banking_train"], encoding="utf-8", newline="") as f:
+        conversations = len(list(csv.DictReader(f)))
+    assert plain_labels - ours_labels == conversations
