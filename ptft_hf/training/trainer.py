@@ -227,9 +227,11 @@ class PtftTrainer(Trainer):
     def _chunk_head(self, model: Any) -> torch.nn.Linear | None:
         """The head to compute the loss from hidden states with, or None for the stock loss: not
         with label smoothing (the stock smoother), DeepSpeed or FSDP (the head's weight is sharded
-        outside forward), or distributed training of an untied head (DDP would see its weight
-        unused in forward, then get its gradient)."""
-        if not self.chunked_loss or self.label_smoother is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        outside forward), Liger kernels (`use_liger_kernel`: their fused linear cross-entropy does
+        the same inside the model's forward), or distributed training of an untied head (DDP would
+        see its weight unused in forward, then get its gradient)."""
+        if (not self.chunked_loss or self.label_smoother is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled
+                or getattr(self.args, "use_liger_kernel", False)):
             return None
         unwrapped = self.accelerator.unwrap_model(model)
         head = chunkable_head(unwrapped)

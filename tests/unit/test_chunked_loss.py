@@ -127,6 +127,16 @@ def test_label_smoothing_keeps_the_stock_loss(tmp_path):
     assert plain._chunk_head(plain.model) is plain.model.lm_head
 
 
+def test_liger_kernels_keep_the_stock_loss(tmp_path):
+    """`use_liger_kernel` patches the model's own forward with a fused linear cross-entropy: the
+    chunked loss must not also strip the head (set after construction: applying Liger needs CUDA)."""
+    trainer = PtftTrainer(model=tiny_gpt2().float(), args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+                          data_collator=CausalLMCollator(), chunked_loss=True)
+    assert trainer._chunk_head(trainer.model) is trainer.model.lm_head
+    trainer.args.use_liger_kernel = True
+    assert trainer._chunk_head(trainer.model) is None
+
+
 def test_bf16_weights_train_under_the_trainers_mixed_precision(tmp_path):
     """accelerate autocasts only the model's forward and hands back fp32 hidden states; the chunked
     loss runs under the trainer's autocast, so bf16 weights meet them without a dtype error."""
