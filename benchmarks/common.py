@@ -64,6 +64,29 @@ def environment() -> dict[str, Any]:
     return info
 
 
+def project_trainer(overrides: list[str], run_dir: Path, callbacks: list[Any]) -> tuple[Any, Any, Any]:
+    """The project's own path from overrides to a ready trainer, as `ptft-hf` takes it: compose ->
+    load the data (chat columns for SFT) -> tokenizer -> strategy -> the objective's prepare ->
+    `recipe.build_trainer`. Returns (trainer, prepared, tokenizer)."""
+    from omegaconf import OmegaConf
+    from transformers import set_seed
+
+    from ptft_hf.api import compose
+    from ptft_hf.data.sources import load_text_splits
+    from ptft_hf.models.loading import load_tokenizer
+    from ptft_hf.objectives import OBJECTIVES
+    from ptft_hf.recipe import build_trainer
+    from ptft_hf.strategies import get_strategy
+
+    conf = OmegaConf.to_object(compose(*overrides).cfg)
+    set_seed(conf.seed)
+    splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
+    tokenizer = load_tokenizer(conf.model)
+    strategy = get_strategy(conf.strategy)
+    prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, {})
+    return build_trainer(conf, run_dir, tokenizer, prepared, callbacks), prepared, tokenizer
+
+
 # ----------------------------------------------------------------------------------- timing
 
 

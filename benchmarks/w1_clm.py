@@ -23,7 +23,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import configure, environment, plain, project_trainer_field, step_seconds, step_timer, timed_window
+from benchmarks.common import (configure, environment, plain, project_trainer, project_trainer_field, step_seconds, step_timer,
+                               timed_window)
 
 
 # --- run_clm.py's data functions, as the script writes them ---------------------------------
@@ -195,16 +196,6 @@ def ours_trainer(spec: dict[str, Any], run_dir: Path, device: str, per_device_ba
     """The project's trainer for W1 or W6 (trainer, prepared, step timer, overrides, preparation
     seconds), `per_device_batch` rows per process (W5 runs W1's on several processes). The
     workload's `ours_overrides` (W6: none by default) are appended: settings a device run tries."""
-    from omegaconf import OmegaConf
-    from transformers import set_seed
-
-    from ptft_hf.api import compose
-    from ptft_hf.data.sources import load_text_splits
-    from ptft_hf.models.loading import load_tokenizer
-    from ptft_hf.objectives import OBJECTIVES
-    from ptft_hf.recipe import build_trainer
-    from ptft_hf.strategies import get_strategy
-
     s = spec[workload]
     started = time.perf_counter()
     overrides = [
@@ -218,14 +209,8 @@ def ours_trainer(spec: dict[str, Any], run_dir: Path, device: str, per_device_ba
         "trainer.eval_strategy=no", "trainer.save_strategy=no", "trainer.disable_tqdm=true", f"seed={spec['seed']}",
         *s.get("ours_overrides", []),
     ]
-    conf = OmegaConf.to_object(compose(*overrides).cfg)
-    set_seed(conf.seed)
-    splits = load_text_splits(conf.data, conf.seed)
-    tokenizer = load_tokenizer(conf.model)
-    strategy = get_strategy(conf.strategy)
-    prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, {})
     timer = step_timer()
-    trainer = build_trainer(conf, run_dir, tokenizer, prepared, [timer])
+    trainer, prepared, _ = project_trainer(overrides, run_dir, [timer])
     return trainer, prepared, timer, overrides, time.perf_counter() - started
 
 

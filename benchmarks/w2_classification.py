@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (BatchRecorder, configure, environment, plain, project_trainer_field, step_seconds, step_timer,
-                               timed_window, totals)
+from benchmarks.common import (BatchRecorder, configure, environment, plain, project_trainer, project_trainer_field,
+                               step_seconds, step_timer, timed_window, totals)
 
 # the project's schedule, shared by every arm; the learning rate is the spec's (w2.learning_rate):
 # post-LN BERT trained from random weights diverges at the CPU preset's 1e-3 (every arm at chance)
@@ -94,16 +94,6 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, recorder: BatchRecor
 
 def ours(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     device = configure(spec["threads"])
-    from omegaconf import OmegaConf
-    from transformers import set_seed
-
-    from ptft_hf.api import compose
-    from ptft_hf.data.sources import load_text_splits
-    from ptft_hf.models.loading import load_tokenizer
-    from ptft_hf.objectives import OBJECTIVES
-    from ptft_hf.recipe import build_trainer
-    from ptft_hf.strategies import get_strategy
-
     s = spec["w2"]
     started = time.perf_counter()
     overrides = [
@@ -119,14 +109,8 @@ def ours(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         f"trainer.per_device_train_batch_size={s['batch_size']}", f"trainer.max_steps={s['steps']}",
         f"trainer.learning_rate={s['learning_rate']}", "trainer.eval_strategy=no", "trainer.save_strategy=no", "trainer.disable_tqdm=true", f"seed={spec['seed']}",
     ]
-    conf = OmegaConf.to_object(compose(*overrides).cfg)
-    set_seed(conf.seed)
-    splits = load_text_splits(conf.data, conf.seed)
-    tokenizer = load_tokenizer(conf.model)
-    strategy = get_strategy(conf.strategy)
-    prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, {})
     timer = step_timer()
-    trainer = build_trainer(conf, run_dir, tokenizer, prepared, [timer])
+    trainer, prepared, tokenizer = project_trainer(overrides, run_dir, [timer])
     recorder = BatchRecorder()
     trainer.batch_observers.append(recorder)  # counts in this process, also with dataloader workers (CUDA preset)
     prep_s = time.perf_counter() - started

@@ -15,8 +15,9 @@ lora_plain, qlora_plain:  what a user writes with transformers + peft + bitsandb
                           quantisation, bf16 compute)` and `prepare_model_for_kbit_training`, the plain
                           `Trainer`.
 
-Both sides: the same checkpoint and tokenizer folder, rank, alpha, learning rate, batch of
-`batch_size` conversations, steps, seed and gradient checkpointing. Reported: real (non-padding)
+Both sides: the same checkpoint and tokenizer folder, rank, alpha, learning rate and schedule
+(TrainingArguments' defaults: linear, no warm-up, no weight decay), batch of `batch_size`
+conversations, steps, seed and gradient checkpointing. Reported: real (non-padding)
 tokens per second over the steps after `warmup_steps`, the padded share, peak memory (CUDA:
 `max_memory_allocated`; CPU: the resident high-water mark) and the training loss.
 """
@@ -28,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (BatchRecorder, configure, environment, proc_status, step_seconds, step_timer, timed_window,
-                               totals)
+from benchmarks.common import (BatchRecorder, configure, environment, proc_status, project_trainer, step_seconds, step_timer,
+                               timed_window, totals)
 
 IGNORE = -100
 
@@ -101,15 +102,6 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, recorder: BatchRecor
 def ours(spec: dict[str, Any], run_dir: Path, strategy_name: str) -> dict[str, Any]:
     device = configure(spec["threads"])
     import torch
-    from omegaconf import OmegaConf
-    from transformers import set_seed
-
-    from ptft_hf.api import compose
-    from ptft_hf.data.sources import load_text_splits
-    from ptft_hf.models.loading import load_tokenizer
-    from ptft_hf.objectives import OBJECTIVES
-    from ptft_hf.recipe import build_trainer
-    from ptft_hf.strategies import get_strategy
 
     s = spec["w7"]
     cuda = device == "cuda"
@@ -125,19 +117,15 @@ def ours(spec: dict[str, Any], run_dir: Path, strategy_name: str) -> dict[str, A
         *(["strategy.quantization.bnb_4bit_compute_dtype=bfloat16"] if cuda and strategy_name == "qlora" else []),
         f"trainer.per_device_train_batch_size={s['batch_size']}", f"trainer.max_steps={s['steps']}",
         f"trainer.learning_rate={s['learning_rate']}", "trainer.eval_strategy=no", "trainer.save_strategy=no",
+        # the plain script's optimiser settings (TrainingArguments' defaults): the same schedule both sides
+        "trainer.lr_scheduler_type=linear", "trainer.warmup_steps=0", "trainer.weight_decay=0.0",
         "trainer.disable_tqdm=true", f"seed={spec['seed']}",
         *s.get("ours_overrides", []), *(s.get("ours_overrides_cuda_lora", []) if cuda and strategy_name == "lora" else []),
     ]
-    conf = OmegaConf.to_object(compose(*overrides).cfg)
-    set_seed(conf.seed)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    splits = load_text_splits(conf.data, conf.seed, chat=True)
-    tokenizer = load_tokenizer(conf.model)
-    strategy = get_strategy(conf.strategy)
-    prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, {})
     timer = step_timer()
-    trainer = build_trainer(conf, run_dir, tokenizer, prepared, [timer])
+    trainer, prepared, _ = project_trainer(overrides, run_dir, [timer])
     recorder = BatchRecorder()
     trainer.batch_observers.append(recorder)  # counts in this process, also with dataloader workers (CUDA preset)
     prep_s = time.perf_counter() - started
