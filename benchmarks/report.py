@@ -80,7 +80,11 @@ def summarise_w1(runs: list[dict[str, Any]], workload: str = "w1") -> dict[str, 
 
 
 def summarise_w6(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return summarise_w1(runs, "w6")
+    out = summarise_w1(runs, "w6")
+    profiles = [r["profile"] for r in _results(runs, "w6", "ours").values() if r.get("profile")]
+    if profiles:
+        out["ours_profile"] = profiles[0]
+    return out
 
 
 def summarise_w7(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -315,6 +319,9 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
         out.append(f"tokens/s ours/baseline (paired): {_spread(w6.get('speedup'))}; datasheet peak: "
                    f"{(sheet['gpu'] + ' ' + str(sheet['bf16_dense_tflops']) + ' TFLOP/s dense bf16') if sheet else '-'};"
                    f" GEMM mix peak measured {_spread(w6['peak']['mix_gflops_per_s'])} GFLOP/s")
+        if w6.get("ours_profile"):
+            out += [f"where ours' time goes (torch.profiler, its last {s.get('profile_steps')} steps, first repetition):",
+                    w6["ours_profile"]]
         out.append("")
     if "w7" in summary:
         w7, s = summary["w7"], meta["spec"]["w7"]

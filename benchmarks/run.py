@@ -48,7 +48,8 @@ FULL = {
     "w4": {"block_size": 256},
     "w5": {"processes": 2, "threads_one": 2, "threads_two": 1},  # W1's sizes; 2 cores used either way
     "w6": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 50257, "block_size": 1024,
-           "batch_size": 32, "steps": 120, "warmup_steps": 20, "eval_blocks": 32, "ours_overrides": []},
+           "batch_size": 32, "steps": 130, "warmup_steps": 20, "eval_blocks": 32, "ours_overrides": [],
+           "profile_steps": 10},  # torch.profiler over ours' last 10 steps (not timed): where a step's time goes
     "w7": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
            "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768, "tokenizer_vocab": 8192,
            "batch_size": 32, "max_length": 256, "steps": 60, "warmup_steps": 10, "learning_rate": 2e-4, "lora_r": 16,
@@ -70,7 +71,7 @@ SMOKE = {
     "w4": {"block_size": 32},
     "w5": {"processes": 2, "threads_one": 1, "threads_two": 1},
     "w6": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 4096, "block_size": 32,
-           "batch_size": 2, "steps": 2, "warmup_steps": 1, "eval_blocks": 4, "ours_overrides": []},
+           "batch_size": 2, "steps": 3, "warmup_steps": 1, "eval_blocks": 4, "ours_overrides": [], "profile_steps": 1},
     "w7": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
            "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 128, "tokenizer_vocab": 512,
            "batch_size": 4, "max_length": 192, "steps": 2, "warmup_steps": 1, "learning_rate": 2e-4, "lora_r": 4,

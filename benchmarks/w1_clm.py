@@ -186,9 +186,46 @@ def cuda_memory(device: str) -> dict[str, Any]:
 def ours(spec: dict[str, Any], run_dir: Path, workload: str = "w1") -> dict[str, Any]:
     device = configure(spec["threads"])
     trainer, prepared, timer, overrides, prep_s = ours_trainer(spec, run_dir, device, spec[workload]["batch_size"], workload)
+    profiled = spec[workload].get("profile_steps", 0)
+    profiler = last_steps_profiler(spec[workload]["steps"] - profiled, device) if profiled else None
+    if profiler is not None:
+        trainer.add_callback(profiler)
     train_result = trainer.train()
-    return _result(spec, trainer, timer, train_result, prepared.model, device, prep_s,
-                   {"overrides": overrides, "train_blocks": len(prepared.train_dataset)}, workload=workload)
+    extra = {"overrides": overrides, "train_blocks": len(prepared.train_dataset)}
+    if profiler is not None:  # the profiled steps run slower: timed up to where profiling began
+        timer.ends = timer.ends[:-profiled]
+        extra.update(profile=profiler.table, profiled_steps=profiled)
+    return _result(spec, trainer, timer, train_result, prepared.model, device, prep_s, extra, workload=workload)
+
+
+def last_steps_profiler(first_step: int, device: str, rows: int = 30):
+    """A TrainerCallback that runs torch.profiler from optimiser step `first_step` to the end of
+    training and keeps the top `rows` operators by self device time (CPU time on a CPU): where
+    the time of a step goes, for a run that falls short of its MFU target."""
+    import torch
+    from transformers import TrainerCallback
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    class LastStepsProfiler(TrainerCallback):
+        def __init__(self) -> None:
+            self.profile: Any = None
+            self.table = ""
+
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: D102
+            if self.profile is None and state.global_step >= first_step:
+                self.profile = torch.profiler.profile(activities=activities)
+                self.profile.__enter__()
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: D102
+            if self.profile is not None:
+                self.profile.__exit__(None, None, None)
+                key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+                self.table = self.profile.key_averages().table(sort_by=key, row_limit=rows)
+
+    return LastStepsProfiler()
 
 
 def ours_trainer(spec: dict[str, Any], run_dir: Path, device: str, per_device_batch: int,

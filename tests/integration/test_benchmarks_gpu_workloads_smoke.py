@@ -58,7 +58,7 @@ def test_both_workloads_reach_the_table_and_each_verdict_follows_from_its_number
 
 
 def test_w6_trains_the_same_gpt2_on_a_vocabulary_padded_to_the_specs_size(smoke):
-    payload, _ = smoke
+    payload, stdout = smoke
     spec, setup = payload["meta"]["spec"]["w6"], payload["meta"]["setup"]
     assert setup["w6_bpe_vocab"] == spec["vocab_size"] > setup["w6_bpe_learned"]  # learned merges + unused tokens
     ours, baseline = _result(payload, "w6", "ours"), _result(payload, "w6", "baseline")
@@ -66,8 +66,12 @@ def test_w6_trains_the_same_gpt2_on_a_vocabulary_padded_to_the_specs_size(smoke)
     assert ours["settings"]["vocab_size"] == baseline["settings"]["vocab_size"] == spec["vocab_size"]
     for key in ("learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay"):  # the same schedule both sides
         assert ours["settings"][key] == baseline["settings"][key], key
-    assert ours["steps"] == baseline["steps"] == spec["steps"]
-    assert ours["tokens_timed"] == baseline["tokens_timed"] == (spec["steps"] - spec["warmup_steps"]) * spec["batch_size"] * spec["block_size"]
+    assert ours["steps"] == spec["steps"] - spec["profile_steps"] and baseline["steps"] == spec["steps"]
+    per_step = spec["batch_size"] * spec["block_size"]  # ours' profiled last steps are not timed
+    assert ours["tokens_timed"] == (spec["steps"] - spec["warmup_steps"] - spec["profile_steps"]) * per_step
+    assert baseline["tokens_timed"] == (spec["steps"] - spec["warmup_steps"]) * per_step
+    assert ours["profiled_steps"] == spec["profile_steps"] == 1 and "Self CPU" in ours["profile"]
+    assert "where ours' time goes" in stdout
     for result in (ours, baseline):  # a couple of steps from random weights: about ln(vocab)
         assert 0.5 * math.log(spec["vocab_size"]) < result["eval_loss"] < 2 * math.log(spec["vocab_size"])
     peak = _result(payload, "w6", "peak")
