@@ -82,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="scratch folder of this arm (Trainer output_dir)")
     parser.add_argument("--phase", choices=["cold", "cached"])
     parser.add_argument("--cache-dir")
+    parser.add_argument("--rep", type=int, default=0, help="which repetition (W6 profiles the first only)")
     args = parser.parse_args(argv)
     if args.arm not in ARMS[args.workload]:
         parser.error(f"{args.workload} has arms {', '.join(ARMS[args.workload])}")
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s][%(name)s] %(message)s")
     spec = load_spec(args.spec)
+    spec["rep"] = args.rep
     run_dir = Path(args.run_dir or Path(spec["workdir"]) / "runs" / f"{args.workload}_{args.arm}")
     run_dir.mkdir(parents=True, exist_ok=True)
     before, started = loadavg(), time.time()

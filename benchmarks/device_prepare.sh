@@ -16,7 +16,7 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manyl
 done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" -d .device/whl \
   transformers==5.24.0 peft==0.21.2 datasets==5.2.0 bitsandbytes==0.50.2 hydra-core==1.3.8 omegaconf==2.3.1 \
-  evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19
+  evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0   # datasets 5.2 wants fsspec <= 2026.9.0
 python3 -m pip wheel -q --no-deps -w .device/whl antlr4-python3-runtime==4.9.3   # hydra's parser: a source release only
 cp -r "$SHARED/wikitext-2" "$SHARED/banking77" .device/data/
 du -sh .device

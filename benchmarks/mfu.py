@@ -69,14 +69,14 @@ def measure_peak(gemms: list[dict[str, Any]], device: str, dtype_name: str, min_
     import torch
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)  # drawn where they are used: no host copies of GBs
     rows = []
     total_flops = total_time = 0.0
     for g in gemms:
         m, k, n = g["m"], g["k"], g["n"]
-        x = torch.randn(m, k, generator=gen).to(device, dtype)
-        w = torch.randn(k, n, generator=gen).to(device, dtype)
-        dy = torch.randn(m, n, generator=gen).to(device, dtype)
+        x = torch.randn(m, k, generator=gen, device=device).to(dtype)
+        w = torch.randn(k, n, generator=gen, device=device).to(dtype)
+        dy = torch.randn(m, n, generator=gen, device=device).to(dtype)
         flops = 2.0 * m * n * k
         passes = {"forward": (x, w), "backward_input": (dy, w.t()), "backward_weight": (x.t(), dy)}
         for kind, (a, b) in passes.items():

@@ -48,8 +48,8 @@ FULL = {
     "w4": {"block_size": 256},
     "w5": {"processes": 2, "threads_one": 2, "threads_two": 1},  # W1's sizes; 2 cores used either way
     "w6": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024, "vocab_size": 50257, "block_size": 1024,
-           "batch_size": 32, "steps": 130, "warmup_steps": 20, "eval_blocks": 32, "ours_overrides": [],
-           "profile_steps": 10},  # torch.profiler over ours' last 10 steps (not timed): where a step's time goes
+           "batch_size": 32, "steps": 110, "warmup_steps": 20, "eval_blocks": 32, "ours_overrides": [],
+           "profile_steps": 3},  # torch.profiler over ours' last 3 steps of the first repetition (not timed)
     "w7": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
            "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768, "tokenizer_vocab": 8192,
            "batch_size": 32, "max_length": 256, "steps": 60, "warmup_steps": 10, "learning_rate": 2e-4, "lora_r": 16,
@@ -147,7 +147,7 @@ def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path:
     log = workdir / "logs" / f"{tag}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "benchmarks.arms", workload, arm, "--spec", str(spec_path), "--json-out", str(out),
-           "--run-dir", str(workdir / "runs" / tag)]
+           "--run-dir", str(workdir / "runs" / tag), "--rep", str(rep)]
     if workload == "w5":  # W5 sets its own threads per process; `two` runs under torchrun
         spec = json.loads(spec_path.read_text())["w5"]
         env = thread_env(env, spec["threads_two"] if arm == "two" else spec["threads_one"])
@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.rmtree(arm_cache)
                     record = run_process(workload, arm, phase, rep, spec_path, workdir, env, args.timeout, arm_cache)
                     runs.append(record)
+                    # every arm's result on disk as it comes: a run stopped from outside keeps what finished
+                    write_json(out_path, {"meta": {"stamp": stamp, "partial": True, "spec": spec}, "runs": runs})
                     label = f"{workload} {arm}{' ' + phase if phase else ''} rep {rep + 1}/{reps}"
                     status = "ok" if record["returncode"] == 0 else f"FAILED ({record['result'].get('error')})"
                     print(f"  {label}: {status}, {record['process_wall_s']} s, load {record['loadavg_before'][0]}"

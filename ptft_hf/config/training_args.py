@@ -19,6 +19,10 @@ def trainer_kwargs(trainer: Mapping[str, Any], objective_defaults: Mapping[str, 
     `resume_from_checkpoint` is the run's business (see `run_dir.resume_checkpoint`), not the Trainer's."""
     kwargs, _ = resolve_trainer_precision({**dict(objective_defaults or {}), **set_trainer_fields(trainer)})
     kwargs.pop("resume_from_checkpoint", None)
+    if kwargs.get("dataloader_persistent_workers") and not kwargs.get("dataloader_num_workers"):
+        # trainer=gpu keeps its workers across epochs; with the workers overridden to 0 there are
+        # none to keep, and torch's DataLoader refuses the combination
+        kwargs["dataloader_persistent_workers"] = False
     return kwargs
 
 

@@ -34,7 +34,17 @@ PLAIN_HEAD_MODEL_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3"
 # config fields that change logits after the projection, checked as well
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "logits_soft_cap", "lm_head_multiplier",
                     "output_multiplier")
-CHUNK_ELEMENTS = 2**23  # logits of one chunk: 8M floats, 32 MB in fp32
+CHUNK_ELEMENTS = 2**23  # logits of one chunk on a CPU: 8M floats, 32 MB in fp32
+# on a GPU: 64M floats (256 MB): each chunk also reads and writes the head's whole fp32 gradient
+# (154 MB for GPT-2's 50,257 x 768) and launches its kernels, so a few large chunks beat many small
+# ones (GPT-2 124M at 32 x 1,024 tokens: 25 chunks, not 197)
+CUDA_CHUNK_ELEMENTS = 2**26
+
+
+def chunk_rows(head: torch.nn.Linear) -> int:
+    """Positions per chunk: a chunk's logits hold about CHUNK_ELEMENTS (CUDA_CHUNK_ELEMENTS on a GPU) values."""
+    elements = CUDA_CHUNK_ELEMENTS if head.weight.is_cuda else CHUNK_ELEMENTS
+    return max(1, elements // head.weight.shape[0])
 
 
 def chunkable_head(model: Any) -> torch.nn.Linear | None:
@@ -129,8 +139,7 @@ def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: to
     selected = labels != IGNORE_INDEX
     rows = hidden.reshape(-1, hidden.shape[-1])[selected]
     targets = labels[selected]
-    chunk_rows = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
-    total = _LinearCrossEntropy.apply(rows, head.weight, head.bias, targets, chunk_rows)
+    total = _LinearCrossEntropy.apply(rows, head.weight, head.bias, targets, chunk_rows(head))
     if num_items_in_batch is None:
         return total / targets.numel() if targets.numel() else total
     if torch.is_tensor(num_items_in_batch):

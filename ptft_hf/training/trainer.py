@@ -17,7 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, speed
 
 from ptft_hf.data.streaming import MixedStream, PackedStream
 from ptft_hf.distributed import weights_are_sharded
-from ptft_hf.training.chunked_loss import CHUNK_ELEMENTS, chunkable_head, hidden_states_as_logits, linear_cross_entropy
+from ptft_hf.training.chunked_loss import chunk_rows, chunkable_head, hidden_states_as_logits, linear_cross_entropy
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
 from ptft_hf.training.safety import NonFiniteLoss, TrainLossTally
 from ptft_hf.training.sampling import ShuffledLengthGroupedSampler
@@ -331,7 +331,7 @@ class PtftTrainer(Trainer):
                 if head is not None:  # hidden states in, projected a chunk at a time
                     with self.accelerator.autocast():
                         totals.update(outputs.logits, labels, shift=self.shift_labels, head=head,
-                                      chunk_rows=max(1, CHUNK_ELEMENTS // head.weight.shape[0]))
+                                      chunk_rows=chunk_rows(head))
                 else:
                     totals.update(outputs.logits, labels, shift=self.shift_labels)
                 batches += 1

@@ -52,6 +52,12 @@ def test_loss_and_every_gradient_match_the_stock_path(monkeypatch, chunk_element
     assert chunked(input_ids=ids).logits.shape == (3, 12, 97)
 
 
+def test_chunks_hold_about_chunk_elements_logits():
+    head = tiny_gpt2().lm_head  # 97 words, on the CPU
+    assert chunked_loss.chunk_rows(head) == chunked_loss.CHUNK_ELEMENTS // 97
+    assert chunked_loss.CUDA_CHUNK_ELEMENTS > chunked_loss.CHUNK_ELEMENTS  # fewer, larger chunks on a GPU
+
+
 def test_num_items_in_batch_divides_the_sum_and_a_frozen_head_gets_no_gradient():
     ids, labels = batch(2)
     model = tiny_gpt2()

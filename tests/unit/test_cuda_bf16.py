@@ -86,6 +86,41 @@ def test_trainer_with_chunked_loss_trains_like_the_stock_trainer_in_bf16(tmp_pat
     assert losses["eval_True"] == pytest.approx(losses["eval_False"], rel=3e-2)
 
 
+def test_a_gpu_head_is_cut_into_larger_chunks():
+    from ptft_hf.training import chunked_loss
+
+    head = tiny("gpt2").to(DEVICE).lm_head
+    elements = chunked_loss.CUDA_CHUNK_ELEMENTS if DEVICE == "cuda" else chunked_loss.CHUNK_ELEMENTS
+    assert chunked_loss.chunk_rows(head) == elements // VOCAB
+
+
+def test_lora_on_a_bf16_base_trains_through_the_trainer(tmp_path):
+    """W7's LoRA arm on CUDA: the frozen base loaded in bf16 (`model.dtype=bfloat16`), the adapters
+    in fp32, the chunked loss from bf16 hidden states and a bf16 tied head."""
+    from omegaconf import OmegaConf
+
+    from ptft_hf.config.schema import StrategyConfig
+    from ptft_hf.strategies import get_strategy
+
+    cfg = OmegaConf.merge(OmegaConf.structured(StrategyConfig), OmegaConf.load(_strategy_yaml("lora")))
+    model = get_strategy(OmegaConf.to_object(cfg)).wrap(tiny("qwen2").to(torch.bfloat16), task_type="CAUSAL_LM")
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in trainable.values())  # peft's fp32 adapters
+    g = torch.Generator().manual_seed(5)
+    blocks = Dataset.from_dict({"input_ids": torch.randint(0, VOCAB, (16, 32), generator=g).tolist()})
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8, learning_rate=1e-3, bf16=True,
+                             use_cpu=DEVICE == "cpu", report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1,
+                             dataloader_num_workers=0)
+    trainer = PtftTrainer(model=model, args=args, train_dataset=blocks, data_collator=CausalLMCollator(), chunked_loss=True)
+    assert trainer._chunk_head(trainer.model) is not None
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(0.5 * torch.log(torch.tensor(float(VOCAB))) < loss < 2 * torch.log(torch.tensor(float(VOCAB)))
+                                    for loss in losses)
+    assert any(not torch.equal(before[n], p) for n, p in trainable.items() if "lora_B" in n)  # the adapters moved
+
+
 def test_qlora_trains_with_bf16_compute(tmp_path):
     """The project's QLoRA strategy on a saved checkpoint: NF4 weights, bf16 compute, LoRA in fp32."""
     from omegaconf import OmegaConf

@@ -77,3 +77,12 @@ def test_default_cpu_trainer_builds_arguments_with_a_boolean(compose_cfg, tmp_pa
     assert cfg.trainer.bf16 == "auto"
     args = build_training_arguments(OmegaConf.to_container(cfg.trainer), tmp_path, 0)
     assert args.bf16 is precision._cpu_choice().bf16
+
+
+def test_persistent_workers_only_where_there_are_workers():
+    """trainer=gpu keeps its dataloader workers across epochs; overridden to 0 workers (as W3 does),
+    torch's DataLoader would refuse persistent workers, so they are dropped."""
+    gpu = {"dataloader_num_workers": 4, "dataloader_persistent_workers": True, "use_cpu": True}
+    assert trainer_kwargs(gpu)["dataloader_persistent_workers"] is True
+    assert trainer_kwargs({**gpu, "dataloader_num_workers": 0})["dataloader_persistent_workers"] is False
+    assert "dataloader_persistent_workers" not in trainer_kwargs({"use_cpu": True})
