@@ -145,9 +145,10 @@ def step_seconds(timer: Any, warmup: int) -> list[float]:
 
 class BatchRecorder:
     """Records, per batch: examples, real (non-padding) tokens, tokens including padding, and the
-    sum of squared real lengths (for the attention FLOPs); a packed row counts its examples. Either wraps a collator (the plain
-    Trainer arms, whose loaders have no worker processes) or observes the batches where they
-    arrive (`PtftTrainer.batch_observers`: right with dataloader workers, as on CUDA)."""
+    sum of squared real lengths (for the attention FLOPs); a packed row counts its examples.
+    Either wraps a collator (the plain Trainer arms, whose loaders have no worker processes) or
+    observes the batches where they arrive (`PtftTrainer.batch_observers`: right with dataloader
+    workers, as on CUDA)."""
 
     def __init__(self, inner: Any = None):
         self.inner = inner
@@ -239,6 +240,16 @@ class AnonSampler(threading.Thread):
         self.join()
         self.peak = max(self.peak, proc_status().get("RssAnon", 0.0))
         return self.peak
+
+
+def cuda_memory(device: str) -> dict[str, Any]:
+    """Peak CUDA memory allocated by this process so far (nothing on the CPU): read right after
+    training, before scoring passes add their logits."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    return {"cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
 # ----------------------------------------------------------------------------------- environment

@@ -23,8 +23,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (configure, environment, plain, project_trainer, project_trainer_field, step_seconds, step_timer,
-                               timed_window)
+from benchmarks.common import (configure, cuda_memory, environment, plain, project_trainer, project_trainer_field,
+                               step_seconds, step_timer, timed_window)
 
 
 # --- run_clm.py's data functions, as the script writes them ---------------------------------
@@ -172,16 +172,6 @@ def _result(spec: dict[str, Any], trainer: Any, timer: Any, train_result: Any, m
                      "vocab_size": config.vocab_size},
         **extra, "env": environment(),
     }
-
-
-def cuda_memory(device: str) -> dict[str, Any]:
-    """Peak CUDA memory allocated by this process so far (nothing on the CPU): read right after
-    training, before the scoring passes add their logits."""
-    if device != "cuda":
-        return {}
-    import torch
-
-    return {"cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
 def ours(spec: dict[str, Any], run_dir: Path, workload: str = "w1") -> dict[str, Any]:

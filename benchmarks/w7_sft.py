@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (BatchRecorder, configure, environment, proc_status, project_trainer, step_seconds, step_timer,
-                               timed_window, totals)
+from benchmarks.common import (BatchRecorder, configure, cuda_memory, environment, proc_status, project_trainer,
+                               step_seconds, step_timer, timed_window, totals)
 
 IGNORE = -100
 
@@ -67,10 +67,9 @@ def build_checkpoint(spec: dict[str, Any], files: dict[str, str], out_dir: Path)
 
 
 def _peak_memory(device: str) -> dict[str, Any]:
+    """The arm's peak memory: CUDA allocations on a GPU, the resident high-water mark on a CPU."""
     if device == "cuda":
-        import torch
-
-        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory_kind": "cuda max_memory_allocated"}
+        return {"peak_memory_mb": cuda_memory(device)["cuda_peak_mb"], "memory_kind": "cuda max_memory_allocated"}
     return {"peak_memory_mb": proc_status().get("VmHWM"), "memory_kind": "resident high-water mark (VmHWM)"}
 
 
