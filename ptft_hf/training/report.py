@@ -259,6 +259,23 @@ def _timing_line(summary: dict[str, Any]) -> str:
     return line
 
 
+def _stage_settings(stage: Any) -> dict[str, str]:
+    """A stage's `key=value` overrides (preset's, then `extra`; the last one wins), `+` dropped."""
+    pairs = [o.lstrip("+").split("=", 1) for o in [*getattr(stage, "overrides", []), *getattr(stage, "extra", [])]]
+    return {key: value for key, value in (p for p in pairs if len(p) == 2) if key != "model.random_init"}
+
+
+def _recipe_difference(control: Any, stage: Any) -> str:
+    """`; its own recipe: key=value (vs the stage's), ...` where a control is not trained exactly as
+    the stage it is compared with (a control tuned for random weights), else ''."""
+    if control is None or stage is None:
+        return ""
+    theirs, ours = _stage_settings(control), _stage_settings(stage)
+    differ = [f"{key}={value} (vs {ours.get(key, 'default')})" for key, value in theirs.items() if ours.get(key) != value]
+    differ += [f"{key}=default (vs {value})" for key, value in ours.items() if key not in theirs]
+    return f"; its own recipe: {', '.join(differ)}" if differ else ""
+
+
 def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any]) -> Path:
     """The seed's comparison first (pretraining against each fine-tuning: purpose, data, cost and
     parameters updated, one column per stage), then the value of pretraining, then each stage."""
@@ -281,8 +298,9 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
                 key = f"eval_{metric}"
                 if key in m and key in control:
                     better = "lower" if metric == "perplexity" else "higher"
+                    recipe = _recipe_difference(stages.get(control_name), stages.get(name))
                     lines.append(f"- value of pretraining, {metric} ({better} is better): `{name}` {_fmt(m[key])} vs "
-                                 f"`{control_name}` (same data from random weights) {_fmt(control[key])}: "
+                                 f"`{control_name}` (same data from random weights{recipe}) {_fmt(control[key])}: "
                                  f"{m[key] - control[key]:+.4f}")
     lines += _same_task_other_base(summary["stages"])
     lines += _with_and_without_replay(summary["stages"])

@@ -226,3 +226,32 @@ def test_the_report_sets_a_replayed_stage_beside_its_twin_without_replay(tmp_pat
     # the control is the same fine-tuning, replay included: legal_no_replay (other data) is not set against it
     assert [line for line in report.splitlines() if line.startswith("- value of pretraining")] == [
         "- value of pretraining, perplexity (lower is better): `legal` 70 vs `legal_control` (same data from random weights) 72: -2.0000"]
+
+
+def test_the_report_names_how_a_control_was_trained_when_it_is_not_the_stages_recipe(tmp_path):
+    """support_control is support's recipe from random weights; support_control_tuned has the
+    recipe that suits random weights: its line names each setting that differs, so a reader
+    never takes a tuned control for the same fine-tuning."""
+    from ptft_hf.config.schema import StageConfig
+    from ptft_hf.training.report import write_pipeline_report
+
+    recipe = ["trainer.learning_rate=1e-3", "trainer.num_train_epochs=6", "+model.config.resid_pdrop=0.1",
+              "trainer.label_smoothing_factor=0.1"]
+    configs = {
+        "support": StageConfig(init_from="general", objective="classification", data="banking77", overrides=recipe),
+        "support_control": StageConfig(init_from="general", objective="classification", data="banking77",
+                                       overrides=recipe, extra=["model.random_init=true"]),
+        "support_control_tuned": StageConfig(
+            init_from="general", objective="classification", data="banking77", overrides=recipe,
+            extra=["model.random_init=true", "trainer.learning_rate=3e-4", "model.config.resid_pdrop=0.0"]),
+    }
+    stages = {"support": _stage("classification", "banking77", "general", 0.888),
+              "support_control": _stage("classification", "banking77", "general", 0.863, random_init=True),
+              "support_control_tuned": _stage("classification", "banking77", "general", 0.895, random_init=True)}
+    report = write_pipeline_report(tmp_path, {"stages": stages, "wall_time_s": 10.0}, configs).read_text()
+    assert [line for line in report.splitlines() if line.startswith("- value of pretraining")] == [
+        "- value of pretraining, accuracy (higher is better): `support` 0.888 vs `support_control` (same data from "
+        "random weights) 0.863: +0.0250",
+        "- value of pretraining, accuracy (higher is better): `support` 0.888 vs `support_control_tuned` (same data from "
+        "random weights; its own recipe: trainer.learning_rate=3e-4 (vs 1e-3), model.config.resid_pdrop=0.0 (vs 0.1)) "
+        "0.895: -0.0070"]
