@@ -190,6 +190,21 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600)
     )
 
 
+def run_benchmark_smoke(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str], workloads: str,
+                        timeout: int) -> tuple[dict, str]:
+    """`python -m benchmarks.run --smoke --workloads <workloads>` on one thread; its JSON and stdout."""
+    root = tmp_path_factory.mktemp("bench-" + workloads.replace(",", ""))
+    out = root / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--workloads", workloads, "--out", str(out),
+         "--workdir", str(root / "work")],
+        cwd=REPO_ROOT, env=dict(env, OMP_NUM_THREADS="1", PTFT_HF_SHARED_DATA=str(shared_data())),
+        capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return json.loads(out.read_text()), result.stdout
+
+
 def shared_run(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
     """`build(folder)` once per session for every xdist worker; the folder it filled.
 

@@ -7,15 +7,12 @@ accounting of real tokens with and without padding."""
 from __future__ import annotations
 
 import csv
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 from benchmarks.report import targets
-from tests.conftest import REPO_ROOT, shared_data
+from tests.conftest import run_benchmark_smoke, shared_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -24,16 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 def smoke(tmp_path_factory, cache_env):
     shared_data("wikitext-2", "valid.txt")
     shared_data("banking77", "train.csv")
-    root = tmp_path_factory.mktemp("bench_gpu")
-    out = root / "bench.json"
-    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_SHARED_DATA=str(shared_data()))
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--workloads", "w6,w7", "--out", str(out),
-         "--workdir", str(root / "work")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=540,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return json.loads(out.read_text()), result.stdout
+    return run_benchmark_smoke(tmp_path_factory, cache_env, "w6,w7", timeout=540)
 
 
 def _result(payload, workload, arm):

@@ -7,15 +7,13 @@ facts that do not depend on timing."""
 from __future__ import annotations
 
 import csv
-import json
 import math
-import subprocess
 import sys
 
 import pytest
 
 from benchmarks.report import targets
-from tests.conftest import REPO_ROOT, shared_data
+from tests.conftest import run_benchmark_smoke, shared_data
 
 # about 15 processes, each importing torch; the fixture's own subprocess limit is 900 s
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(960)]
@@ -29,16 +27,7 @@ SMOKE_WORKLOADS = "w1,w2,w3,w4,w5"
 def smoke(tmp_path_factory, cache_env):
     shared_data("wikitext-2", "valid.txt")
     shared_data("banking77", "train.csv")
-    root = tmp_path_factory.mktemp("bench")
-    out = root / "bench.json"
-    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_SHARED_DATA=str(shared_data()))
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--workloads", SMOKE_WORKLOADS, "--out", str(out),
-         "--workdir", str(root / "work")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return json.loads(out.read_text()), result.stdout
+    return run_benchmark_smoke(tmp_path_factory, cache_env, SMOKE_WORKLOADS, timeout=900)
 
 
 def _median(stat):

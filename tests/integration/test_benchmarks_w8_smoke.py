@@ -4,13 +4,10 @@ and the JSON with exact accounting. Nothing about speed or memory is asserted.""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT, shared_data
+from tests.conftest import run_benchmark_smoke, shared_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -18,15 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, cache_env):
     shared_data("wikitext-2", "valid.txt")
-    root = tmp_path_factory.mktemp("bench-w8")
-    out = root / "bench.json"
-    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_SHARED_DATA=str(shared_data()))
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--workloads", "w8", "--out", str(out), "--workdir", str(root / "work")],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=540,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return json.loads(out.read_text()), result.stdout
+    return run_benchmark_smoke(tmp_path_factory, cache_env, "w8", timeout=540)
 
 
 def test_w8_reaches_the_table_and_the_targets(smoke):
