@@ -138,6 +138,7 @@ def build_trainer(conf: PtftConfig, run_dir: Path, tokenizer: Any, prepared: Pre
         batch_observers=prepared.batch_observers,
         length_megabatch=conf.objective.length_megabatch,
         chunked_loss=conf.objective.chunked_loss and prepared.task_type == "CAUSAL_LM",
+        rdrop_alpha=conf.objective.rdrop_alpha if conf.objective.name == "classification" else 0.0,
     )
 
 

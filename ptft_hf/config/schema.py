@@ -100,6 +100,7 @@ class ObjectiveConfig:
     length_megabatch: Optional[int] = 200  # length grouping sorts within N batches, then shuffles them; null: transformers'
     metrics: List[str] = field(default_factory=lambda: ["accuracy", "f1"])  # classification: evaluate ids
     f1_average: str = "macro"
+    rdrop_alpha: float = 0.0  # classification: R-Drop, two dropout samples per batch, KL weight alpha (0: off)
     # sft: chat formatting, loss masking, batching, generation-based evaluation
     template: Dict[str, str] = field(default_factory=lambda: dict(PLAIN_CHAT_TEMPLATE))
     use_tokenizer_template: bool = True  # the tokenizer's chat template when it has one

@@ -384,6 +384,12 @@ def _check_objective(cfg: DictConfig) -> list[Problem]:
     if objective.length_megabatch is not None and objective.length_megabatch < 1:
         problems.append(Problem("objective.length_megabatch", f"{objective.length_megabatch} batches cannot hold a batch",
                                 "use at least 1 (200 is the default), or null for transformers' LengthGroupedSampler"))
+    rdrop = objective.get("rdrop_alpha", 0.0)
+    if rdrop < 0:
+        problems.append(Problem("objective.rdrop_alpha", f"{rdrop} is negative", "use 0 (off) or a KL weight such as 1.0"))
+    elif rdrop and objective.name != "classification":
+        problems.append(Problem("objective.rdrop_alpha", f"R-Drop is for objective=classification, not objective={objective.name}",
+                                "drop objective.rdrop_alpha, or set objective=classification"))
     if not 0.0 < objective.mlm_probability < 1.0:
         problems.append(Problem("objective.mlm_probability", f"{objective.mlm_probability} is not a probability", "use a value such as 0.15"))
     return problems

@@ -19,6 +19,7 @@ from ptft_hf.data.streaming import MixedStream, PackedStream
 from ptft_hf.distributed import weights_are_sharded
 from ptft_hf.training.chunked_loss import chunk_rows, chunkable_head, hidden_states_as_logits, linear_cross_entropy
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
+from ptft_hf.training.rdrop import rdrop_loss
 from ptft_hf.training.safety import NonFiniteLoss, TrainLossTally
 from ptft_hf.training.sampling import ShuffledLengthGroupedSampler
 from ptft_hf.training.sparse_head import predict_only_at, selected_label_loss
@@ -41,6 +42,8 @@ class PtftTrainer(Trainer):
     `length_megabatch=N` (with `train_sampling_strategy="group_by_length"`): sort by length within
     megabatches of N batches and shuffle the batches (see `sampling`); None keeps transformers'
     `LengthGroupedSampler` (50 batches, served longest first).
+    `rdrop_alpha > 0` (classification): R-Drop, two dropout samples of each batch and a KL term
+    between their predictions (see `rdrop`).
 
     Safety and resume: a nan/inf training loss raises `NonFiniteLoss` before that step is logged,
     evaluated or saved; checkpoints hold no `training_args.bin` (a pickle that would carry
@@ -51,7 +54,7 @@ class PtftTrainer(Trainer):
     def __init__(self, *args: Any, shift_labels: bool = True, token_metrics: bool = True,
                  eval_data_collator: Any = None, labelled_positions_only: bool = False,
                  batch_observers: Any = (), length_megabatch: int | None = None, chunked_loss: bool = False,
-                 **kwargs: Any):
+                 rdrop_alpha: float = 0.0, **kwargs: Any):
         if labelled_positions_only:
             kwargs.setdefault("compute_loss_func", selected_label_loss)
         super().__init__(*args, **kwargs)
@@ -62,6 +65,10 @@ class PtftTrainer(Trainer):
         self.batch_observers = list(batch_observers)  # observe(batch) for each training batch, in this process
         self.length_megabatch = length_megabatch
         self.chunked_loss = chunked_loss and shift_labels and not labelled_positions_only
+        self.rdrop_alpha = rdrop_alpha
+        if rdrop_alpha and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules()):
+            log.warning("objective.rdrop_alpha=%s has no effect: the model has no dropout (both samples agree); "
+                        "set its dropout (e.g. +model.config.hidden_dropout_prob=0.1) or rdrop_alpha=0", rdrop_alpha)
         if not any(isinstance(cb, TrainLossTally) for cb in self.callback_handler.callbacks):
             self.add_callback(TrainLossTally())
         self._loss_tally().trainer = self
@@ -211,18 +218,26 @@ class PtftTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs.get("labels")
+        if self.rdrop_alpha and labels is not None and not return_outputs and model.training:
+            scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # as the stock loss
+            loss = rdrop_loss(model, inputs, self.rdrop_alpha, self.args.label_smoothing_factor,
+                              num_items_in_batch if scaled else None)
+            return self._scaled_across_devices(loss, num_items_in_batch)
         head = self._chunk_head(model) if labels is not None and not return_outputs and "shift_labels" not in inputs else None
         if head is not None:
             with hidden_states_as_logits(head):
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             with self.accelerator.autocast():  # accelerate autocasts only the model's forward
                 loss = linear_cross_entropy(outputs.logits, head, labels, shift=True, num_items_in_batch=num_items_in_batch)
-            if (self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs
-                    and num_items_in_batch is not None):  # as Trainer.compute_loss
-                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-            return loss
+            return self._scaled_across_devices(loss, num_items_in_batch)
         with self._head_scope(model, labels) if labels is not None else contextlib.nullcontext():
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _scaled_across_devices(self, loss: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
+        """A loss normalised by the items of every process, scaled back as Trainer.compute_loss does."""
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
 
     def _chunk_head(self, model: Any) -> torch.nn.Linear | None:
         """The head to compute the loss from hidden states with, or None for the stock loss: not

@@ -115,6 +115,22 @@ def test_length_megabatch_must_hold_a_batch(compose_cfg, tmp_path, value, fields
     assert [p.field for p in problems] == fields
 
 
+@pytest.mark.parametrize("overrides,problem", [
+    (["objective=classification", "objective.rdrop_alpha=1.0"], None),
+    (["objective=classification", "objective.rdrop_alpha=-1"],
+     "objective.rdrop_alpha: -1.0 is negative; use 0 (off) or a KL weight such as 1.0"),
+    (["objective=clm", "data=text_files", "objective.rdrop_alpha=1.0"],
+     "objective.rdrop_alpha: R-Drop is for objective=classification, not objective=clm; "
+     "drop objective.rdrop_alpha, or set objective=classification"),
+])
+def test_rdrop_alpha_is_a_non_negative_weight_for_classifiers(compose_cfg, tmp_path, overrides, problem):
+    train = tmp_path / "train.csv"
+    train.write_text("text,category\nhello,a\n")
+    data = ([] if "data=text_files" in overrides else ["data=banking77", "data.label_column=category"])
+    problems = collect_problems(compose_cfg(*overrides, *data, f"data.path={train}", f"data.eval_path={train}"))
+    assert [str(p) for p in problems] == ([problem] if problem else [])
+
+
 @pytest.mark.parametrize("overrides,learning_rate", [
     ([], 1e-3), (["objective=classification"], 3e-4), (["objective=classification", "trainer.learning_rate=1e-3"], 1e-3),
     (["objective=classification", "objective.learning_rate=5e-4"], 5e-4), (["objective=mlm", "model=tiny_bert"], 1e-3)])
