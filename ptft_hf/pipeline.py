@@ -81,6 +81,9 @@ def _with_pipeline_hub(stage_cfg: DictConfig, cfg: DictConfig) -> None:
 # switches that change how a run is carried out or published, not what it computes
 _NOT_FINGERPRINTED = {"overwrite", "verbose", "hub"}
 _NOT_FINGERPRINTED_TRAINER = {"resume_from_checkpoint", "disable_tqdm"}
+# options added after runs were finished, left out at their "off" value: the run computes what it did
+# before they existed, so a finished stage keeps its fingerprint
+_OFF_OBJECTIVE_OPTIONS = {"rdrop_alpha": 0.0}
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
@@ -94,6 +97,9 @@ def config_fingerprint(cfg: DictConfig) -> str:
     resolved = {k: v for k, v in resolved.items() if k not in _NOT_FINGERPRINTED}
     resolved["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
                            if v is not None and v != MASK and k not in _NOT_FINGERPRINTED_TRAINER}
+    if isinstance(resolved.get("objective"), dict):
+        resolved["objective"] = {k: v for k, v in resolved["objective"].items()
+                                 if not (k in _OFF_OBJECTIVE_OPTIONS and v == _OFF_OBJECTIVE_OPTIONS[k])}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -21,3 +21,15 @@ def test_fingerprint_follows_what_the_run_computes(compose_cfg):
     for overrides in [("trainer.max_steps=8",), ("seed=1",), ("strategy=lora",), ("data.max_train_samples=10",)]:
         assert config_fingerprint(compose_cfg(*overrides) if overrides[0].startswith("trainer") else
                                   compose_cfg("trainer.max_steps=7", *overrides)) != base, overrides
+
+
+def test_an_option_added_later_changes_nothing_while_off(compose_cfg):
+    """A stage finished before `objective.rdrop_alpha` existed keeps its fingerprint: off (0), the
+    option is left out; on, it counts."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("objective=classification")
+    older = OmegaConf.to_container(cfg)
+    del older["objective"]["rdrop_alpha"]
+    assert config_fingerprint(OmegaConf.create(older)) == config_fingerprint(cfg)
+    assert config_fingerprint(compose_cfg("objective=classification", "objective.rdrop_alpha=1.0")) != config_fingerprint(cfg)
