@@ -243,7 +243,7 @@ def run(
         "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",  # trainer.bf16=auto resolved
         "resumed_from_step": resumed_step,
         "config_fingerprint": config_fingerprint(cfg),
-        "train_flops_estimate": estimate_training_flops(params, train_tokens),
+        "train_flops_estimate": estimate_training_flops(params, train_tokens, passes=2 if trainer.rdrop_alpha else 1),
         "peak_memory_mb": peak_memory_mb(),
         "vocab_size": len(tokenizer),
         "lineage": dict(lineage or {}),

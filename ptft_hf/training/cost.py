@@ -12,12 +12,13 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def estimate_training_flops(params: dict[str, float], tokens: int) -> float:
+def estimate_training_flops(params: dict[str, float], tokens: int, passes: int = 1) -> float:
     """Dense-transformer estimate: forward 2N, backward 2N for activations plus 2N_trainable for
     weight gradients per token (6N for full training, about 4N for a frozen base with adapters).
-    The attention term is left out (small for short blocks)."""
+    The attention term is left out (small for short blocks). `passes`: how many times each batch
+    goes through the model (2 under R-Drop)."""
     total, trainable = params["parameters"], params["trainable_parameters"]
-    return float(tokens * (4 * total + 2 * trainable))
+    return float(passes * tokens * (4 * total + 2 * trainable))
 
 
 def reset_peak_memory() -> None:

@@ -94,3 +94,13 @@ def test_a_model_without_dropout_is_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ptft_hf.training.trainer"):
         _trainer(tmp_path, classifier(dropout=0.1), alpha=1.0)
     assert "rdrop_alpha" not in caplog.text
+
+
+def test_the_flops_estimate_counts_both_passes():
+    from ptft_hf.training.cost import estimate_training_flops
+
+    full = {"parameters": 1000, "trainable_parameters": 1000}
+    adapters = {"parameters": 1000, "trainable_parameters": 10}
+    assert estimate_training_flops(full, tokens=50) == 50 * 6 * 1000
+    assert estimate_training_flops(adapters, tokens=50) == 50 * (4 * 1000 + 2 * 10)
+    assert estimate_training_flops(full, tokens=50, passes=2) == 2 * 50 * 6 * 1000
