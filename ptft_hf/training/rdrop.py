@@ -29,8 +29,8 @@ def rdrop_loss(model: Any, inputs: dict[str, Any], alpha: float, label_smoothing
     """The R-Drop loss of a labelled classification batch (labels of shape [rows]).
 
     Summed over rows and divided by `count` labelled rows (the Trainer's `num_items_in_batch`, for
-    a loss normalised over the whole accumulated batch), or by this batch's labelled rows if None:
-    the same normalisation as the stock loss.
+    a loss normalised over the whole accumulated batch), or by this batch's labelled rows if None;
+    the caller picks the one the stock loss would use.
     """
     labels = inputs["labels"]
     logits = model(**stacked_twice(inputs, labels.size(0))).logits.float()

@@ -219,7 +219,9 @@ class PtftTrainer(Trainer):
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs.get("labels")
         if self.rdrop_alpha and labels is not None and not return_outputs and model.training:
-            scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # as the stock loss
+            # normalised as the stock loss would be: by the accumulated batch's items where the label
+            # smoother does so, else per micro-batch (transformers' classifiers ignore num_items_in_batch)
+            scaled = self.label_smoother is not None and self.model_accepts_loss_kwargs and num_items_in_batch is not None
             loss = rdrop_loss(model, inputs, self.rdrop_alpha, self.args.label_smoothing_factor,
                               num_items_in_batch if scaled else None)
             return self._scaled_across_devices(loss, num_items_in_batch)

@@ -59,11 +59,13 @@ def test_a_given_count_divides_the_summed_loss():
     assert rdrop_loss(model, inputs, 1.0, count=6).item() == pytest.approx(rdrop_loss(model, inputs, 1.0).item() / 2, rel=1e-5)
 
 
-def _trainer(tmp_path, model, alpha: float) -> PtftTrainer:
-    rows = Dataset.from_dict({"input_ids": [[1 + i, 2 + i, 3] for i in range(8)], "labels": [i % 5 for i in range(8)]})
+def _trainer(tmp_path, model, alpha: float, smoothing: float = 0.1, accumulation: int = 1) -> PtftTrainer:
+    rows = Dataset.from_dict({"input_ids": [[1 + i, 2 + i, 3 + i % 2][: 2 + i % 2] for i in range(16)],
+                              "labels": [i % 5 for i in range(16)]})
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-                             report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
-                             train_sampling_strategy="sequential", label_smoothing_factor=0.1)
+                             report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, logging_steps=1,
+                             train_sampling_strategy="sequential", label_smoothing_factor=smoothing,
+                             gradient_accumulation_steps=accumulation, learning_rate=1e-2, max_grad_norm=1e-3)
 
     def pad(features):
         width = max(len(f["input_ids"]) for f in features)
@@ -83,7 +85,7 @@ def test_the_trainer_feeds_each_training_batch_twice_and_evaluates_once(tmp_path
     assert rows_seen == [8, 8]
     rows_seen.clear()
     assert "eval_loss" in trainer.evaluate()
-    assert rows_seen == [4, 4]
+    assert rows_seen == [4, 4, 4, 4]
 
 
 def test_a_model_without_dropout_is_warned_about(tmp_path, caplog):
@@ -104,3 +106,19 @@ def test_the_flops_estimate_counts_both_passes():
     assert estimate_training_flops(full, tokens=50) == 50 * 6 * 1000
     assert estimate_training_flops(adapters, tokens=50) == 50 * (4 * 1000 + 2 * 10)
     assert estimate_training_flops(full, tokens=50, passes=2) == 2 * 50 * 6 * 1000
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_without_dropout_training_logs_and_steps_as_the_stock_loss_under_accumulation(tmp_path, smoothing):
+    """Both copies agree without dropout, so R-Drop must train exactly as the stock loss: the same
+    normalisation with gradient accumulation, with and without label smoothing (the tiny clipping
+    norm makes the weights depend on the gradients' scale, not only their direction)."""
+    runs = {}
+    for alpha in (0.0, 1.0):
+        model = classifier(dropout=0.0)
+        trainer = _trainer(tmp_path / str(alpha), model, alpha, smoothing=smoothing, accumulation=2)
+        trainer.train()
+        runs[alpha] = ([h["loss"] for h in trainer.state.log_history if "loss" in h], model.score.weight.detach().clone())
+    assert len(runs[1.0][0]) == 2
+    assert runs[1.0][0] == pytest.approx(runs[0.0][0], rel=1e-5)
+    assert torch.allclose(runs[1.0][1], runs[0.0][1], atol=1e-6)
