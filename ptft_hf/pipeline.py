@@ -83,7 +83,8 @@ _NOT_FINGERPRINTED = {"overwrite", "verbose", "hub"}
 _NOT_FINGERPRINTED_TRAINER = {"resume_from_checkpoint", "disable_tqdm"}
 # options added after runs were finished, left out at their "off" value: the run computes what it did
 # before they existed, so a finished stage keeps its fingerprint
-_OFF_OBJECTIVE_OPTIONS = {"rdrop_alpha": 0.0}
+_OFF_OPTIONS = {("objective", "rdrop_alpha"): 0.0, ("model", "tokenizer", "add_bos_token"): None,
+                ("model", "tokenizer", "add_eos_token"): None}
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
@@ -97,9 +98,12 @@ def config_fingerprint(cfg: DictConfig) -> str:
     resolved = {k: v for k, v in resolved.items() if k not in _NOT_FINGERPRINTED}
     resolved["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
                            if v is not None and v != MASK and k not in _NOT_FINGERPRINTED_TRAINER}
-    if isinstance(resolved.get("objective"), dict):
-        resolved["objective"] = {k: v for k, v in resolved["objective"].items()
-                                 if not (k in _OFF_OBJECTIVE_OPTIONS and v == _OFF_OBJECTIVE_OPTIONS[k])}
+    for (*parents, key), off in _OFF_OPTIONS.items():
+        section = resolved
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict) and key in section and section[key] == off:
+            del section[key]
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 

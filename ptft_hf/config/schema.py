@@ -27,6 +27,10 @@ class TokenizerConfig:
     min_frequency: int = 2
     max_documents: Optional[int] = 100_000  # a seeded sample of at most N documents trains it; null: all
     chat_template: Optional[str] = None  # chatml or llama3: that family's chat template and special tokens
+    # transformers' add_bos_token / add_eos_token: the tokenizer puts its BOS before / EOS after every
+    # text it encodes (saved with the model, so inference does the same); null keeps the tokenizer's own
+    add_bos_token: Optional[bool] = None
+    add_eos_token: Optional[bool] = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from ptft_hf.config.schema import ModelConfig
+from ptft_hf.config.schema import ModelConfig, TokenizerConfig
 from ptft_hf.errors import UserError
 from ptft_hf.models.chat_templates import apply_chat_template_preset
 from ptft_hf.models.tokenizers import TOKENIZER_TRAINERS
@@ -49,7 +49,7 @@ def load_tokenizer(cfg: ModelConfig, train_texts: Iterable[str] | None = None, m
         tokenizer = trainer(train_texts, tcfg.vocab_size, tcfg.min_frequency, max_length)
         if tcfg.chat_template:
             apply_chat_template_preset(tokenizer, tcfg.chat_template, trained_here=True)
-        return tokenizer
+        return with_added_special_tokens(tokenizer, tcfg)
     name = tcfg.name_or_path or cfg.name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -61,7 +61,46 @@ def load_tokenizer(cfg: ModelConfig, train_texts: Iterable[str] | None = None, m
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 style tokenizers ship without one
     if tcfg.chat_template:
         apply_chat_template_preset(tokenizer, tcfg.chat_template, trained_here=False, source=name)
+    return with_added_special_tokens(tokenizer, tcfg)
+
+
+def with_added_special_tokens(tokenizer: Any, tcfg: TokenizerConfig) -> Any:
+    """Apply `model.tokenizer.add_bos_token` / `add_eos_token` through transformers' own
+    post-processor update, so the `tokenizer.json` saved with the model encodes the same way.
+
+    A decoder classifier reads its last token; packing put EOS around every pretraining document,
+    so BOS/EOS around each text shows the model a whole document the way it learned them.
+    transformers reads the flags back from `tokenizer.json` alone (a reloaded tokenizer reports
+    them False), so the current state is read from what the tokenizer does to a text."""
+    if tcfg.add_bos_token is None and tcfg.add_eos_token is None:
+        return tokenizer
+    current = _added_special_tokens(tokenizer)
+    wanted = {flag: current[flag] if getattr(tcfg, flag) is None else getattr(tcfg, flag) for flag in current}
+    if wanted == current:
+        return tokenizer
+    for flag, token in (("add_bos_token", "bos_token"), ("add_eos_token", "eos_token")):
+        if wanted[flag] and getattr(tokenizer, token, None) is None:
+            raise UserError.of(f"model.tokenizer.{flag}", f"the tokenizer has no {token} to add",
+                               f"leave model.tokenizer.{flag} null, or use a tokenizer with a {token}")
+    if not hasattr(tokenizer, "update_post_processor"):
+        raise UserError.of("model.tokenizer.add_eos_token" if tcfg.add_eos_token is not None else "model.tokenizer.add_bos_token",
+                           f"{type(tokenizer).__name__} cannot change the special tokens it adds",
+                           "leave it null, or use a tokenizer backed by the tokenizers library")
+    for flag, value in wanted.items():
+        object.__setattr__(tokenizer, f"_{flag}", value)  # the properties' storage; one update for both
+    tokenizer.update_post_processor()
+    log.info("tokenizer: BOS before every text %s, EOS after it %s", wanted["add_bos_token"], wanted["add_eos_token"])
     return tokenizer
+
+
+def _added_special_tokens(tokenizer: Any) -> dict[str, bool]:
+    """Whether encoding a text puts the BOS first / the EOS last (read from the encoding itself)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    extra = len(full) - len(plain)
+    bos = extra > 0 and tokenizer.bos_token_id is not None and full[0] == tokenizer.bos_token_id
+    eos = extra > int(bos) and tokenizer.eos_token_id is not None and full[-1] == tokenizer.eos_token_id
+    return {"add_bos_token": bool(bos), "add_eos_token": bool(eos)}
 
 
 def build_config(cfg: ModelConfig, tokenizer: Any) -> Any:

@@ -33,3 +33,16 @@ def test_an_option_added_later_changes_nothing_while_off(compose_cfg):
     del older["objective"]["rdrop_alpha"]
     assert config_fingerprint(OmegaConf.create(older)) == config_fingerprint(cfg)
     assert config_fingerprint(compose_cfg("objective=classification", "objective.rdrop_alpha=1.0")) != config_fingerprint(cfg)
+
+
+def test_tokenizer_special_token_flags_count_only_when_set(compose_cfg):
+    """`model.tokenizer.add_bos_token` / `add_eos_token` (null: the tokenizer's own) are left out
+    while null, so stages finished before they existed keep their fingerprint."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("objective=classification")
+    older = OmegaConf.to_container(cfg)
+    del older["model"]["tokenizer"]["add_bos_token"], older["model"]["tokenizer"]["add_eos_token"]
+    assert config_fingerprint(OmegaConf.create(older)) == config_fingerprint(cfg)
+    for flag in ("add_bos_token", "add_eos_token"):
+        assert config_fingerprint(compose_cfg("objective=classification", f"model.tokenizer.{flag}=true")) != config_fingerprint(cfg)

@@ -95,3 +95,47 @@ def test_a_trained_tokenizer_takes_a_family_chat_template_and_its_special_tokens
     plain.save_pretrained(tmp_path / "plain")
     with pytest.raises(UserError, match="model.tokenizer.chat_template: 'llama3' writes <|begin_of_text|>"):
         load_tokenizer(ModelConfig(name_or_path=str(tmp_path / "plain"), tokenizer=TokenizerConfig(chat_template="llama3")))
+
+
+def test_add_bos_and_eos_token_wrap_each_text_and_travel_with_the_saved_tokenizer(tmp_path):
+    """`model.tokenizer.add_bos_token/add_eos_token` put EOS around a text as packing put it around
+    each pretraining document; the saved tokenizer keeps doing it, and false takes one side away."""
+    from ptft_hf.config.schema import ModelConfig, TokenizerConfig
+    from ptft_hf.models.loading import load_tokenizer
+
+    base = tmp_path / "base"
+    train_byte_bpe(_corpus(), vocab_size=800).save_pretrained(base)
+    text = "Return the number of items."
+
+    def encode(folder, **flags):
+        tokenizer = load_tokenizer(ModelConfig(name_or_path=str(folder), tokenizer=TokenizerConfig(**flags)))
+        return tokenizer, tokenizer(text)["input_ids"]
+
+    tokenizer, plain = encode(base)
+    assert 0 not in plain  # no special token by default (GPT-2 style)
+    wrapped_tokenizer, wrapped = encode(base, add_bos_token=True, add_eos_token=True)
+    assert wrapped == [0, *plain, 0]  # EOS (id 0) is also the BOS of a byte-level tokenizer here
+    assert wrapped_tokenizer(text, add_special_tokens=False)["input_ids"] == plain  # packing's call is unchanged
+    assert encode(base, add_eos_token=True)[1] == [*plain, 0]
+    saved = tmp_path / "saved"
+    wrapped_tokenizer.save_pretrained(saved)
+    assert AutoTokenizer.from_pretrained(saved)(text)["input_ids"] == wrapped  # inference encodes as training did
+    assert encode(saved)[1] == wrapped
+    assert encode(saved, add_eos_token=False)[1] == [0, *plain]
+    assert encode(saved, add_bos_token=False, add_eos_token=False)[1] == plain
+
+
+def test_add_eos_token_on_a_tokenizer_without_one_names_the_field(tmp_path):
+    from ptft_hf.config.schema import ModelConfig, TokenizerConfig
+    from ptft_hf.errors import UserError
+    from ptft_hf.models.loading import load_tokenizer
+    from ptft_hf.models.tokenizers import train_wordpiece
+
+    train_wordpiece(_corpus(), vocab_size=800).save_pretrained(tmp_path)
+    with pytest.raises(UserError) as err:
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path), tokenizer=TokenizerConfig(add_eos_token=True)))
+    assert err.value.problems[0].field == "model.tokenizer.add_eos_token"
+    assert "no eos_token" in err.value.problems[0].what
+    unchanged = load_tokenizer(ModelConfig(name_or_path=str(tmp_path), tokenizer=TokenizerConfig(add_eos_token=False)))
+    ids = unchanged("the items")["input_ids"]
+    assert unchanged.convert_ids_to_tokens([ids[0], ids[-1]]) == ["[CLS]", "[SEP]"]  # BERT's own template kept
