@@ -292,6 +292,10 @@ def _check_model(cfg: DictConfig) -> list[Problem]:
     if model.tokenizer.train and model.tokenizer.vocab_size < 300:
         problems.append(Problem("model.tokenizer.vocab_size", f"{model.tokenizer.vocab_size} is below the 256 bytes plus merges",
                                 "use at least 300 (4096 or more for real text)"))
+    wrapping = [flag for flag in ("add_bos_token", "add_eos_token") if model.tokenizer.get(flag)]
+    if model.tokenizer.train and model.tokenizer.kind == "wordpiece" and wrapping:
+        problems.append(Problem(f"model.tokenizer.{wrapping[0]}", "a WordPiece tokenizer has no BOS/EOS: it puts [CLS] ... [SEP] "
+                                "around every text already", f"drop model.tokenizer.{wrapping[0]}"))
     if not model.name_or_path and objective.name in ("clm", "mlm"):  # block_size packs LM blocks only
         positions = next((model.config[k] for k in _POSITION_KEYS if k in model.config), None)
         if positions is not None and objective.block_size > positions:

@@ -291,3 +291,13 @@ def test_an_uncached_hub_id_under_hf_hub_offline_is_one_problem_naming_the_local
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     (snapshot / "config.json").unlink()
     assert not [p for p in collect_problems(compose_cfg("model=qwen2_5_0_5b")) if p.field == "model.name_or_path"]
+
+
+def test_bos_eos_flags_on_a_wordpiece_tokenizer_trained_here_are_refused(compose_cfg):
+    """BERT's template already wraps each text in [CLS] ... [SEP]; it has no BOS/EOS to add."""
+    assert _refused(compose_cfg("model=tiny_bert", "objective=classification", "data.label_column=category",
+                                "model.tokenizer.add_eos_token=true")) == [
+        Problem("model.tokenizer.add_eos_token", "a WordPiece tokenizer has no BOS/EOS: it puts [CLS] ... [SEP] around "
+                "every text already", "drop model.tokenizer.add_eos_token")]
+    assert collect_problems(compose_cfg("model=tiny_gpt2", "objective=classification", "data.label_column=category",
+                                        "model.tokenizer.add_bos_token=true", "model.tokenizer.add_eos_token=true")) == []
