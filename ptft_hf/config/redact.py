@@ -22,8 +22,8 @@ _MIN_SECRET_LENGTH = 4  # shorter values would blank out ordinary words
 
 def is_secret_key(key: Any) -> bool:
     name = str(key).lower().rsplit(".", 1)[-1].lstrip("+~")
-    if name in _SPECIAL_TOKENS:
-        return False
+    if any(name == special or name.endswith(f"_{special}") for special in _SPECIAL_TOKENS):
+        return False  # pad_token, and flags about special tokens such as add_eos_token
     return name == "token" or name.endswith("_token") or any(word in name for word in _SECRET_WORDS)
 
 
@@ -66,7 +66,8 @@ def redact(node: Any, secrets: Iterable[str] = ()) -> Any:
     """A copy of a plain dict/list config with every secret replaced by "***"."""
     secrets = set(secrets)
     if isinstance(node, dict):
-        return {k: (MASK if is_secret_key(k) and v not in (None, "") else redact(v, secrets)) for k, v in node.items()}
+        return {k: (MASK if is_secret_key(k) and v not in (None, "") and not isinstance(v, bool) else redact(v, secrets))
+                for k, v in node.items()}  # a switch (true/false) is no secret
     if isinstance(node, list):
         return [redact(v, secrets) for v in node]
     if isinstance(node, str):

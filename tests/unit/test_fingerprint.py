@@ -45,4 +45,6 @@ def test_tokenizer_special_token_flags_count_only_when_set(compose_cfg):
     del older["model"]["tokenizer"]["add_bos_token"], older["model"]["tokenizer"]["add_eos_token"]
     assert config_fingerprint(OmegaConf.create(older)) == config_fingerprint(cfg)
     for flag in ("add_bos_token", "add_eos_token"):
-        assert config_fingerprint(compose_cfg("objective=classification", f"model.tokenizer.{flag}=true")) != config_fingerprint(cfg)
+        on, off = (config_fingerprint(compose_cfg("objective=classification", f"model.tokenizer.{flag}={value}"))
+                   for value in ("true", "false"))
+        assert len({on, off, config_fingerprint(cfg)}) == 3  # no "*_token" secret mask hides the value

@@ -27,7 +27,7 @@ from ptft_hf.training.trainer import PtftTrainer
     ("hub_token", True), ("token", True), ("hf_token", True), ("trainer.hub_token", True), ("+hub.token", True),
     ("password", True), ("api_key", True), ("aws_secret_access_key", True),
     ("pad_token", False), ("eos_token", False), ("pad_token_id", False), ("max_new_tokens", False),
-    ("eval_tokens", False), ("tokenizer", False),
+    ("eval_tokens", False), ("tokenizer", False), ("model.tokenizer.add_eos_token", False), ("add_bos_token", False),
 ])
 def test_which_keys_are_secret(key, secret):
     assert is_secret_key(key) is secret
@@ -36,12 +36,12 @@ def test_which_keys_are_secret(key, secret):
 def test_redact_blanks_secret_keys_and_their_values_anywhere(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_fromTheEnvironment")
     config = {"trainer": {"hub_token": "hf_onTheCommandLine", "pad_token_id": 3, "hub_model_id": None},
-              "hub": {"token": None}, "note": "copied hf_onTheCommandLine and hf_fromTheEnvironment here"}
+              "hub": {"token": None, "use_auth_token": True}, "note": "copied hf_onTheCommandLine and hf_fromTheEnvironment here"}
     secrets = secret_values(config)
     assert secrets == {"hf_onTheCommandLine", "hf_fromTheEnvironment"}
     assert redact(config, secrets) == {
         "trainer": {"hub_token": MASK, "pad_token_id": 3, "hub_model_id": None},
-        "hub": {"token": None}, "note": f"copied {MASK} and {MASK} here"}
+        "hub": {"token": None, "use_auth_token": True}, "note": f"copied {MASK} and {MASK} here"}  # a switch is no secret
     overrides = ["trainer.hub_token=hf_x12345", "trainer.max_steps=3", "model.pad_token=<pad>"]
     assert secret_values(overrides) >= {"hf_x12345"}
     assert redact_text("a,trainer.hub_token=hf_x12345,b=2", []) == f"a,trainer.hub_token={MASK},b=2"
