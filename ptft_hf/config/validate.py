@@ -296,6 +296,10 @@ def _check_model(cfg: DictConfig) -> list[Problem]:
     if model.tokenizer.train and model.tokenizer.kind == "wordpiece" and wrapping:
         problems.append(Problem(f"model.tokenizer.{wrapping[0]}", "a WordPiece tokenizer has no BOS/EOS: it puts [CLS] ... [SEP] "
                                 "around every text already", f"drop model.tokenizer.{wrapping[0]}"))
+    if model.tokenizer.get("add_eos_token") and objective.name != "classification":
+        problems.append(Problem("model.tokenizer.add_eos_token", f"is for classification (a decoder reads the last token); with "
+                                f"objective={objective.name} it would end every prompt of the saved model with EOS",
+                                "drop model.tokenizer.add_eos_token (packing puts EOS between documents itself)"))
     if not model.name_or_path and objective.name in ("clm", "mlm"):  # block_size packs LM blocks only
         positions = next((model.config[k] for k in _POSITION_KEYS if k in model.config), None)
         if positions is not None and objective.block_size > positions:

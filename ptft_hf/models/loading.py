@@ -74,7 +74,8 @@ def with_added_special_tokens(tokenizer: Any, tcfg: TokenizerConfig) -> Any:
     them False), so the current state is read from what the tokenizer does to a text."""
     if tcfg.add_bos_token is None and tcfg.add_eos_token is None:
         return tokenizer
-    current = _added_special_tokens(tokenizer)
+    field = "model.tokenizer.add_eos_token" if tcfg.add_eos_token is not None else "model.tokenizer.add_bos_token"
+    current, others = _added_special_tokens(tokenizer)
     wanted = {flag: current[flag] if getattr(tcfg, flag) is None else getattr(tcfg, flag) for flag in current}
     if wanted == current:
         return tokenizer
@@ -82,25 +83,44 @@ def with_added_special_tokens(tokenizer: Any, tcfg: TokenizerConfig) -> Any:
         if wanted[flag] and getattr(tokenizer, token, None) is None:
             raise UserError.of(f"model.tokenizer.{flag}", f"the tokenizer has no {token} to add",
                                f"leave model.tokenizer.{flag} null, or use a tokenizer with a {token}")
+    if wanted["add_eos_token"] and tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise UserError.of("model.tokenizer.add_eos_token", "the tokenizer pads with its EOS, so the classifier would take the "
+                           "added EOS for padding and read the token before it", "leave it null for this tokenizer")
+    if others:  # transformers' update keeps BOS/EOS only: [CLS]/[SEP]-like tokens would be lost
+        raise UserError.of(field, f"{type(tokenizer).__name__} adds other special tokens around a text, which the flag would drop",
+                           "leave model.tokenizer.add_bos_token/add_eos_token null for this tokenizer")
     if not hasattr(tokenizer, "update_post_processor"):
-        raise UserError.of("model.tokenizer.add_eos_token" if tcfg.add_eos_token is not None else "model.tokenizer.add_bos_token",
-                           f"{type(tokenizer).__name__} cannot change the special tokens it adds",
+        raise UserError.of(field, f"{type(tokenizer).__name__} cannot change the special tokens it adds",
                            "leave it null, or use a tokenizer backed by the tokenizers library")
     for flag, value in wanted.items():
         object.__setattr__(tokenizer, f"_{flag}", value)  # the properties' storage; one update for both
     tokenizer.update_post_processor()
+    if _added_special_tokens(_saved_and_reloaded(tokenizer))[0] != wanted:
+        raise UserError.of(field, f"{type(tokenizer).__name__} resets the flag when it is loaded again, so the saved model "
+                           "would encode differently from its training", "leave it null for this tokenizer")
     log.info("tokenizer: BOS before every text %s, EOS after it %s", wanted["add_bos_token"], wanted["add_eos_token"])
     return tokenizer
 
 
-def _added_special_tokens(tokenizer: Any) -> dict[str, bool]:
-    """Whether encoding a text puts the BOS first / the EOS last (read from the encoding itself)."""
+def _added_special_tokens(tokenizer: Any) -> tuple[dict[str, bool], int]:
+    """Whether encoding a text puts the BOS first / the EOS last (read from the encoding itself),
+    and how many other tokens the tokenizer adds around it."""
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     extra = len(full) - len(plain)
     bos = extra > 0 and tokenizer.bos_token_id is not None and full[0] == tokenizer.bos_token_id
     eos = extra > int(bos) and tokenizer.eos_token_id is not None and full[-1] == tokenizer.eos_token_id
-    return {"add_bos_token": bool(bos), "add_eos_token": bool(eos)}
+    return {"add_bos_token": bool(bos), "add_eos_token": bool(eos)}, extra - int(bos) - int(eos)
+
+
+def _saved_and_reloaded(tokenizer: Any) -> Any:
+    """The tokenizer as `from_pretrained` gives it back after `save_pretrained` (some classes,
+    GPT-NeoX's for one, rebuild their template from defaults when loaded)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder)
 
 
 def build_config(cfg: ModelConfig, tokenizer: Any) -> Any:

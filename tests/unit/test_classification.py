@@ -66,3 +66,25 @@ def test_beats_baseline_is_none_when_there_is_nothing_to_compare(metrics, beats)
     from ptft_hf.training.report import beats_baseline
 
     assert beats_baseline(metrics) is beats
+
+
+def test_a_wrapped_text_keeps_its_closing_eos_when_cut(tmp_path):
+    """With `model.tokenizer.add_bos_token/add_eos_token` every text is EOS … EOS, also one cut at
+    max_length: the classifier reads the last token, so the closing EOS must survive truncation."""
+    from ptft_hf.config.schema import ModelConfig, TokenizerConfig
+    from ptft_hf.data.builtin import iter_stdlib_docstrings
+    from ptft_hf.models.loading import load_tokenizer
+    from ptft_hf.models.tokenizers import train_byte_bpe
+    from ptft_hf.objectives.classification import tokenize_labelled
+
+    train_byte_bpe([d for _, d in zip(range(300), iter_stdlib_docstrings())], vocab_size=600).save_pretrained(tmp_path)
+    plain = load_tokenizer(ModelConfig(name_or_path=str(tmp_path)))
+    wrapped = load_tokenizer(ModelConfig(name_or_path=str(tmp_path),
+                                         tokenizer=TokenizerConfig(add_bos_token=True, add_eos_token=True)))
+    texts = ["short one", "a much longer text that goes on and on past the cut at eight tokens"]
+    rows = Dataset.from_dict({"text": texts, "label": ["a", "b"]})
+    cut = tokenize_labelled(rows, wrapped, {"a": 0, "b": 1}, max_length=8)
+    uncut = plain(texts[0], add_special_tokens=False)["input_ids"]
+    assert cut["input_ids"][0] == [0, *uncut, 0] and cut["length"][0] == len(uncut) + 2
+    assert len(cut["input_ids"][1]) == 8 and cut["input_ids"][1][0] == cut["input_ids"][1][-1] == 0
+    assert cut["truncated"] == [False, True]

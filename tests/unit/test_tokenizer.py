@@ -139,3 +139,28 @@ def test_add_eos_token_on_a_tokenizer_without_one_names_the_field(tmp_path):
     unchanged = load_tokenizer(ModelConfig(name_or_path=str(tmp_path), tokenizer=TokenizerConfig(add_eos_token=False)))
     ids = unchanged("the items")["input_ids"]
     assert unchanged.convert_ids_to_tokens([ids[0], ids[-1]]) == ["[CLS]", "[SEP]"]  # BERT's own template kept
+
+
+@pytest.mark.parametrize("setup,field,what", [
+    ("pad_is_eos", "model.tokenizer.add_eos_token", "pads with its EOS"),  # the classifier would skip it as padding
+    ("resets_on_reload", "model.tokenizer.add_eos_token", "GPTNeoXTokenizer resets the flag when it is loaded again"),
+])
+def test_bos_eos_flags_that_would_not_hold_are_refused(tmp_path, setup, field, what):
+    """An EOS the classifier reads as padding, or a flag that the saved tokenizer forgets (GPT-NeoX's
+    class rebuilds its template when loaded), would make training and inference disagree."""
+    import json
+
+    from ptft_hf.config.schema import ModelConfig, TokenizerConfig
+    from ptft_hf.errors import UserError
+    from ptft_hf.models.loading import load_tokenizer
+
+    tokenizer = train_byte_bpe(_corpus(), vocab_size=600)
+    if setup == "pad_is_eos":
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(tmp_path)
+    if setup == "resets_on_reload":
+        config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPTNeoXTokenizer"}))
+    with pytest.raises(UserError) as err:
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path), tokenizer=TokenizerConfig(add_eos_token=True)))
+    assert err.value.problems[0].field == field and what in err.value.problems[0].what

@@ -301,3 +301,11 @@ def test_bos_eos_flags_on_a_wordpiece_tokenizer_trained_here_are_refused(compose
                 "every text already", "drop model.tokenizer.add_eos_token")]
     assert collect_problems(compose_cfg("model=tiny_gpt2", "objective=classification", "data.label_column=category",
                                         "model.tokenizer.add_bos_token=true", "model.tokenizer.add_eos_token=true")) == []
+
+
+def test_add_eos_token_outside_classification_is_refused(compose_cfg):
+    """Saved with the model, an EOS after every text would end each generation prompt."""
+    problems = collect_problems(compose_cfg("objective=clm", "model.tokenizer.add_eos_token=true"))
+    assert [p.field for p in problems] == ["model.tokenizer.add_eos_token"]
+    assert "objective=clm" in problems[0].what
+    assert collect_problems(compose_cfg("objective=clm", "model.tokenizer.add_bos_token=true")) == []
