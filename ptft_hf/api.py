@@ -28,15 +28,6 @@ from ptft_hf.run_dir import FINISHED_MARKER, guard_run_dir
 
 log = logging.getLogger(__name__)
 
-# the auto class that loads a finished run's model/ folder, by objective
-_AUTO_CLASSES = {
-    "clm": "AutoModelForCausalLM",
-    "sft": "AutoModelForCausalLM",
-    "mlm": "AutoModelForMaskedLM",
-    "classification": "AutoModelForSequenceClassification",
-}
-
-
 @dataclass
 class Experiment:
     """A composed config plus the overrides that made it (pipelines pass them to every stage)."""
@@ -67,7 +58,7 @@ def compose(*overrides: str) -> Experiment:
     from hydra.core.global_hydra import GlobalHydra
 
     from ptft_hf.config import schema  # noqa: F401  (registers the schema)
-    from ptft_hf.config.validate import validate
+    from ptft_hf.checks import validate
     from ptft_hf.paths import conf_dir
 
     flat = tuple(o for item in overrides for o in ([item] if isinstance(item, str) else item))
@@ -144,7 +135,9 @@ class RunResult:
 
         if not self.model_dir.is_dir():
             raise ValueError(f"{self.run_dir} has no model/ folder (a pipeline? use .stages[name])")
-        auto_name = _AUTO_CLASSES[self.metrics["objective"]]
+        from ptft_hf.objectives import get_objective
+
+        auto_name = get_objective(self.metrics["objective"]).auto_class
         if (self.model_dir / "adapter_config.json").is_file():
             import peft
 

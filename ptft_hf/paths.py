@@ -5,15 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+from ptft_hf.config.compose import conf_dir
 
-
-def conf_dir() -> Path:
-    """The Hydra config tree: `ptft_hf/conf` inside an installed wheel, `conf/` in a checkout."""
-    for candidate in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"ptft_hf's config tree was not found next to {_PACKAGE_DIR}")
+__all__ = ["cache_dir", "conf_dir"]
 
 
 def cache_dir() -> Path:

@@ -23,7 +23,6 @@ fingerprint of its config in its `metrics.json`):
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import time
@@ -34,8 +33,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ptft_hf.config.compose import compose_config
+from ptft_hf.config.fingerprint import NOT_FINGERPRINTED, config_fingerprint
 from ptft_hf.config.schema import HubConfig, StageConfig
-from ptft_hf.config.validate import collect_problems
+from ptft_hf.checks import collect_problems
 from ptft_hf.distributed import is_main_process, wait_for_everyone
 from ptft_hf.errors import Problem, UserError
 from ptft_hf.run_dir import (FINISHED_MARKER, discard_aside, guard_run_dir, holds_unfinished_run, is_finished, mark_started,
@@ -76,35 +76,6 @@ def _with_pipeline_hub(stage_cfg: DictConfig, cfg: DictConfig) -> None:
     changed = {k: v for k, v in OmegaConf.to_container(cfg.hub, resolve=True).items() if defaults[k] != v}
     if changed:
         stage_cfg.hub = OmegaConf.merge(stage_cfg.hub, changed)
-
-
-# switches that change how a run is carried out or published, not what it computes
-_NOT_FINGERPRINTED = {"overwrite", "verbose", "hub"}
-_NOT_FINGERPRINTED_TRAINER = {"resume_from_checkpoint", "disable_tqdm"}
-# options added after runs were finished, left out at their "off" value: the run computes what it did
-# before they existed, so a finished stage keeps its fingerprint
-_OFF_OPTIONS = {("objective", "rdrop_alpha"): 0.0, ("model", "tokenizer", "add_bos_token"): None,
-                ("model", "tokenizer", "add_eos_token"): None}
-
-
-def config_fingerprint(cfg: DictConfig) -> str:
-    """sha256 of what a run computes: its resolved config less `overwrite`, `verbose`, `hub.*` and
-    the like, secrets (tokens) masked, so a rotated token or a push added later changes nothing.
-    A pipeline re-run skips a finished stage whose `metrics.json` holds the same fingerprint; a
-    later stage's lineage records its base stage's fingerprint."""
-    from ptft_hf.config.redact import MASK, redact
-
-    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    resolved = {k: v for k, v in resolved.items() if k not in _NOT_FINGERPRINTED}
-    resolved["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
-                           if v is not None and v != MASK and k not in _NOT_FINGERPRINTED_TRAINER}
-    for (*parents, key), off in _OFF_OPTIONS.items():
-        section = resolved
-        for parent in parents:
-            section = section.get(parent) if isinstance(section, dict) else None
-        if isinstance(section, dict) and key in section and section[key] == off:
-            del section[key]
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def init_from_problem(name: str, init_from: str, names: list[str]) -> Problem | None:
@@ -271,15 +242,15 @@ def _changed_keys(stage_dir: Path, stage_cfg: DictConfig, limit: int = 4) -> str
     config.yaml (best effort: the saved file is pruned and redacted), or ''."""
     try:
         from ptft_hf.config.redact import redact, secret_values
-        from ptft_hf.run_dir import _flatten
+        from ptft_hf.run_dir import flatten_config
 
-        old = _flatten(OmegaConf.to_container(OmegaConf.load(stage_dir / "config.yaml")))
+        old = flatten_config(OmegaConf.to_container(OmegaConf.load(stage_dir / "config.yaml")))
         resolved = OmegaConf.to_container(stage_cfg, resolve=True)
-        new = _flatten(redact(resolved, secret_values(resolved)))  # as config.yaml holds it: no secrets in the log
+        new = flatten_config(redact(resolved, secret_values(resolved)))  # as config.yaml holds it: no secrets in the log
     except Exception:  # no readable config.yaml: the fingerprint alone says it changed
         return ""
     def counted(key: str) -> bool:
-        return key.split(".")[0] not in _NOT_FINGERPRINTED and key != "trainer.resume_from_checkpoint"
+        return key.split(".")[0] not in NOT_FINGERPRINTED and key != "trainer.resume_from_checkpoint"
 
     changed = [f"{k}: {old[k]} -> {new[k]}" for k in sorted(old.keys() & new.keys())
                if old[k] != new[k] and old[k] != "***" and counted(k)]

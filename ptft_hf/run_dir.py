@@ -158,16 +158,16 @@ def start_writing(run_dir: Path, config: dict[str, Any], resume_from: Path | Non
     OmegaConf.save(OmegaConf.create(config), run_dir / "config.yaml")
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(node, dict):
         return {prefix[:-1]: node}
-    return {key: value for k, v in node.items() for key, value in _flatten(v, f"{prefix}{k}.").items()}
+    return {key: value for k, v in node.items() for key, value in flatten_config(v, f"{prefix}{k}.").items()}
 
 
 def _warn_changed_config(previous_path: Path, config: dict[str, Any]) -> None:
     if not previous_path.exists():
         return
-    old, new = _flatten(OmegaConf.to_container(OmegaConf.load(previous_path))), _flatten(config)
+    old, new = flatten_config(OmegaConf.to_container(OmegaConf.load(previous_path))), flatten_config(config)
     changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k != "trainer.resume_from_checkpoint"]
     if changed:
         log.warning("resuming with a changed config (%s); data order and results follow the new values",

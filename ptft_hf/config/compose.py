@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from hydra import compose, initialize_config_dir
@@ -9,7 +10,16 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from ptft_hf.config import schema  # noqa: F401  (registers the schema with Hydra's ConfigStore)
-from ptft_hf.paths import conf_dir
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def conf_dir() -> Path:
+    """The Hydra config tree: `ptft_hf/conf` inside an installed wheel, `conf/` in a checkout."""
+    for candidate in (_PACKAGE_DIR / "conf", _PACKAGE_DIR.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"ptft_hf's config tree was not found next to {_PACKAGE_DIR}")
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -8,6 +8,8 @@ import re
 from hydra.errors import MissingConfigException
 from omegaconf.errors import OmegaConfBaseException
 
+from ptft_hf.config.trainer_fields import suggest_trainer_field
+
 
 def _cause_chain(err: BaseException) -> list[BaseException]:
     chain = []
@@ -24,8 +26,6 @@ def _valid_keys(object_type: object) -> list[str]:
 
 
 def _unknown_trainer_field(key: str) -> str:
-    from ptft_hf.config.validate import suggest_trainer_field  # imports transformers: error path only
-
     return f"{key}: is not a TrainingArguments field; {suggest_trainer_field(key.split('.', 1)[1])}"
 
 

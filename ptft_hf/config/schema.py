@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from ptft_hf.config.trainer_fields import training_argument_names
-from ptft_hf.engines import RESOLVER, engine_file
+from ptft_hf.config.engines import RESOLVER, engine_file
 
 
 @dataclass

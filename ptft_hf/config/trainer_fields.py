@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import functools
 import importlib.util
 from pathlib import Path
@@ -46,3 +47,13 @@ def training_argument_names() -> tuple[str, ...]:
 
         names = [f.name for f in dataclasses.fields(TrainingArguments) if f.init]
     return tuple(names)
+
+
+def suggest(name: str, choices: "set[str] | list[str] | tuple[str, ...]") -> str:
+    """'did you mean ...?' for a misspelt name, else a pointer to the documentation."""
+    close = difflib.get_close_matches(name, list(choices), n=3)
+    return f"did you mean {' or '.join(close)}?" if close else "check the name against the library's documentation"
+
+
+def suggest_trainer_field(name: str) -> str:
+    return suggest(name, training_argument_names())

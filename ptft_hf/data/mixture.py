@@ -9,11 +9,18 @@ less than one block). The Trainer shuffles the blocks, so the corpora interleave
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Mapping
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
+
+from ptft_hf.config.schema import DataConfig, PtftConfig
+from ptft_hf.data.sources import MIXTURE_PREFIX, load_text_splits
+from ptft_hf.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def apportion(total: int, weights: Mapping[str, float]) -> dict[str, int]:
@@ -41,3 +48,20 @@ def mix_blocks(corpora: Mapping[str, Dataset], weights: Mapping[str, float], see
     report = {name: {"weight": float(weights[name]), "corpus_blocks": sizes[name], "blocks": counts[name],
                      "share": round(counts[name] / total, 6)} for name in corpora}
     return concatenate_datasets(parts), report
+
+
+def add_replay(conf: PtftConfig, splits: Any, references: Mapping[str, DataConfig]) -> Any:
+    """Mix `data.replay` of the training tokens from the base stage's own training data (the
+    documents it trained on, never its eval ones) into this stage's: a corpus mixed by token share,
+    named `replay_<data>`, counted in `data_mixture` like any other."""
+    if len(references) != 1:
+        raise UserError.of("data.replay", "needs the base stage's data, and this run has no base stage",
+                           "set it on a pipeline stage with init_from, or mix a corpus with data.extra_train (weight)")
+    (base_name, base_data), = references.items()
+    name = f"replay_{base_name}"
+    base_train = load_text_splits(base_data, conf.seed)["train"].select_columns(["text"])
+    splits[f"{MIXTURE_PREFIX}{name}"] = base_train.cast(splits["train"].select_columns(["text"]).features)
+    conf.data.extra_train = [*conf.data.extra_train, {"name": name, "weight": conf.data.replay}]
+    log.info("replay: %.0f%% of the training tokens from %s's %d training documents", 100 * conf.data.replay, base_name,
+             len(base_train))
+    return splits

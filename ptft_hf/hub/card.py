@@ -12,27 +12,23 @@ from typing import Any
 
 from huggingface_hub import ModelCardData
 
-from ptft_hf.hub.lineage import (HUB, SCRATCH, RunRecord, adapter_base_on_hub, describe_origin, hub_base_model,
+from ptft_hf.objectives.registry import Objective, get_objective
+from ptft_hf.strategies.registry import strategy_class
+from ptft_hf.hub.lineage import (ADAPTER, FULL, HUB, MERGED, SCRATCH, RunRecord, adapter_base_on_hub, describe_origin, hub_base_model,
                                  trace_lineage)
 
-PIPELINE_TAGS = {"clm": "text-generation", "sft": "text-generation", "mlm": "fill-mask",
-                 "classification": "text-classification"}
-AUTO_CLASSES = {"clm": "AutoModelForCausalLM", "sft": "AutoModelForCausalLM", "mlm": "AutoModelForMaskedLM",
-                "classification": "AutoModelForSequenceClassification"}
-ADAPTER, FULL, MERGED = "adapter", "full", "merged"
 PLACEHOLDER_REPO = "<user>/<name>"
-_OBJECTIVE_WORDS = {"clm": "causal language model", "sft": "chat / instruction model", "mlm": "masked language model",
-                    "classification": "sequence classifier"}
-_STRATEGY_NAMES = {"lora": "LoRA", "dora": "DoRA", "qlora": "QLoRA"}
 _NOT_QUALITY = ("_runtime", "_per_second", "_tokens", "_preparation_time", "_before")
 
 
-def _objective(record: RunRecord) -> str:
-    return (record.config.get("objective") or {}).get("name") or record.metrics.get("objective") or "clm"
+def _objective(record: RunRecord) -> Objective:
+    """The run's objective, from the registry (the objective named by its config or metrics)."""
+    return get_objective((record.config.get("objective") or {}).get("name") or record.metrics.get("objective") or "clm")
 
 
-def _strategy(record: RunRecord) -> str:
-    return (record.config.get("strategy") or {}).get("name") or record.metrics.get("strategy") or "full"
+def _strategy(record: RunRecord) -> Any:
+    """The run's strategy class, from the registry."""
+    return strategy_class((record.config.get("strategy") or {}).get("name") or record.metrics.get("strategy") or "full")
 
 
 def _hub_datasets(chain: list[RunRecord]) -> list[str]:
@@ -60,16 +56,16 @@ def card_metadata(chain: list[RunRecord], kind: str) -> dict[str, Any]:
     base, relation = hub_base_model(chain), None  # further up the chain: let the Hub infer the relation
     if direct:
         base, relation = direct[0], {ADAPTER: "adapter", FULL: "finetune", MERGED: "merge"}[kind]
-    tags = ["ptft_hf", strategy, objective]
+    tags = ["ptft_hf", strategy.name, objective.name]
     if kind == MERGED:
         tags.append("merged")
-    if kind == ADAPTER and strategy in ("lora", "dora", "qlora") and "lora" not in tags:
+    if kind == ADAPTER and strategy.saves_adapter_only and "lora" not in tags:
         tags.append("lora")
     data = ModelCardData(
         base_model=base,
         base_model_relation=relation,
         library_name="peft" if kind == ADAPTER else "transformers",
-        pipeline_tag=PIPELINE_TAGS.get(objective),
+        pipeline_tag=objective.pipeline_tag,
         tags=tags,
         datasets=_hub_datasets(chain) or None,
         metrics=_metric_ids(record) or None,
@@ -113,10 +109,10 @@ def _quality(record: RunRecord) -> str:
 
 def _stage_kind(record: RunRecord) -> str:
     """pretraining (from scratch), continued pretraining (full LM training of a checkpoint), fine-tuning."""
-    language_modelling = _objective(record) in ("clm", "mlm")
+    language_modelling = _objective(record).language_modelling
     if record.origin == SCRATCH or record.random_init:
         return "pretraining" if language_modelling else "training from scratch"
-    if language_modelling and _strategy(record) == "full":
+    if language_modelling and not _strategy(record).saves_adapter_only:
         return "continued pretraining"
     return "fine-tuning"
 
@@ -134,8 +130,8 @@ def _lineage_lines(chain: list[RunRecord]) -> list[str]:
         cost = f"{_fmt(m.get('train_steps'))} steps, {_fmt(m.get('train_tokens'))} tokens, " \
                f"{_fmt(m.get('train_wall_time_s'))} s, ~{float(m.get('train_flops_estimate') or 0):.3g} FLOPs"
         sha = f"; config sha256 `{record.config_sha256[:16]}…`" if record.config_sha256 else ""
-        lines.append(f"{i + 1}. **{record.name}**{this}: {stage}, objective `{_objective(record)}`, strategy "
-                     f"`{_strategy(record)}`, on {_data_words(record)}; starts from {describe_origin(record, previous)}; "
+        lines.append(f"{i + 1}. **{record.name}**{this}: {stage}, objective `{_objective(record).name}`, strategy "
+                     f"`{_strategy(record).name}`, on {_data_words(record)}; starts from {describe_origin(record, previous)}; "
                      f"{_quality(record)}; {cost}{sha}")
     if len(chain) > 1 and all(r.metrics for r in chain):
         flops = sum(float(r.metrics.get("train_flops_estimate") or 0) for r in chain)
@@ -154,7 +150,7 @@ def _eval_lines(record: RunRecord) -> list[str]:
             "what specialising cost") if references else ""
     lines = ["## Evaluation", "", f"On the eval split of {_data_words(record, counts=False)}{note}.", "",
              "| metric | before training | after training |", "|---|---|---|"]
-    token = {"clm": " (next token)", "sft": " (next token)", "mlm": " (masked token)"}.get(_objective(record), "")
+    token = _objective(record).predicts
     lines += [f"| {k[len('eval_'):]}{token if k == 'eval_accuracy' else ''} | {_fmt(before)} | {_fmt(after)} |"
               for k, before, after in sorted(rows)]
     if "unigram_perplexity" in m:
@@ -181,8 +177,8 @@ def _cost_lines(record: RunRecord) -> list[str]:
 def _usage_lines(chain: list[RunRecord], kind: str, repo_id: str) -> list[str]:
     record = chain[-1]
     objective, strategy = _objective(record), _strategy(record)
-    auto = AUTO_CLASSES.get(objective, "AutoModelForCausalLM")
-    labels = f", num_labels={record.metrics['num_labels']}" if objective == "classification" and "num_labels" in record.metrics else ""
+    auto = objective.auto_class
+    labels = f", num_labels={record.metrics['num_labels']}" if objective.classifies and "num_labels" in record.metrics else ""
     code = [f"from transformers import {auto}, AutoTokenizer"]
     notes: list[str] = []
     if kind == ADAPTER:
@@ -192,7 +188,7 @@ def _usage_lines(chain: list[RunRecord], kind: str, repo_id: str) -> list[str]:
         if on_hub and on_hub[1]:
             labels = f", revision=\"{on_hub[1]}\"{labels}"
         code += ["from peft import PeftModel", ""]
-        quant = (record.config.get("strategy") or {}).get("quantization") if strategy == "qlora" else None
+        quant = (record.config.get("strategy") or {}).get("quantization") if strategy.quantizes else None
         if quant:
             code.insert(0, "from transformers import BitsAndBytesConfig")
             fields = ", ".join(f"{k}={v!r}" for k, v in quant.items() if v is not None)
@@ -208,7 +204,7 @@ def _usage_lines(chain: list[RunRecord], kind: str, repo_id: str) -> list[str]:
     else:
         code += ["", f"model = {auto}.from_pretrained(\"{repo_id}\")"]
     code.append(f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")")
-    if PIPELINE_TAGS.get(objective) == "text-generation":
+    if objective.generates:
         prompts = (record.config.get("samples") or {}).get("prompts") or ["The"]
         code += ["", f"inputs = tokenizer({prompts[0]!r}, return_tensors=\"pt\")",
                  "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))"]
@@ -227,12 +223,12 @@ def _config_lines(run_dir: Path | None) -> list[str]:
 def _summary(chain: list[RunRecord], kind: str) -> str:
     record = chain[-1]
     objective, strategy = _objective(record), _strategy(record)
-    model = f"{_OBJECTIVE_WORDS.get(objective, objective)} ({PIPELINE_TAGS.get(objective, objective)})"
+    model = f"{objective.description} ({objective.pipeline_tag})"
     r = ((record.config.get("strategy") or {}).get("lora") or {}).get("r")
-    method = _STRATEGY_NAMES.get(strategy, strategy) + (f" (rank {r})" if r else "")
+    method = strategy.display_name + (f" (rank {r})" if r else "")
     data = _data_words(record)
     what = {ADAPTER: f"A {method} adapter for a {model}, trained with ptft_hf on {data}.",
-            FULL: f"A {model}, {'trained in full' if strategy == 'full' else 'trained'} with ptft_hf on {data}.",
+            FULL: f"A {model}, {'trained' if strategy.saves_adapter_only else 'trained in full'} with ptft_hf on {data}.",
             MERGED: f"A {model}: a {method} adapter trained with ptft_hf on {data}, merged into its base model."}[kind]
     return what + (f" It is stage {len(chain)} of a {len(chain)}-stage lineage." if len(chain) > 1 else "")
 

@@ -25,6 +25,9 @@ SCRATCH, HUB, RUN, LOCAL = "scratch", "hub", "run", "local"
 PUSH_RECORD = "hub_push.json"  # what publishing a run staged and pushed (ptft_hf.hub.publish)
 _MAX_DEPTH = 32
 
+# what a run folder publishes: an adapter, a full model, or an adapter merged into its base
+ADAPTER, FULL, MERGED = "adapter", "full", "merged"
+
 
 @dataclass
 class RunRecord:
@@ -173,7 +176,7 @@ def published_full_model(record: RunRecord) -> tuple[str, str | None] | None:
     pushed = json.loads(path.read_text(encoding="utf-8"))
     if pushed.get("dry_run"):  # a dry run after a push keeps that push's record beside its own
         pushed = pushed.get("last_push") or {}
-    if pushed.get("kind") != "full" or not pushed.get("repo_id"):
+    if pushed.get("kind") != FULL or not pushed.get("repo_id"):
         return None
     commit = str(pushed.get("commit_url") or "").rstrip("/").rsplit("/commit/", 1)
     return pushed["repo_id"], commit[1] if len(commit) == 2 and commit[1] else pushed.get("revision")

@@ -54,18 +54,21 @@ def _run_quantization(adapter_dir: Path) -> dict[str, Any] | None:
     if not config_path.is_file():
         return None
     strategy = (yaml.safe_load(config_path.read_text()) or {}).get("strategy", {})
-    return strategy.get("quantization") if strategy.get("name") == "qlora" else None
+    from ptft_hf.strategies import find_strategy
+
+    quantizes = getattr(find_strategy(str(strategy.get("name"))), "quantizes", False)
+    return strategy.get("quantization") if quantizes else None
 
 
 def _safe_causal_lm(name: str, **kwargs: Any) -> torch.nn.Module:
     """`AutoModelForCausalLM.from_pretrained` from safetensors only: a base with only pickle
     weights (pytorch_model.bin, which can run code when loaded) is refused in one line."""
-    from ptft_hf.models.loading import _pickle_refused
+    from ptft_hf.models.loading import pickle_refused
 
     try:
         return AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as err:
-        refused = _pickle_refused(name, err)
+        refused = pickle_refused(name, err)
         if refused is None:
             raise
         raise UserError.of("base model", refused.problems[0].what, "convert the base's weights to safetensors") from err

@@ -51,7 +51,9 @@ def _pipeline_stages(run_dir: Path) -> list[str]:
 
 def hub_settings(run_dir: Path, args: argparse.Namespace):
     """The run's hub section with the command line's flags on top; validated like a config."""
-    from ptft_hf.config.validate import hub_problems
+    from ptft_hf.hub.checks import hub_problems
+    from ptft_hf.objectives import get_objective
+    from ptft_hf.strategies import strategy_class
     from ptft_hf.hub.stage import load_run_config
 
     stages = _pipeline_stages(run_dir)
@@ -67,7 +69,7 @@ def hub_settings(run_dir: Path, args: argparse.Namespace):
     if args.staging_dir:
         overrides["dir"] = args.staging_dir
     hub = dataclasses.replace(conf.hub, **overrides)
-    problems = hub_problems(hub, conf.strategy.name, conf.objective.name, name=lambda key: _FLAGS.get(key, f"hub.{key}"))
+    problems = hub_problems(hub, strategy_class(conf.strategy.name), get_objective(conf.objective.name), name=lambda key: _FLAGS.get(key, f"hub.{key}"))
     if problems:
         raise UserError(problems)
     return hub

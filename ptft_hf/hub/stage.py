@@ -22,9 +22,9 @@ import torch
 from omegaconf import OmegaConf
 
 from ptft_hf.config.schema import HubConfig, PtftConfig, TokenizerConfig
-from ptft_hf.config.validate import UNSAVED_BASE_FIX, base_is_unsaved
+from ptft_hf.hub.checks import UNSAVED_BASE_FIX, base_is_unsaved
 from ptft_hf.errors import UserError
-from ptft_hf.hub.card import ADAPTER, AUTO_CLASSES, FULL, MERGED, write_card
+from ptft_hf.hub.card import ADAPTER, FULL, MERGED, write_card
 from ptft_hf.hub.merge import CHECK_TEXTS
 from ptft_hf.run_dir import FINISHED_MARKER
 
@@ -171,15 +171,18 @@ def _name_base_by_hub_id(adapter_config: Path, run_dir: Path) -> str | None:
 def _auto_class(objective: str) -> Any:
     import transformers
 
-    return getattr(transformers, AUTO_CLASSES.get(objective, "AutoModelForCausalLM"))
+    from ptft_hf.objectives import get_objective
+
+    return getattr(transformers, get_objective(objective).auto_class)
 
 
 def _base_kwargs(conf: PtftConfig, num_labels: int | None) -> dict[str, Any]:
     """Keyword arguments the adapter's base needs: the run's quantisation, the label count."""
+    from ptft_hf.objectives import get_objective
     from ptft_hf.objectives.classification import HEAD_MODULES
     from ptft_hf.strategies import get_strategy
 
-    classification = conf.objective.name == "classification"
+    classification = get_objective(conf.objective.name).classifies
     kwargs = get_strategy(conf.strategy).model_kwargs(HEAD_MODULES if classification else ())
     if classification and num_labels:
         kwargs["num_labels"] = num_labels
@@ -187,13 +190,15 @@ def _base_kwargs(conf: PtftConfig, num_labels: int | None) -> dict[str, Any]:
 
 
 def _dtype(conf: PtftConfig) -> Any:
-    from ptft_hf.models.loading import _DTYPES
+    from ptft_hf.models.loading import torch_dtype
 
-    return _DTYPES[conf.model.dtype] if conf.model.dtype else torch.float32
+    return torch_dtype(conf.model.dtype)
 
 
 def _same_4bit_path(model: torch.nn.Module, conf: PtftConfig) -> torch.nn.Module:
-    if conf.strategy.name == "qlora":
+    from ptft_hf.strategies import strategy_class
+
+    if strategy_class(conf.strategy.name).quantizes:
         from ptft_hf.strategies.qlora import keep_cpu_weights_trainable
 
         return keep_cpu_weights_trainable(model)  # the 4-bit code path the adapter was trained with
@@ -273,7 +278,9 @@ def reload_check(staged: Staged, trained: torch.nn.Module | None = None, atol: f
 
     conf = load_run_config(staged.run_dir)
     num_labels = None
-    if conf.objective.name == "classification":
+    from ptft_hf.objectives import get_objective
+
+    if get_objective(conf.objective.name).classifies:
         from ptft_hf.hub.lineage import read_run
 
         num_labels = read_run(staged.run_dir)[0].get("num_labels")

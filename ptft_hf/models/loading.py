@@ -28,7 +28,12 @@ def _hub_error(field: str, name: str, err: Exception) -> UserError:
     )
 
 
-def _pickle_refused(name: str, err: Exception) -> UserError | None:
+def torch_dtype(name: str | None) -> Any:
+    """`model.dtype` as torch knows it: float32, bfloat16, float16, or "auto"; null is float32."""
+    return _DTYPES[name] if name else torch.float32
+
+
+def pickle_refused(name: str, err: Exception) -> UserError | None:
     """The error for a checkpoint that has only pickle weights (`pytorch_model.bin`), which
     `torch.load` would unpickle (pickles can run code); None when `err` is about something else."""
     if "safetensors" not in str(err):
@@ -143,7 +148,7 @@ def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForC
 
     `extra` carries objective- and strategy-specific keyword arguments (labels, quantisation).
     """
-    dtype = _DTYPES[cfg.dtype] if cfg.dtype else torch.float32
+    dtype = torch_dtype(cfg.dtype)
     head_kwargs = {k: extra.pop(k) for k in ("num_labels", "id2label", "label2id", "problem_type") if k in extra}
     if cfg.name_or_path and cfg.random_init:
         try:
@@ -164,7 +169,7 @@ def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForC
         try:
             model = auto_class.from_pretrained(cfg.name_or_path, **kwargs)
         except (OSError, ValueError) as err:
-            refused = None if cfg.allow_pickle else _pickle_refused(cfg.name_or_path, err)
+            refused = None if cfg.allow_pickle else pickle_refused(cfg.name_or_path, err)
             raise (refused or _hub_error("model.name_or_path", cfg.name_or_path, err)) from err
     else:
         config = build_config(cfg, tokenizer)

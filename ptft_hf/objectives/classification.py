@@ -16,10 +16,11 @@ from transformers import AutoModelForSequenceClassification, DataCollatorWithPad
 
 from ptft_hf.config.schema import DataConfig, PtftConfig
 from ptft_hf.data.collators import PaddingCounter
-from ptft_hf.errors import UserError
+from ptft_hf.errors import Problem, UserError
 from ptft_hf.evaluate_metrics import load_metric
 from ptft_hf.models.loading import load_model, max_positions
 from ptft_hf.objectives.base import Prepared
+from ptft_hf.objectives.registry import Objective, register_objective
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +128,34 @@ def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any
                  "data_eval": {"documents": len(eval_), "tokens": int(sum(eval_["length"]))},
                  "padding": counter.stats},
     )
+
+
+@register_objective
+class SequenceClassification(Objective):
+    """A label per text: a classification head on an encoder or a decoder's last token."""
+
+    name = "classification"
+    auto_class = "AutoModelForSequenceClassification"
+    task_type = "SEQ_CLS"
+    pipeline_tag = "text-classification"
+    description = "sequence classifier"
+    classifies = True
+    settings = ("max_length", "group_by_length", "length_megabatch", "metrics", "f1_average", "rdrop_alpha")
+    exclusive_settings = {"rdrop_alpha": ("R-Drop", 0.0)}
+
+    def problems(self, cfg: Any) -> list[Problem]:
+        problems = []
+        if not cfg.data.label_column:
+            problems.append(Problem("data.label_column", "is not set, but objective=classification needs labels",
+                                    "set data.label_column= to the column holding the label (e.g. category)"))
+        if cfg.objective.get("rdrop_alpha", 0.0) < 0:
+            problems.append(Problem("objective.rdrop_alpha", f"{cfg.objective.rdrop_alpha} is negative",
+                                    "use 0 (off) or a KL weight such as 1.0"))
+        return problems
+
+    def trainer_options(self, conf: Any) -> dict[str, Any]:
+        return {"rdrop_alpha": conf.objective.rdrop_alpha}
+
+    def prepare(self, conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
+                references: dict[str, DataConfig]) -> Prepared:
+        return prepare_classification(conf, splits, tokenizer, strategy, references)

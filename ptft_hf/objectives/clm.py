@@ -16,6 +16,7 @@ from ptft_hf.data.streaming import MixedStream, PackedStream
 from ptft_hf.distributed import launched_rank_and_world
 from ptft_hf.models.loading import load_model
 from ptft_hf.objectives.base import Prepared, check_block_fits, pack_texts, reference_blocks
+from ptft_hf.objectives.registry import Objective, register_objective
 from ptft_hf.training.metrics import unigram_perplexity
 
 log = logging.getLogger(__name__)
@@ -72,3 +73,24 @@ def _training_stream(conf: PtftConfig, splits: Any, tokenizer: Any) -> PackedStr
     weights = {mixture_name(e, i): float(e["weight"]) for i, e in enumerate(conf.data.extra_train)}
     streams = {conf.data.name: packed(splits["train"]), **{name: packed(ds) for name, ds in extra.items()}}
     return MixedStream(streams, {conf.data.name: 1.0 - sum(weights.values()), **weights})
+
+
+@register_objective
+class CausalLM(Objective):
+    """Causal language modelling on packed blocks: pretraining and continued (domain) pretraining."""
+
+    name = "clm"
+    auto_class = "AutoModelForCausalLM"
+    task_type = "CAUSAL_LM"
+    pipeline_tag = "text-generation"
+    description = "causal language model"
+    predicts = " (next token)"
+    language_modelling = generates = merges = mixes_blocks = True
+    settings = ("block_size", "add_eos", "chunked_loss")
+
+    def trainer_options(self, conf: Any) -> dict[str, Any]:
+        return {"chunked_loss": conf.objective.chunked_loss}
+
+    def prepare(self, conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
+                references: dict[str, DataConfig]) -> Prepared:
+        return prepare_clm(conf, splits, tokenizer, strategy, references)

@@ -12,9 +12,10 @@ from datasets import DatasetDict
 from ptft_hf.config.schema import DataConfig, PtftConfig
 from ptft_hf.data.collators import MaskedLMCollator, PaddingCounter
 from ptft_hf.data.words import tokenizer_family, word_start_table
-from ptft_hf.errors import UserError
+from ptft_hf.errors import Problem, UserError
 from ptft_hf.models.loading import load_model
 from ptft_hf.objectives.base import Prepared, check_block_fits, pack_texts, reference_blocks
+from ptft_hf.objectives.registry import Objective, register_objective
 
 
 def prepare_mlm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
@@ -46,3 +47,37 @@ def prepare_mlm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
                  "tokenizer_family": tokenizer_family(tokenizer), "whole_word_mask": obj.whole_word_mask,
                  "line_by_line": obj.line_by_line, **({"padding": counter.stats} if counter else {})},
     )
+
+
+@register_objective
+class MaskedLM(Objective):
+    """Masked language modelling (BERT-style pretraining) on packed blocks or one row per document."""
+
+    name = "mlm"
+    auto_class = "AutoModelForMaskedLM"
+    task_type = None  # peft has no masked-LM task type: a plain PeftModel
+    pipeline_tag = "fill-mask"
+    description = "masked language model"
+    predicts = " (masked token)"
+    language_modelling = True
+    settings = ("block_size", "add_eos", "mlm_probability", "whole_word_mask", "eval_mask_seed", "predict_masked_only",
+                "line_by_line", "length_megabatch")
+    exclusive_settings = {"line_by_line": ("one row per document (line by line)", False)}
+
+    def problems(self, cfg: Any) -> list[Problem]:
+        objective, tokenizer = cfg.objective, cfg.model.tokenizer
+        problems = []
+        if tokenizer.train and tokenizer.kind != "wordpiece":
+            problems.append(Problem("model.tokenizer.kind", f"a {tokenizer.kind} tokenizer has no mask token, which objective=mlm needs",
+                                    "use model=tiny_bert (model.tokenizer.kind=wordpiece) or objective=clm"))
+        if objective.get("line_by_line") and objective.block_size < 3:
+            problems.append(Problem("objective.block_size", f"{objective.block_size} leaves no room for text between [CLS] and [SEP]",
+                                    "use at least 3 (128 is usual)"))
+        if not 0.0 < objective.mlm_probability < 1.0:
+            problems.append(Problem("objective.mlm_probability", f"{objective.mlm_probability} is not a probability",
+                                    "use a value such as 0.15"))
+        return problems
+
+    def prepare(self, conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
+                references: dict[str, DataConfig]) -> Prepared:
+        return prepare_mlm(conf, splits, tokenizer, strategy, references)

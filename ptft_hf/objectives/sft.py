@@ -22,6 +22,7 @@ from ptft_hf.data.collators import PaddingCounter
 from ptft_hf.errors import UserError
 from ptft_hf.models.loading import load_model, max_positions
 from ptft_hf.objectives.base import Prepared, reference_blocks
+from ptft_hf.objectives.registry import Objective, register_objective
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +127,34 @@ def prepare_sft(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
                  "template": "tokenizer chat template" if template is None else "objective.template"},
         extras={"template": template, "eval_rows": splits["eval"]},
     )
+
+
+@register_objective
+class SupervisedFineTuning(Objective):
+    """Instruction / chat SFT: loss on the assistant's replies, stop at the end of the turn."""
+
+    name = "sft"
+    auto_class = "AutoModelForCausalLM"
+    task_type = "CAUSAL_LM"
+    pipeline_tag = "text-generation"
+    description = "chat / instruction model"
+    predicts = " (next token)"
+    generates = merges = reads_chat = True
+    settings = ("max_length", "chunked_loss", "template", "use_tokenizer_template", "train_on_prompt", "packing", "exact_match",
+                "max_new_tokens")
+
+    def trainer_options(self, conf: Any) -> dict[str, Any]:
+        return {"chunked_loss": conf.objective.chunked_loss}
+
+    def prepare(self, conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
+                references: dict[str, DataConfig]) -> Prepared:
+        return prepare_sft(conf, splits, tokenizer, strategy, references)
+
+    def evaluate_after(self, model: Any, tokenizer: Any, prepared: Prepared, conf: Any, predictions_path: Any) -> dict[str, Any]:
+        """With `objective.exact_match`: answer every eval prompt greedily and compare with the reply."""
+        if not conf.objective.exact_match:
+            return {}
+        from ptft_hf.training.generation import exact_match_eval
+
+        return exact_match_eval(model, tokenizer, list(prepared.extras["eval_rows"]), prepared.extras["template"],
+                                conf.objective.max_new_tokens, predictions_path)

@@ -7,9 +7,13 @@ from typing import Any, Sequence
 from transformers import PreTrainedModel
 
 from ptft_hf.config.schema import StrategyConfig
+from ptft_hf.strategies.registry import StrategyTraits, register_strategy
 
 
-class FullStrategy:
+@register_strategy
+class FullStrategy(StrategyTraits):
+    name = "full"
+    display_name = "full fine-tuning"
     saves_adapter_only = False
 
     def __init__(self, cfg: StrategyConfig):

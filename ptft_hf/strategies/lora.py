@@ -9,6 +9,7 @@ the model's linear layers instead of failing deep inside peft.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Sequence
 
@@ -18,7 +19,9 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from ptft_hf.config.schema import StrategyConfig
-from ptft_hf.errors import UserError
+from ptft_hf.config.trainer_fields import suggest
+from ptft_hf.errors import Problem, UserError
+from ptft_hf.strategies.registry import StrategyTraits, register_strategy
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,24 @@ def resolve_target_modules(model: torch.nn.Module, requested: Any) -> Any:
     return list(requested)
 
 
-class LoraStrategy:
+@register_strategy
+class LoraStrategy(StrategyTraits):
     """LoRA (and DoRA with `lora.use_dora: true`) on a frozen base."""
 
+    name = "lora"
+    display_name = "LoRA"
     saves_adapter_only = True
+
+    @classmethod
+    def problems(cls, cfg: Any) -> list[Problem]:
+        """`strategy.lora` must hold peft.LoraConfig fields."""
+        strategy = cfg.strategy
+        if not strategy.lora:
+            return [Problem("strategy.lora", f"strategy={strategy.name} needs LoRA settings",
+                            f"use strategy={strategy.name} (conf/strategy/{strategy.name}.yaml) or set strategy.lora.r=8")]
+        valid = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"task_type"}
+        return [Problem(f"strategy.lora.{key}", "is not a peft.LoraConfig field", suggest(key, valid))
+                for key in strategy.lora if key not in valid]
 
     def __init__(self, cfg: StrategyConfig):
         self.cfg = cfg
@@ -91,3 +108,18 @@ class LoraStrategy:
             ) from err
         log.info("%s adapters on %s", "DoRA" if config.use_dora else "LoRA", sorted(config.target_modules))
         return peft_model
+
+
+@register_strategy
+class DoraStrategy(LoraStrategy):
+    """DoRA: LoRA with a learnt magnitude per output (`strategy.lora.use_dora: true`)."""
+
+    name = "dora"
+    display_name = "DoRA"
+
+    @classmethod
+    def problems(cls, cfg: Any) -> list[Problem]:
+        problems = super().problems(cfg)
+        if cfg.strategy.lora and not cfg.strategy.lora.get("use_dora"):
+            problems.append(Problem("strategy.lora.use_dora", "is off for strategy=dora", "set strategy.lora.use_dora=true"))
+        return problems

@@ -7,13 +7,18 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
+import inspect
 from typing import Any, Sequence, TypeVar
 
 import torch
 from peft import prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
+from ptft_hf.config.trainer_fields import suggest
+from ptft_hf.errors import Problem
 from ptft_hf.strategies.lora import LoraStrategy
+from ptft_hf.strategies.registry import register_strategy
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -54,7 +59,32 @@ def copy_mapped_cpu_tensors(model: torch.nn.Module) -> int:
     return copied
 
 
+@register_strategy
 class QLoraStrategy(LoraStrategy):
+    name = "qlora"
+    display_name = "QLoRA"
+    quantizes = True
+
+    @classmethod
+    def problems(cls, cfg: Any) -> list[Problem]:
+        """bitsandbytes installed, a pretrained base to quantise, BitsAndBytesConfig fields."""
+        problems = super().problems(cfg)
+        strategy = cfg.strategy
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(Problem("strategy", "qlora needs bitsandbytes, which is not installed",
+                                    "pip install bitsandbytes (or use strategy=lora)"))
+        if not cfg.model.name_or_path:
+            problems.append(Problem("model.name_or_path", "qlora quantises a pretrained model, but the model is built from scratch",
+                                    "set model.name_or_path=FOLDER_OR_ID (e.g. a pretraining run's model/)"))
+        if not strategy.quantization:
+            problems.append(Problem("strategy.quantization", "qlora needs BitsAndBytesConfig settings",
+                                    "use strategy=qlora's defaults or set strategy.quantization.load_in_4bit=true"))
+            return problems
+        valid = set(inspect.signature(BitsAndBytesConfig.__init__).parameters) - {"self", "kwargs"}
+        problems += [Problem(f"strategy.quantization.{key}", "is not a BitsAndBytesConfig argument", suggest(key, valid))
+                     for key in strategy.quantization if key not in valid]
+        return problems
+
     def quantization_config(self, full_precision_modules: Sequence[str] = ()) -> BitsAndBytesConfig:
         fields = dict(self.cfg.quantization or {})
         if full_precision_modules:

@@ -123,12 +123,15 @@ def quality_summary(m: dict[str, Any]) -> str:
 def stage_purpose(m: dict[str, Any]) -> str:
     """What a stage was for: pretraining (an LM from scratch), continued pretraining (full LM
     training of a checkpoint), fine-tuning, or a control (random weights)."""
-    language_modelling = m.get("objective") in ("clm", "mlm")
+    from ptft_hf.objectives import find_objective
+    from ptft_hf.strategies import find_strategy
+
+    language_modelling = getattr(find_objective(str(m.get("objective"))), "language_modelling", False)
     if m.get("random_init"):
         return "control (random weights)"
     if not m.get("base_model"):
         return "pretraining" if language_modelling else "training from scratch"
-    if language_modelling and m.get("strategy") == "full":
+    if language_modelling and not getattr(find_strategy(str(m.get("strategy"))), "saves_adapter_only", True):
         return "continued pretraining"
     return "fine-tuning"
 

@@ -17,7 +17,7 @@ GENERAL = DataConfig(name="builtin_docs", builtin="docs", max_train_samples=300,
 
 def test_replay_mixes_the_base_stages_training_documents_and_never_its_eval_ones(compose_cfg):
     from ptft_hf.data.sources import MIXTURE_PREFIX, load_text_splits
-    from ptft_hf.recipe import add_replay
+    from ptft_hf.data.mixture import add_replay
 
     conf = OmegaConf.to_object(compose_cfg("data=builtin_licenses", "data.replay=0.25"))
     splits = load_text_splits(conf.data, conf.seed)
@@ -49,7 +49,7 @@ def test_a_stage_with_replay_trains_on_that_share_of_its_base_data(compose_cfg, 
     (["data.replay=0.2", "data.streaming=true", "trainer.max_steps=5"], "data.replay: mixes data packed on disk, not a stream"),
 ])
 def test_replay_settings_that_cannot_work_are_refused_in_one_line(compose_cfg, overrides, problem):
-    from ptft_hf.config.validate import collect_problems
+    from ptft_hf.checks import collect_problems
 
     assert problem in [f"{p.field}: {p.what}" for p in collect_problems(compose_cfg("data=builtin_licenses", *overrides))]
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
 
 from ptft_hf.config.schema import PtftConfig
-from ptft_hf.config.validate import collect_problems
+from ptft_hf.checks import collect_problems
 from ptft_hf.paths import conf_dir
 
 GROUPS = ["model", "data", "objective", "strategy", "trainer", "distributed", "experiment"]

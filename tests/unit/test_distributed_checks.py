@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ptft_hf.config.validate import collect_problems
+from ptft_hf.checks import collect_problems
 from ptft_hf.engines import ENGINE_DIR, engine_file
 
 
@@ -17,12 +17,12 @@ from ptft_hf.engines import ENGINE_DIR, engine_file
 def two_processes(monkeypatch):
     """Validation as a process torchrun started sees it (the launcher's LOCAL_RANK itself would make
     the TrainingArguments that validation builds join a process group)."""
-    monkeypatch.setattr("ptft_hf.config.distributed_checks.started_by_launcher", lambda: True)
+    monkeypatch.setattr("ptft_hf.training.checks.started_by_launcher", lambda: True)
 
 
 @pytest.fixture
 def one_process(monkeypatch):
-    monkeypatch.setattr("ptft_hf.config.distributed_checks.started_by_launcher", lambda: False)
+    monkeypatch.setattr("ptft_hf.training.checks.started_by_launcher", lambda: False)
 
 
 def _fields(cfg) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from huggingface_hub import constants
 
-from ptft_hf.config.validate import collect_problems
+from ptft_hf.checks import collect_problems
 from ptft_hf.errors import UserError
 from ptft_hf.pipeline import compose_stages, shared_overrides
 

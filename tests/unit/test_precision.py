@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptft_hf.config.training_args import trainer_kwargs
+from ptft_hf.training.arguments import trainer_kwargs
 from ptft_hf.training import precision
 from ptft_hf.training.precision import PrecisionChoice, choose_cpu_precision, cpu_flags, resolve_trainer_precision
 
@@ -71,7 +71,7 @@ def test_this_machine_gets_a_choice_consistent_with_its_flags():
 def test_default_cpu_trainer_builds_arguments_with_a_boolean(compose_cfg, tmp_path):
     from omegaconf import OmegaConf
 
-    from ptft_hf.config.training_args import build_training_arguments
+    from ptft_hf.training.arguments import build_training_arguments
 
     cfg = compose_cfg()
     assert cfg.trainer.bf16 == "auto"

@@ -49,7 +49,7 @@ def test_a_prefix_token_starts_every_streamed_block(tokenizer):
 
 
 def test_streaming_is_refused_where_it_cannot_work(compose_cfg):
-    from ptft_hf.config.validate import collect_problems
+    from ptft_hf.checks import collect_problems
 
     fields = [p.field for p in collect_problems(compose_cfg("data.streaming=true", "objective=mlm", "model=tiny_bert",
                                                             "trainer.max_steps=-1"))]
@@ -169,7 +169,7 @@ def test_a_stream_of_no_documents_is_an_error_not_an_endless_loop(tokenizer, tmp
 
 
 def test_an_unweighted_extra_corpus_cannot_join_a_stream(compose_cfg, tmp_path):
-    from ptft_hf.config.validate import collect_problems
+    from ptft_hf.checks import collect_problems
 
     extra = tmp_path / "legal.txt"
     extra.write_text("licence text\n")

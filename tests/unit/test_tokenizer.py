@@ -43,7 +43,7 @@ def test_saved_tokenizer_reloads_with_auto_tokenizer(tmp_path):
 def test_tokenizer_training_reads_a_bounded_seeded_sample_of_documents():
     from datasets import Dataset
 
-    from ptft_hf.recipe import training_texts
+    from ptft_hf.data.tokenizer_texts import training_texts
 
     corpus = Dataset.from_dict({"text": [f"document {i}" for i in range(2500)]})
     sample = list(training_texts(corpus, max_documents=100, seed=7))
@@ -61,7 +61,7 @@ def test_a_mixtures_tokenizer_reads_each_corpus_by_its_weight(compose_cfg, tmp_p
     from omegaconf import OmegaConf
 
     from ptft_hf.data.sources import MIXTURE_PREFIX
-    from ptft_hf.recipe import tokenizer_texts
+    from ptft_hf.data.tokenizer_texts import tokenizer_texts
 
     legal = tmp_path / "legal.txt"
     legal.write_text("licence\n")

@@ -13,7 +13,8 @@ import json
 import pytest
 
 from ptft_hf.config.schema import HubConfig
-from ptft_hf.config.validate import UNSAVED_BASE_FIX, collect_problems, validate
+from ptft_hf.checks import collect_problems, validate
+from ptft_hf.hub.checks import UNSAVED_BASE_FIX
 from ptft_hf.errors import Problem, UserError
 
 
@@ -135,7 +136,7 @@ def test_the_run_builds_its_training_arguments_like_validation(compose_cfg, tmp_
     """recipe._training_arguments goes through the same builder: set fields and the objective's needs."""
     from omegaconf import OmegaConf
 
-    from ptft_hf.recipe import _training_arguments
+    from ptft_hf.training.build import training_arguments as _training_arguments
 
     conf = OmegaConf.to_object(compose_cfg("trainer.learning_rate=0.25", "trainer.resume_from_checkpoint=latest"))
     args = _training_arguments(conf, tmp_path / "run", {"train_sampling_strategy": "group_by_length"})
@@ -271,7 +272,7 @@ def test_wordpiece_continuation_tokens_are_ordinary_vocabulary(texts):
 
 
 def test_an_uncached_hub_id_under_hf_hub_offline_is_one_problem_naming_the_local_folder_fix(compose_cfg, tmp_path, monkeypatch):
-    from ptft_hf.config.validate import collect_problems
+    from ptft_hf.checks import collect_problems
 
     cache = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
