@@ -13,7 +13,8 @@ from ptft_hf.data.checks import data_problems
 from ptft_hf.errors import Problem, UserError
 from ptft_hf.hub.checks import adapter_base_problems, hub_problems
 from ptft_hf.models.checks import model_problems
-from ptft_hf.objectives.registry import exclusive_setting_problems, find_objective, unknown_objective_problem
+from ptft_hf.objectives.registry import (exclusive_setting_problems, find_objective, option_problems,
+                                         unknown_objective_problem)
 from ptft_hf.strategies.registry import find_strategy, unknown_strategy_problem
 from ptft_hf.training.checks import trainer_problems
 
@@ -49,7 +50,10 @@ def _objective_problems(cfg: DictConfig, objective: object) -> list[Problem]:
                                 "use at least 1 (200 is the default), or null for transformers' LengthGroupedSampler"))
     if objective is None:
         return problems
-    return problems + exclusive_setting_problems(cfg, objective) + objective.problems(cfg)
+    options = option_problems(cfg, objective)
+    if any(not p.what.startswith("is not an option") for p in options):
+        return problems + exclusive_setting_problems(cfg, objective) + options  # its own checks read the options
+    return problems + exclusive_setting_problems(cfg, objective) + options + objective.problems(cfg)
 
 
 def validate(cfg: DictConfig) -> None:

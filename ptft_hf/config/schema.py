@@ -112,6 +112,9 @@ class ObjectiveConfig:
     packing: bool = False  # padding-free packing (position_ids restart per example)
     exact_match: bool = False  # generate an answer for every eval example and compare
     max_new_tokens: int = 16  # exact_match generation budget
+    # the settings of an objective registered outside ptft_hf: checked against that objective's own
+    # `options` dataclass (see "Adding an objective" in the README); empty for the built-in ones
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 LORA_DEFAULTS: Dict[str, Any] = {

@@ -41,6 +41,8 @@ class Objective:
     settings: ClassVar[tuple[str, ...]] = ()
     # settings that are switched on only for this objective: field -> (what it is, its "off" value)
     exclusive_settings: ClassVar[Mapping[str, tuple[str, Any]]] = {}
+    # a dataclass of this objective's own settings under `objective.options` (objectives added outside ptft_hf)
+    options: ClassVar[type | None] = None
 
     def problems(self, cfg: Any) -> list[Problem]:
         """What this objective refuses in a composed config (beyond the common checks)."""
@@ -59,9 +61,20 @@ class Objective:
         """Metrics beyond the Trainer's evaluation, computed after training (e.g. SFT's exact match)."""
         return {}
 
+    def read_options(self, objective: Any) -> Any:
+        """`objective.options` (of a composed config or its dataclass) as this objective's `options`
+        dataclass, its defaults where unset."""
+        from omegaconf import OmegaConf
+
+        if self.options is None:
+            return None
+        known = {f.name for f in dataclasses.fields(self.options)}  # unknown names are `option_problems`' to report
+        given = {k: v for k, v in dict(getattr(objective, "options", None) or {}).items() if k in known}
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(self.options), given))
+
     def read_settings(self, objective: Any) -> Any:
         """This objective's own settings as a typed, frozen view of `objective.*`."""
-        return self.settings_type()(**{name: objective[name] for name in (*COMMON_SETTINGS, *self.settings)})
+        return self.settings_type()(**{name: getattr(objective, name) for name in (*COMMON_SETTINGS, *self.settings)})
 
     @classmethod
     def settings_type(cls) -> type:
@@ -91,10 +104,25 @@ def register_objective(cls: O) -> O:
 
 
 def objective_names() -> list[str]:
+    _load_entry_points()
     return list(_REGISTRY)
 
 
+ENTRY_POINT_GROUP = "ptft_hf.objectives"  # installed packages add objectives under this group
+
+
+def _load_entry_points() -> None:
+    """Import the objectives that installed packages declare (`[project.entry-points."ptft_hf.objectives"]`)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name not in _REGISTRY:
+            entry.load()
+
+
 def find_objective(name: str) -> Objective | None:
+    if name not in _REGISTRY:
+        _load_entry_points()
     return _REGISTRY.get(name)
 
 
@@ -108,6 +136,25 @@ def get_objective(name: str) -> Objective:
 
 def unknown_objective_problem(name: str) -> Problem:
     return Problem("objective.name", f"'{name}' is not supported", f"use one of: {', '.join(objective_names())}")
+
+
+def option_problems(cfg: Any, objective: Objective) -> list[Problem]:
+    """`objective.options` must fit the objective's own `options` dataclass (names and types)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    given = dict(cfg.objective.get("options") or {})
+    if objective.options is None:
+        return [Problem("objective.options", f"objective={objective.name} takes no options", "drop objective.options")] if given else []
+    valid = [f.name for f in dataclasses.fields(objective.options)]
+    problems = [Problem(f"objective.options.{key}", f"is not an option of objective={objective.name}", f"use one of: {', '.join(valid)}")
+                for key in given if key not in valid]
+    try:
+        objective.read_options(cfg.objective)
+    except OmegaConfBaseException as err:  # a value of the wrong type
+        key = getattr(err, "full_key", "") or ""
+        problems.append(Problem(f"objective.options.{key}".rstrip("."), str(getattr(err, "msg", err)).splitlines()[0],
+                                f"give a value of the type {objective.name}'s options declare"))
+    return problems
 
 
 def exclusive_setting_problems(cfg: Any, objective: Objective) -> list[Problem]:
