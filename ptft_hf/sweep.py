@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from ptft_hf.distributed import is_main_process
 from ptft_hf.run_dir import FINISHED_MARKER
-from ptft_hf.training.report import quality_summary
+from ptft_hf.pipeline.report import quality_summary
 
 log = logging.getLogger(__name__)
 

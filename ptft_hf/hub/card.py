@@ -145,7 +145,8 @@ def _eval_lines(record: RunRecord) -> list[str]:
     rows = [(k, m.get(f"{k}_before"), v) for k, v in m.items()
             if k.startswith("eval_") and isinstance(v, (int, float)) and not k.endswith(_NOT_QUALITY)]
     own = ("eval_loss", "eval_perplexity", "eval_accuracy", "eval_f1", "eval_exact_match")
-    references = sorted({k[len("eval_"):].rsplit("_", 1)[0] for k, _, _ in rows if k not in own})
+    references = sorted(m["references"]) if "references" in m else \
+        sorted({k[len("eval_"):].rsplit("_", 1)[0] for k, _, _ in rows if k not in own})  # written before `references`
     note = (f"; rows named {', '.join(f'`{r}_…`' for r in references)}: that data set's eval split, measured to show "
             "what specialising cost") if references else ""
     lines = ["## Evaluation", "", f"On the eval split of {_data_words(record, counts=False)}{note}.", "",

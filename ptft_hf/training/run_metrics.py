@@ -30,12 +30,39 @@ class Evaluation:
     references_before: dict[str, float] = field(default_factory=dict)
     references_after: dict[str, float] = field(default_factory=dict)
 
+    reference_names: list[str] = field(default_factory=list)  # the reference sets, as `Trainer.evaluate` named them
+
+    def references(self) -> dict[str, dict[str, float | None]]:
+        """Per reference set: its loss and perplexity before and after training."""
+        return {name: {f"{figure}{when}": source.get(f"eval_{name}_{figure}")
+                       for figure in ("loss", "perplexity") for when, source in (("_before", self.references_before),
+                                                                                  ("", self.references_after))}
+                for name in self.reference_names}
+
     def as_metrics(self) -> dict[str, Any]:
+        """The flat keys metrics.json has always had (eval_<name>_perplexity, ...), and the typed
+        `references` record that the card and the pipeline report read."""
         lm = ("_loss", "_perplexity")
         return {**{f"{k}_before": v for k, v in self.before.items() if is_quality_metric(k)},
                 **{k: v for k, v in self.after.items() if k.startswith("eval_")},
                 **{f"{k}_before": v for k, v in self.references_before.items() if k.endswith(lm)},
-                **{k: v for k, v in self.references_after.items() if k.endswith(lm)}}
+                **{k: v for k, v in self.references_after.items() if k.endswith(lm)},
+                **({"references": self.references()} if self.reference_names else {})}
+
+
+def reference_perplexities(metrics: Mapping[str, Any]) -> list[tuple[str, float, float]]:
+    """(name, before, after) of every reference eval set of a run: from the typed `references`
+    record, or, for run folders written before it existed, from the flat `eval_<name>_perplexity` keys."""
+    if "references" in metrics:
+        return [(name, r["perplexity_before"], r["perplexity"]) for name, r in metrics["references"].items()
+                if r.get("perplexity_before") is not None and r.get("perplexity") is not None]
+    pairs = []
+    for key, after in metrics.items():
+        if key.startswith("eval_") and key.endswith("_perplexity") and key != "eval_perplexity":
+            before = metrics.get(f"{key}_before")
+            if before is not None:
+                pairs.append((key[len("eval_"):-len("_perplexity")], before, after))
+    return pairs
 
 
 @dataclass

@@ -153,7 +153,7 @@ def _stage(objective: str, data: str, base: str | None, accuracy: float, random_
 def test_the_report_weighs_each_base_a_control_and_the_domain_stage(tmp_path):
     """The medical branch's comparisons: ChemProt from the domain-adapted model, from the general
     one (no domain stage) and from random weights (the control)."""
-    from ptft_hf.training.report import write_pipeline_report
+    from ptft_hf.pipeline.report import write_pipeline_report
 
     stages = {"general": {**_stage("clm", "wikitext2", None, 0.3), "eval_perplexity": 90.0},
               "medical": {**_stage("clm", "medical_abstracts", "general", 0.3), "eval_perplexity": 40.0},
@@ -203,7 +203,7 @@ def test_the_report_sets_a_replayed_stage_beside_its_twin_without_replay(tmp_pat
     """legal (20% of its tokens replayed from general's WikiText-2) and legal_no_replay: the same
     stage otherwise, so the difference in general perplexity is what replay saved; the control
     (random weights) is compared with the stage whose data, replay included, it shares."""
-    from ptft_hf.training.report import write_pipeline_report
+    from ptft_hf.pipeline.report import write_pipeline_report
 
     def legal(replay: float, general_after: float, own_after: float, random_init: bool = False) -> dict:
         m = {**_stage("clm", "licenses", "general", 0.3, random_init), "eval_perplexity_before": 9000.0,
@@ -233,7 +233,7 @@ def test_the_report_names_how_a_control_was_trained_when_it_is_not_the_stages_re
     recipe that suits random weights: its line names each setting that differs, so a reader
     never takes a tuned control for the same fine-tuning."""
     from ptft_hf.config.schema import StageConfig
-    from ptft_hf.training.report import write_pipeline_report
+    from ptft_hf.pipeline.report import write_pipeline_report
 
     recipe = ["trainer.learning_rate=1e-3", "trainer.num_train_epochs=6", "+model.config.resid_pdrop=0.1",
               "trainer.label_smoothing_factor=0.1"]
