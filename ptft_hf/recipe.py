@@ -64,7 +64,8 @@ def run(cfg: DictConfig, run_dir: str | Path, references: Mapping[str, DataConfi
     setup = set_up(cfg, Path(run_dir), dict(references or {}))
     trainer = build_trainer(setup.conf, setup.run_dir, setup.tokenizer, setup.prepared, [setup.stop],
                             resuming=setup.resume_from is not None)
-    evaluation = Evaluation(*evaluate(trainer, setup.prepared), reference_names=list(setup.prepared.references))
+    before, references_before = evaluate(trainer, setup.prepared)
+    evaluation = Evaluation(before, references_before=references_before, reference_names=list(setup.prepared.references))
     result, train_wall = train(trainer, setup)
     evaluation.after, evaluation.references_after = evaluate(trainer, setup.prepared)
     evaluation.after.update(evaluate_objective(trainer, setup))
