@@ -24,6 +24,9 @@ Behaviours of public hooks that the code relies on, each covered by a test:
 - A checkpoint's weights are written by `Trainer.save_model(<output_dir>/checkpoint-<step>)`
   before its `trainer_state.json` (tests/unit/test_safety.py: an inf weight stops the run before
   that checkpoint exists; test_resume.py).
+- Hydra, with `HYDRA_FULL_ERROR=1`, raises a composition error to the caller of the `@hydra.main`
+  function instead of printing it and exiting with status 1 (tests/unit/test_private_api.py;
+  tests/integration/test_cli_errors.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from importlib.metadata import version
 from typing import Any
 
 # The versions every entry was checked with (their source read, the test suite run).
-TESTED_WITH = {"transformers": "5.25.0", "accelerate": "1.16.0"}
+TESTED_WITH = {"transformers": "5.25.0", "accelerate": "1.16.0", "hydra-core": "1.3.8"}
 
 
 class MissingPrivateMember(RuntimeError):

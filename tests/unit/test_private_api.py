@@ -37,7 +37,7 @@ def test_each_listed_private_member_exists_in_the_installed_version(entry, insta
 
 
 def test_the_versions_checked_are_recorded_and_each_entry_says_why():
-    assert private_api.TESTED_WITH == {"transformers": "5.25.0", "accelerate": "1.16.0"}
+    assert private_api.TESTED_WITH == {"transformers": "5.25.0", "accelerate": "1.16.0", "hydra-core": "1.3.8"}
     for entry in private_api.ALL:
         assert entry.name.startswith("_") and entry.package in private_api.TESTED_WITH
         assert entry.kind in ("method", "attribute") and len(entry.why) > 60, entry.label
