@@ -175,7 +175,7 @@ def plain(spec: dict[str, Any], run_dir: Path, quantized: bool) -> dict[str, Any
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=s["gradient_checkpointing"],
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     elif s["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=0.0,
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     recorder = BatchRecorder(DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE, padding=True))

@@ -3,14 +3,14 @@ beyond turning user mistakes into one-line messages with a non-zero exit."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import hydra
-from hydra._internal import utils as hydra_internal_utils
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -56,29 +56,25 @@ def report_user_error(lines: list[str]) -> None:
     sys.stderr.write(f"{PROG}: (add verbose=true to see the traceback)\n")
 
 
-def _install_compose_error_reporter() -> None:
-    """Make Hydra's composition errors (unknown option, unknown key, bad override) one line each.
+@contextlib.contextmanager
+def _compose_errors_reach_us() -> Iterator[None]:
+    """Let Hydra's composition errors (unknown option, unknown key, bad override) reach our caller.
 
-    Hydra prints these itself through `run_and_report`; we wrap the function it runs so that
-    config mistakes exit with status 2 and a line naming the field and the fix. Anything else
-    (a bug) still reaches Hydra's own reporting with its traceback.
+    Hydra prints an exception raised while it composes or runs a job, and exits with status 1,
+    unless `HYDRA_FULL_ERROR=1` (its documented switch), which makes it raise the exception
+    instead; `main` then reports config mistakes as one line naming the field and the fix, with
+    status 2. Anything else (a bug) goes on to Python's report, with the whole traceback. The
+    variable is put back afterwards, so it is set only while Hydra runs in this process.
     """
-    original: Callable[[Any], Any] = getattr(hydra_internal_utils, "_ptft_original_run_and_report", hydra_internal_utils.run_and_report)
-    hydra_internal_utils._ptft_original_run_and_report = original
-
-    def run_and_report(func: Any) -> Any:
-        def guarded() -> Any:
-            try:
-                return func()
-            except (HydraException, OmegaConfBaseException) as err:
-                if verbose_requested():
-                    raise
-                report_user_error([describe_compose_error(err)])
-                sys.exit(EXIT_USER_ERROR)
-
-        return original(guarded)
-
-    hydra_internal_utils.run_and_report = run_and_report
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
 
 
 def _redact_hydra_record(cfg: DictConfig) -> None:
@@ -199,9 +195,15 @@ def main() -> None:
         global _SNAPSHOT
         if rank == 0:  # the folder is rank 0's to write and to put back
             _SNAPSHOT = FolderSnapshot(run_dir)
-    _install_compose_error_reporter()
+    verbose = verbose_requested(argv)  # before HYDRA_FULL_ERROR is ours to set
     try:
-        _train()
+        with _compose_errors_reach_us():
+            _train()
+    except (HydraException, OmegaConfBaseException) as err:
+        if verbose:
+            raise
+        report_user_error([describe_compose_error(err)])
+        sys.exit(EXIT_USER_ERROR)
     finally:
         if is_distributed_launch():
             from ptft_hf.distributed import release_process_group

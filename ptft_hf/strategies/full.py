@@ -27,7 +27,7 @@ class FullStrategy(StrategyTraits):
              modules_to_save: Sequence[str] = ()) -> PreTrainedModel:
         """Everything trains; `modules_to_save` (for adapter strategies) changes nothing here."""
         if self.cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         for param in model.parameters():
             param.requires_grad_(True)

@@ -81,7 +81,7 @@ class LoraStrategy(StrategyTraits):
     def prepare(self, model: PreTrainedModel) -> PreTrainedModel:
         """Hook for strategies that must touch the base before adapters go on (QLoRA)."""
         if self.cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
             model.config.use_cache = False
         return model

@@ -19,6 +19,8 @@ from ptft_hf.data.streaming import MixedStream, PackedStream
 from ptft_hf.distributed import weights_are_sharded
 from ptft_hf.training.chunked_loss import chunk_rows, chunkable_head, hidden_states_as_logits, linear_cross_entropy
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
+from ptft_hf.training.private_api import (ACCELERATOR_MODELS, COLLATOR_WITHOUT_UNUSED_COLUMNS, GET_DATALOADER,
+                                          PREPARE_INPUTS, TRAIN_BATCH_SIZE, member)
 from ptft_hf.training.rdrop import rdrop_loss
 from ptft_hf.training.safety import NonFiniteLoss, TrainLossTally
 from ptft_hf.training.sampling import ShuffledLengthGroupedSampler
@@ -49,6 +51,9 @@ class PtftTrainer(Trainer):
     evaluated or saved; checkpoints hold no `training_args.bin` (a pickle that would carry
     `hub_token`); a resumed run's `training_loss` is the mean over all its steps, not only the
     resumed ones.
+
+    Public hooks only, overridden or called; the few private Trainer members still read or called
+    are listed, with the reason, in `private_api` and reached through it.
     """
 
     def __init__(self, *args: Any, shift_labels: bool = True, token_metrics: bool = True,
@@ -71,7 +76,6 @@ class PtftTrainer(Trainer):
                         "set its dropout (e.g. +model.config.hidden_dropout_prob=0.1) or rdrop_alpha=0", rdrop_alpha)
         if not any(isinstance(cb, TrainLossTally) for cb in self.callback_handler.callbacks):
             self.add_callback(TrainLossTally())
-        self._loss_tally().trainer = self
 
     def create_accelerator_and_postprocess(self) -> None:
         from ptft_hf.training.fsdp_cpu import fsdp_on_cpu
@@ -79,29 +83,36 @@ class PtftTrainer(Trainer):
         with fsdp_on_cpu(self.args):
             super().create_accelerator_and_postprocess()
 
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
+    def get_train_dataloader(self) -> Any:
+        """The stock DataLoader, but a stream is read as it comes (each rank its own) and, with
+        `length_megabatch`, length grouping uses `ShuffledLengthGroupedSampler`."""
+        if self._trains_on_stream():
+            collator = member(self, COLLATOR_WITHOUT_UNUSED_COLUMNS)(self.data_collator, description="training")
+            return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._device_batch_size(), collate_fn=collator)
         if (self.args.train_sampling_strategy != "group_by_length" or not self.length_megabatch
-                or dataset is None or not hasattr(dataset, "column_names")):
-            return super()._get_train_sampler(train_dataset)
+                or self.train_dataset is None or not hasattr(self.train_dataset, "column_names")):
+            return super().get_train_dataloader()
+        return member(self, GET_DATALOADER)(dataset=self.train_dataset, description="Training",
+                                            batch_size=self._device_batch_size(),
+                                            sampler_fn=self._length_grouped_sampler, is_training=True)
+
+    def _length_grouped_sampler(self, dataset: Any) -> ShuffledLengthGroupedSampler:
+        """For the training set as the DataLoader gets it (columns forward() does not take removed)."""
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         # grouped by the global batch: accelerate deals each process consecutive per-device slices of
         # this order, so a step of N processes x B rows holds the rows of one process's N*B batch
-        return ShuffledLengthGroupedSampler(self._example_lengths(dataset), self._train_batch_size * self.args.world_size,
+        return ShuffledLengthGroupedSampler(self._example_lengths(dataset), self._device_batch_size() * self.args.world_size,
                                             self.length_megabatch, seed=seed)
 
-    def get_train_dataloader(self) -> Any:
-        if not self._trains_on_stream():
-            return super().get_train_dataloader()
-        collator = self._get_collator_with_removed_columns(self.data_collator, description="training")
-        return torch.utils.data.DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=collator)
+    def _device_batch_size(self) -> int:
+        return member(self, TRAIN_BATCH_SIZE)
 
     def _trains_on_stream(self) -> bool:
         return isinstance(self.train_dataset, (PackedStream, MixedStream))
 
     def stream_blocks_trained(self, steps: int) -> int:
         """Blocks this rank's stream gave to the first `steps` optimiser steps."""
-        return steps * self._train_batch_size * self.args.gradient_accumulation_steps
+        return steps * self._device_batch_size() * self.args.gradient_accumulation_steps
 
     def _example_lengths(self, dataset: Any) -> list[int]:
         """The `length` column the objectives write; the Trainer drops it (not a model input) before
@@ -120,48 +131,53 @@ class PtftTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not bool(torch.isfinite(loss).all()):  # the Trainer syncs on this value every step anyway
             raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+        self._loss_tally().add(loss)  # what the Trainer adds to its own running sum, kept through checkpoints
         return loss
 
     def _loss_tally(self) -> TrainLossTally:
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, TrainLossTally))
 
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+    def save_model(self, output_dir: str | None = None, *args: Any, **kwargs: Any) -> None:
+        """The Trainer's `save_model`, without `training_args.bin` (a pickle of every TrainingArguments
+        field, `hub_token` included; resume does not read it). The Trainer saves each checkpoint's
+        weights through here, before its `trainer_state.json`: a checkpoint is refused if a trained
+        weight is not finite, and gets what resuming needs besides (a stream's position, and with
+        FSDP's sharded checkpoints the tokenizer)."""
+        folder = output_dir if output_dir is not None else self.args.output_dir
+        checkpoint = self.is_in_train and os.path.basename(os.path.normpath(folder)) == \
+            f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if checkpoint:
+            self._refuse_non_finite_weights()
+        super().save_model(output_dir, *args, **kwargs)
+        self._drop_training_args(folder)
+        if checkpoint:
+            self._save_resume_extras(folder)
+
+    def _refuse_non_finite_weights(self) -> None:
         for name, param in self.model.named_parameters():  # a finite loss can still leave inf weights
             # trained weights only: frozen ones do not change (and 4-bit weights stored in a float
             # dtype for FSDP, bnb_4bit_quant_storage, are packed bytes, not numbers)
             if param.requires_grad and param.is_floating_point() and not bool(torch.isfinite(param).all()):
                 raise NonFiniteLoss(self.state.global_step, float("nan"), what=f"weight {name}")
-        tally = self._loss_tally()
-        tally.loss_sum = tally.carried_sum + self._total_loss_scalar
-        tally.pending_loss = float(self._tr_loss.item())
-        tally.last_logged_step = self._globalstep_last_logged
-        tally.steps = self.state.global_step
+
+    def _drop_training_args(self, folder: str) -> None:
+        path = os.path.join(folder, TRAINING_ARGS_NAME)
+        if self.args.should_save and os.path.exists(path):
+            os.remove(path)
+
+    def _save_resume_extras(self, folder: str) -> None:
         if self._saves_sharded_checkpoints() and self.is_world_process_zero() and self.processing_class is not None:
             # the Trainer's save_model writes nothing for sharded checkpoints, tokenizer included; a
             # resumed run reads the tokenizer it trained with from here (before trainer_state.json)
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             self.processing_class.save_pretrained(folder)
         if self._trains_on_stream():
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)
             position = self.train_dataset.state_at(self.stream_blocks_trained(self.state.global_step))
             with open(os.path.join(folder, STREAM_STATE.format(rank=self.args.process_index)), "w") as f:
                 json.dump({"world_size": self.args.world_size, "position": position}, f)
-        super()._save_checkpoint(model, trial)
 
     def _saves_sharded_checkpoints(self) -> bool:
         return self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type)
-
-    def _load_callback_state(self) -> None:
-        super()._load_callback_state()  # may replace the tally with one rebuilt from the checkpoint
-        self._loss_tally().trainer = self
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
-        # a pickle of every TrainingArguments field (hub_token included); resume does not read it
-        path = os.path.join(output_dir if output_dir is not None else self.args.output_dir, TRAINING_ARGS_NAME)
-        if os.path.exists(path):
-            os.remove(path)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> TrainOutput:
         if isinstance(resume_from_checkpoint, str):
@@ -179,7 +195,7 @@ class PtftTrainer(Trainer):
                 if hasattr(observer, "sum_across_processes"):
                     observer.sum_across_processes(
                         lambda t: self.accelerator.reduce(t.to(self.args.device), reduction="sum").cpu())
-        mean = self._whole_run_loss(output.training_loss)
+        mean = self._loss_tally().whole_run_loss(output.training_loss, self.state.global_step)
         return TrainOutput(output.global_step, mean, {**output.metrics, "train_loss": mean})
 
     def _resume_stream(self, checkpoint: str) -> None:
@@ -195,19 +211,14 @@ class PtftTrainer(Trainer):
         self.args.ignore_data_skip = True  # the stream starts after the trained blocks already
         log.info("the training stream continues from %s", path)
 
-    def _whole_run_loss(self, this_call_mean: float) -> float:
-        """The Trainer's `train_loss` averages the steps of this `train()` call (pending losses carried
-        from the checkpoint included); with the checkpoint's earlier losses it becomes the mean over
-        the whole run."""
-        tally = self._loss_tally()
-        steps = self.state.global_step
-        if not tally.carried_steps or not steps:
-            return this_call_mean
-        return (tally.carried_sum + this_call_mean * (steps - tally.carried_steps)) / steps
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Every log line, with the training losses a resumed run carries from its checkpoint
+        folded in as an uninterrupted run would have them (see `TrainLossTally`)."""
+        tally = self._loss_tally()
         if "train_loss" in logs and "train_runtime" in logs:  # the end-of-training summary
-            logs = {**logs, "train_loss": self._whole_run_loss(logs["train_loss"])}
+            logs = {**logs, "train_loss": tally.whole_run_loss(logs["train_loss"], self.state.global_step)}
+        elif "loss" in logs and self.is_in_train:  # the mean training loss since the previous line
+            logs = {**logs, "loss": tally.logged(logs["loss"], self.state.global_step)}
         super().log(logs, start_time)
 
     def _head_scope(self, model: Any, labels: torch.Tensor):
@@ -274,7 +285,7 @@ class PtftTrainer(Trainer):
         FSDP's goes to the device whole (accelerate shards it in `train`; preparing it alone here
         is refused under FSDP2, which wants the optimizer with it), DeepSpeed's is prepared for
         inference as the stock evaluation loop does."""
-        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled) or len(self.accelerator._models) > 0:
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled) or len(member(self.accelerator, ACCELERATOR_MODELS)) > 0:
             return self.model
         if self.is_fsdp_enabled:
             placed = getattr(self.model, "hf_quantizer", None) is not None or self.model.device == self.args.device
@@ -290,8 +301,10 @@ class PtftTrainer(Trainer):
         nothing, so the weights are gathered here and saved as `save_model` would."""
         if self._saves_sharded_checkpoints():
             state_dict = self.accelerator.get_state_dict(self.model)  # every rank takes part
-            if self.is_world_process_zero():
-                self._save(output_dir, state_dict=state_dict)
+            if self.is_world_process_zero():  # as save_model would (it writes nothing here)
+                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
         elif weights_are_sharded() or self.is_world_process_zero():
             self.save_model(output_dir)  # a PeftModel saves only its adapter
 
@@ -307,7 +320,7 @@ class PtftTrainer(Trainer):
 
     def _idle_batch(self, dataloader: Any) -> dict[str, Any]:
         """One eval row, collated and on the device (a rank may have no batch of its own)."""
-        return self._prepare_inputs(dataloader.collate_fn([dataloader.dataset[0]]))
+        return member(self, PREPARE_INPUTS)(dataloader.collate_fn([dataloader.dataset[0]]))
 
     def evaluate(
         self,
@@ -338,7 +351,7 @@ class PtftTrainer(Trainer):
             for _ in range(idle_forwards):  # sharded weights: as many forwards as the busiest rank
                 model(**{k: v for k, v in self._idle_batch(dataloader).items() if k != "labels"})
             for batch in dataloader:
-                batch = self._prepare_inputs(batch)
+                batch = member(self, PREPARE_INPUTS)(batch)
                 labels = batch.pop("labels")
                 with self.compute_loss_context_manager(), self._head_scope(model, labels), \
                         hidden_states_as_logits(head) if head is not None else contextlib.nullcontext():
