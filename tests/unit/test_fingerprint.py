@@ -48,3 +48,16 @@ def test_tokenizer_special_token_flags_count_only_when_set(compose_cfg):
         on, off = (config_fingerprint(compose_cfg("objective=classification", f"model.tokenizer.{flag}={value}"))
                    for value in ("true", "false"))
         assert len({on, off, config_fingerprint(cfg)}) == 3  # no "*_token" secret mask hides the value
+
+
+def test_objective_options_count_only_when_set(compose_cfg):
+    """`objective.options` (the settings of objectives added outside ptft_hf) is left out while
+    empty: stages finished before it existed keep their fingerprint."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("objective=clm")
+    older = OmegaConf.to_container(cfg)
+    assert older["objective"]["options"] == {}
+    del older["objective"]["options"]
+    assert config_fingerprint(OmegaConf.create(older)) == config_fingerprint(cfg)
+    assert config_fingerprint(compose_cfg("objective=clm", "+objective.options.k=1")) != config_fingerprint(cfg)
