@@ -223,7 +223,9 @@ def _same_task_other_base(stages: dict[str, dict[str, Any]]) -> list[str]:
 
 def _replay_share(m: dict[str, Any]) -> float:
     """The share of a stage's training tokens replayed from its base stage's data (0: none)."""
-    return sum(part.get("weight", 0.0) for name, part in (m.get("data_mixture") or {}).items() if name.startswith("replay_"))
+    from ptft_hf.data.mixture import replay_share
+
+    return replay_share(m.get("data_mixture"))
 
 
 def _with_and_without_replay(stages: dict[str, dict[str, Any]]) -> list[str]:
