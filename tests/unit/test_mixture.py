@@ -150,3 +150,10 @@ def test_the_tokenizer_reads_the_runs_mixture_not_the_config(compose_cfg):
                         mixture, {"replay_general": Dataset.from_dict({"text": [f"base {i}" for i in range(500)]})})
     texts = list(tokenizer_texts(splits, conf))
     assert [t.split()[0] for t in texts] == ["own"] * 70 + ["base"] * 30
+
+
+def test_the_checked_extra_train_keys_are_the_typed_entrys_fields():
+    from ptft_hf.data.checks import EXTRA_TRAIN_KEYS
+    from ptft_hf.data.mixture import ExtraCorpus
+
+    assert set(EXTRA_TRAIN_KEYS) == {f.name for f in dataclasses.fields(ExtraCorpus)} - {"index"}
