@@ -26,7 +26,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Union
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
@@ -94,7 +94,7 @@ class MixedCorpus:
     name: str
     weight: float
     kind: str  # EXTRA or REPLAY
-    source: Union[ExtraCorpus, DataConfig]
+    source: ExtraCorpus | DataConfig
 
 
 @dataclass(frozen=True)

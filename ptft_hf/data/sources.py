@@ -12,7 +12,7 @@ import glob
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ class TextSplits(Mapping):
     train: Any  # datasets.Dataset, or an IterableDataset when streamed
     eval: Dataset
     mixture: Mixture
-    mixed: dict[str, Any] = field(default_factory=dict)
+    mixed: dict[str, Any]  # name -> texts (a stream with data.streaming), one per mixture entry
 
     def __getitem__(self, split: str) -> Any:
         if split == "train":
