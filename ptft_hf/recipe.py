@@ -25,8 +25,7 @@ from ptft_hf.checks import validate
 from ptft_hf.config.fingerprint import config_fingerprint
 from ptft_hf.config.redact import redact, redact_file, secret_values
 from ptft_hf.config.schema import DataConfig, HubConfig, ModelConfig, PtftConfig, set_trainer_fields
-from ptft_hf.data.mixture import add_replay
-from ptft_hf.data.sources import load_text_splits, load_text_stream
+from ptft_hf.data.sources import TextSplits, add_replay, load_text_splits, load_text_stream
 from ptft_hf.data.streaming import MixedStream
 from ptft_hf.data.tokenizer_texts import tokenizer_texts
 from ptft_hf.distributed import is_main_process, main_process_first, wait_for_everyone, weights_are_sharded
@@ -121,8 +120,9 @@ def set_up(cfg: DictConfig, run_dir: Path, references: dict[str, DataConfig]) ->
     return RunSetup(cfg, conf, run_dir, objective, resume_from, tokenizer, strategy, prepared, params, secret_values(resolved))
 
 
-def load_splits(conf: PtftConfig, objective: Objective, references: Mapping[str, DataConfig]) -> Any:
-    """The training and eval texts (a stream, with data.streaming), with replayed base data mixed in."""
+def load_splits(conf: PtftConfig, objective: Objective, references: Mapping[str, DataConfig]) -> TextSplits:
+    """The training and eval texts (a stream, with data.streaming) and the run's mixture, replayed
+    base data added to it (`data.replay`)."""
     if conf.data.streaming:
         splits = load_text_stream(conf.data, conf.seed)
         log.info("data %s: streamed train documents / %d eval documents", conf.data.name, len(splits["eval"]))

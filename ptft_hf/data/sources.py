@@ -2,21 +2,27 @@
 
 Everything goes through `datasets.load_dataset`, so Hub ids and local files share one code path
 and one cache. The result always has a `text` column (or the columns an objective asks for).
+The texts of corpora mixed by token share come beside the splits (`TextSplits.mixed`), with the
+run's `Mixture` (`ptft_hf.data.mixture`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
 
-from ptft_hf.config.schema import DataConfig
+from ptft_hf.config.schema import DataConfig, PtftConfig
 from ptft_hf.data.builtin import BUILTIN_CORPORA, builtin_corpus_file
+from ptft_hf.data.mixture import Mixture, extra_corpora
 from ptft_hf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -172,9 +178,39 @@ def _select_text(ds: Dataset, cfg: DataConfig, field: str, text_column: str | No
     )
 
 
-def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> DatasetDict:
-    """Load the configured source as a DatasetDict with `train` and `eval`, each with `text`
-    (and `label` when `data.label_column` is set), or with chat columns when `chat` (SFT)."""
+@dataclass(frozen=True)
+class TextSplits(Mapping):
+    """A run's texts: the `train` and `eval` splits (a mapping of those two, as a DatasetDict
+    was), and the texts of the corpora its `mixture` mixes by token share, by name (`mixed`),
+    kept apart until they are packed. `train` (and `mixed`) are streams with data.streaming."""
+
+    train: Any  # datasets.Dataset, or an IterableDataset when streamed
+    eval: Dataset
+    mixture: Mixture
+    mixed: dict[str, Any]  # name -> texts (a stream with data.streaming), one per mixture entry
+
+    def __getitem__(self, split: str) -> Any:
+        if split == "train":
+            return self.train
+        if split == "eval":
+            return self.eval
+        raise KeyError(split)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("train", "eval"))
+
+    def __len__(self) -> int:
+        return 2
+
+    def mixed_texts(self) -> dict[str, Any]:
+        """The texts of every corpus the mixture names, the main one first (its training split)."""
+        return {self.mixture.main: self.train, **{entry.name: self.mixed[entry.name] for entry in self.mixture.entries}}
+
+
+def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> TextSplits:
+    """Load the configured source as `train` and `eval` splits, each with `text` (and `label` when
+    `data.label_column` is set), or with chat columns when `chat` (SFT); weighted extra corpora
+    beside them (`TextSplits.mixed`, `TextSplits.mixture`)."""
     select = (lambda ds, _cfg, field: _select_chat(ds, _cfg, field)) if chat else _select_text
     eval_ds: Dataset | None = None
     if cfg.path:
@@ -197,19 +233,18 @@ def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> DatasetD
 
     train_ds = select(train_ds, cfg, "the training data")
     weighted: dict[str, Dataset] = {}  # corpora mixed by token share (`weight`), kept apart until packed
-    for i, extra in enumerate(cfg.extra_train):
-        field = f"data.extra_train[{i}].path"
-        extra_cfg = DataConfig(path=extra["path"], format=extra.get("format"), sample_by=extra.get("sample_by", cfg.sample_by))
-        extra_ds = _select_text(_load_files(field, extra["path"], extra_cfg), cfg, field, extra.get("text_column", "text"))
+    for extra in extra_corpora(cfg):
+        field = f"{extra.field}.path"
+        extra_ds = _select_text(_load_files(field, extra.path, extra.data_config()), cfg, field, extra.text_column)
         extra_ds = extra_ds.cast(train_ds.features)  # e.g. large_string -> string
-        if extra.get("weight") is not None:
-            weighted[mixture_name(extra, i)] = extra_ds
-            log.info("corpus %s: %d training documents, %.1f%% of the training tokens", mixture_name(extra, i),
-                     len(extra_ds), 100 * float(extra["weight"]))
+        if extra.weight is not None:
+            weighted[extra.name] = extra_ds
+            log.info("corpus %s: %d training documents, %.1f%% of the training tokens", extra.name,
+                     len(extra_ds), 100 * extra.weight)
             continue
-        repeat = int(extra.get("repeat", 1))  # upsample a small domain corpus against a large general one
-        train_ds = datasets.concatenate_datasets([train_ds] + [extra_ds] * repeat)
-        log.info("mixed in %d training documents from %s%s", len(extra_ds), extra["path"], f" x{repeat}" if repeat > 1 else "")
+        # upsample a small domain corpus against a large general one
+        train_ds = datasets.concatenate_datasets([train_ds] + [extra_ds] * extra.repeat)
+        log.info("mixed in %d training documents from %s%s", len(extra_ds), extra.path, f" x{extra.repeat}" if extra.repeat > 1 else "")
     if cfg.eval_path:
         eval_ds = select(_load_files("data.eval_path", cfg.eval_path, cfg), cfg, "the eval data")
     elif eval_ds is not None:
@@ -234,23 +269,15 @@ def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> DatasetD
         train_ds = train_ds.shuffle(seed=seed).select(range(cfg.max_train_samples)).flatten_indices()
     if cfg.max_eval_samples and cfg.max_eval_samples < len(eval_ds):
         eval_ds = eval_ds.shuffle(seed=seed).select(range(cfg.max_eval_samples)).flatten_indices()
-    return DatasetDict({"train": train_ds, "eval": eval_ds, **{f"{MIXTURE_PREFIX}{name}": ds for name, ds in weighted.items()}})
+    return TextSplits(train_ds, eval_ds, Mixture.from_config(cfg), weighted)
 
 
-MIXTURE_PREFIX = "mixture:"  # split names of the weighted extra corpora in load_text_splits' result
-
-
-def mixture_name(extra: Any, index: int) -> str:
-    """An extra corpus' name: its `name`, else its file's stem."""
-    return str(extra.get("name") or Path(str(extra["path"])).stem or f"extra{index}")
-
-
-def load_text_stream(cfg: DataConfig, seed: int) -> dict[str, Any]:
+def load_text_stream(cfg: DataConfig, seed: int) -> TextSplits:
     """`data.streaming=true`: the training documents as a `datasets.IterableDataset` (local files,
     a builtin corpus or a Hub data set, read lazily) with a `text` column, and a small
     materialised eval split: data.eval_path / data.eval_split, else the stream's first
     `data.stream_eval_documents` documents (which training then skips). Weighted
-    `data.extra_train` corpora come as streams too, under `MIXTURE_PREFIX<name>`."""
+    `data.extra_train` corpora come as streams too (`TextSplits.mixed`)."""
     if cfg.path:
         stream = _file_stream("data.path", cfg.path, cfg)
     elif cfg.builtin:
@@ -279,14 +306,14 @@ def load_text_stream(cfg: DataConfig, seed: int) -> dict[str, Any]:
         eval_ds = eval_ds.shuffle(seed=seed).select(range(cfg.max_eval_samples)).flatten_indices()
     if cfg.max_train_samples:
         stream = stream.take(cfg.max_train_samples)
-    streams: dict[str, Any] = {"train": stream, "eval": eval_ds}
-    for i, extra in enumerate(cfg.extra_train):  # validation has made sure each has a weight
-        field = f"data.extra_train[{i}]"
-        extra_cfg = DataConfig(path=extra["path"], format=extra.get("format"), sample_by=extra.get("sample_by", cfg.sample_by))
-        streams[f"{MIXTURE_PREFIX}{mixture_name(extra, i)}"] = _text_stream(
-            _file_stream(f"{field}.path", extra["path"], extra_cfg), extra.get("text_column", "text"), f"{field}.text_column")
-        log.info("corpus %s streamed for %.1f%% of the training tokens", mixture_name(extra, i), 100 * float(extra["weight"]))
-    return streams
+    mixture = Mixture.from_config(cfg)  # validation has made sure every data.extra_train entry has a weight
+    mixed: dict[str, Any] = {}
+    for entry in mixture.entries:
+        extra = entry.source
+        mixed[entry.name] = _text_stream(_file_stream(f"{extra.field}.path", extra.path, extra.data_config()), extra.text_column,
+                                         f"{extra.field}.text_column")
+        log.info("corpus %s streamed for %.1f%% of the training tokens", entry.name, 100 * entry.weight)
+    return TextSplits(stream, eval_ds, mixture, mixed)
 
 
 def _file_stream(field: str, path: str, cfg: DataConfig) -> Any:
@@ -305,3 +332,21 @@ def _text_stream(stream: Any, text_column: str, field: str) -> Any:
     if text_column != "text":
         stream = stream.rename_column(text_column, "text")
     return stream.filter(lambda row: row["text"] is not None and row["text"].strip() != "")
+
+
+def add_replay(conf: PtftConfig, splits: TextSplits, references: Mapping[str, DataConfig]) -> TextSplits:
+    """Mix `data.replay` of the training tokens from the base stage's own training data (the
+    documents it trained on, never its eval ones) into this stage's: an entry of kind `replay`
+    in the run's mixture, named `replay_<data>`, counted in `data_mixture` like any other.
+    The config is left as it is."""
+    if len(references) != 1:
+        raise UserError.of("data.replay", "needs the base stage's data, and this run has no base stage",
+                           "set it on a pipeline stage with init_from, or mix a corpus with data.extra_train (weight)")
+    (base_name, base_data), = references.items()
+    mixture = splits.mixture.with_replay(base_name, base_data, conf.data.replay)
+    replayed = mixture.entries[-1]
+    base_train = load_text_splits(base_data, conf.seed).train.select_columns(["text"])
+    texts = base_train.cast(splits.train.select_columns(["text"]).features)
+    log.info("replay: %.0f%% of the training tokens from %s's %d training documents", 100 * replayed.weight, base_name,
+             len(base_train))
+    return dataclasses.replace(splits, mixture=mixture, mixed={**splits.mixed, replayed.name: texts})

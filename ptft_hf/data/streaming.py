@@ -15,9 +15,9 @@ it and how many of its blocks were already taken. The Trainer writes it into eve
 (`blocks trained = steps x batch x accumulation`, not the blocks read ahead), and a resumed run
 `load_state_dict`s it: reading continues at that batch without tokenising what came before.
 
-`MixedStream` interleaves several corpora's streams by token share (blocks are all one size):
-block n goes to the corpus furthest behind its weight, so after any n blocks each corpus has
-within one block of `n x weight`.
+`MixedStream` interleaves the streams of a run's `Mixture` (`ptft_hf.data.mixture`) by token
+share (blocks are all one size): block n goes to the corpus furthest behind its weight, so after
+any n blocks each corpus has within one block of `n x weight`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from ptft_hf.data.mixture import Mixture
 from ptft_hf.data.packing import document_separator, tokenize_batch
 
 DOCUMENTS_PER_BATCH = 1000
@@ -117,16 +118,18 @@ class PackedStream(torch.utils.data.IterableDataset):
 
 
 class MixedStream(torch.utils.data.IterableDataset):
-    """Blocks of several `PackedStream`s in the token shares `weights` (summing to 1).
+    """Blocks of several `PackedStream`s, one per corpus of `mixture`, in its token shares.
 
     Each stream repeats on its own (a small domain corpus is read again while a large one goes
     on). `shares_at(n)` is what the first `n` blocks held, per corpus.
     """
 
-    def __init__(self, streams: Mapping[str, PackedStream], weights: Mapping[str, float]):
+    def __init__(self, streams: Mapping[str, PackedStream], mixture: Mixture):
+        weights = mixture.weights
         if set(streams) != set(weights):
             raise ValueError(f"streams {sorted(streams)} and weights {sorted(weights)} name different corpora")
         self.streams = dict(streams)
+        self.mixture = mixture
         self.weights = {name: float(weights[name]) for name in self.streams}
         self.blocks_read = 0
         self._start: dict[str, Any] | None = None
@@ -146,10 +149,11 @@ class MixedStream(torch.utils.data.IterableDataset):
         raise RuntimeError(f"block {blocks} is not among the last positions this mixture read (read: {self.blocks_read})")
 
     def shares_at(self, blocks: int) -> dict[str, dict[str, Any]]:
-        """Per corpus: its weight, its blocks among the first `blocks` and their share."""
+        """Per corpus: its weight, its blocks among the first `blocks`, their share, its kind."""
         taken = self.taken_at(blocks)
-        return {name: {"weight": self.weights[name], "blocks": taken[name],
-                       "share": round(taken[name] / blocks, 6) if blocks else 0.0} for name in self.streams}
+        return self.mixture.described({name: {"weight": self.weights[name], "blocks": taken[name],
+                                              "share": round(taken[name] / blocks, 6) if blocks else 0.0}
+                                       for name in self.streams})
 
     def state_at(self, blocks: int) -> dict[str, Any]:
         taken = self.taken_at(blocks)

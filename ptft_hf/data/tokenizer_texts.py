@@ -5,30 +5,29 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 import numpy as np
 from datasets import IterableDataset
 
 from ptft_hf.config.schema import PtftConfig
 from ptft_hf.data.chat import as_messages
-from ptft_hf.data.sources import MIXTURE_PREFIX, mixture_name
+from ptft_hf.data.sources import TextSplits
 
 log = logging.getLogger(__name__)
 
 
-def tokenizer_texts(splits: Mapping[str, Any], conf: PtftConfig) -> Iterator[str]:
+def tokenizer_texts(splits: TextSplits, conf: PtftConfig) -> Iterator[str]:
     """What a tokenizer trained for this run reads: `training_texts` of the training data, and with
-    corpora mixed by weight, of each corpus its weight's part of `model.tokenizer.max_documents`
-    (a vocabulary for the mixture, not for the main corpus alone)."""
-    budget, extra = conf.model.tokenizer.max_documents, conf.data.extra_train
-    weights = {mixture_name(e, i): float(e["weight"]) for i, e in enumerate(extra) if e.get("weight") is not None}
-    if not weights:
-        return training_texts(splits["train"], budget, conf.seed)
-    parts = [(splits["train"], 1.0 - sum(weights.values()))]
-    parts += [(splits[f"{MIXTURE_PREFIX}{name}"], weight) for name, weight in weights.items()]
+    corpora mixed by weight (`splits.mixture`, a replay too), of each corpus its weight's part of
+    `model.tokenizer.max_documents` (a vocabulary for the mixture, not for the main corpus alone)."""
+    budget = conf.model.tokenizer.max_documents
+    if not splits.mixture:
+        return training_texts(splits.train, budget, conf.seed)
+    weights, texts = splits.mixture.weights, splits.mixed_texts()
     return itertools.chain.from_iterable(
-        training_texts(corpus, None if budget is None else max(1, round(budget * share)), conf.seed) for corpus, share in parts)
+        training_texts(texts[name], None if budget is None else max(1, round(budget * share)), conf.seed)
+        for name, share in weights.items())
 
 
 def training_texts(train: Any, max_documents: int | None = None, seed: int = 0) -> Iterator[str]:

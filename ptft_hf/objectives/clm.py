@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from datasets import DatasetDict
-
 from ptft_hf.config.schema import DataConfig, PtftConfig
 from ptft_hf.data.collators import CausalLMCollator
 from ptft_hf.data.packing import block_array, token_counts
 from ptft_hf.data.mixture import mix_blocks
-from ptft_hf.data.sources import MIXTURE_PREFIX, mixture_name
+from ptft_hf.data.sources import TextSplits
 from ptft_hf.data.streaming import MixedStream, PackedStream
 from ptft_hf.distributed import launched_rank_and_world
 from ptft_hf.models.loading import load_model
@@ -22,7 +20,7 @@ from ptft_hf.training.metrics import unigram_perplexity
 log = logging.getLogger(__name__)
 
 
-def prepare_clm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
+def prepare_clm(conf: PtftConfig, splits: TextSplits, tokenizer: Any, strategy: Any,
                 references: dict[str, DataConfig]) -> Prepared:
     from transformers import AutoModelForCausalLM
 
@@ -37,15 +35,15 @@ def prepare_clm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
     else:
         train_blocks, train_stats = pack_texts(splits["train"], tokenizer, conf, "data.path")
         metrics["data_train"] = train_stats.as_dict()
-        extra = {name.removeprefix(MIXTURE_PREFIX): ds for name, ds in splits.items() if name.startswith(MIXTURE_PREFIX)}
-        if extra:  # corpora mixed by token share
-            weights = {mixture_name(e, i): float(e["weight"]) for i, e in enumerate(conf.data.extra_train) if e.get("weight") is not None}
-            corpora, packing = {conf.data.name: train_blocks}, {conf.data.name: train_stats.as_dict()}
-            for name, texts in extra.items():
-                corpora[name], stats = pack_texts(texts, tokenizer, conf, f"data.extra_train[{name}]")
-                packing[name] = stats.as_dict()
-            train_blocks, mixture = mix_blocks(corpora, {conf.data.name: 1.0 - sum(weights.values()), **weights}, conf.seed)
-            metrics["data_mixture"] = {name: {**mixture[name], "tokens_per_pass": packing[name]["tokens"]} for name in mixture}
+        if splits.mixture:  # corpora mixed by token share (weighted data.extra_train, replay)
+            mixture = splits.mixture
+            corpora, packing = {mixture.main: train_blocks}, {mixture.main: train_stats.as_dict()}
+            for entry in mixture.entries:
+                corpora[entry.name], stats = pack_texts(splits.mixed[entry.name], tokenizer, conf, f"data.extra_train[{entry.name}]")
+                packing[entry.name] = stats.as_dict()
+            train_blocks, realised = mix_blocks(corpora, mixture.weights, conf.seed)
+            metrics["data_mixture"] = mixture.described(
+                {name: {**realised[name], "tokens_per_pass": packing[name]["tokens"]} for name in realised})
         # the floor a language model must beat: add-one unigram counts of the training tokens,
         # scored on exactly the eval tokens the model predicts (every block position but the first)
         metrics["unigram_perplexity"] = unigram_perplexity(token_counts(train_blocks, len(tokenizer)),
@@ -57,7 +55,7 @@ def prepare_clm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
     )
 
 
-def _training_stream(conf: PtftConfig, splits: Any, tokenizer: Any) -> PackedStream | MixedStream:
+def _training_stream(conf: PtftConfig, splits: TextSplits, tokenizer: Any) -> PackedStream | MixedStream:
     """This rank's shard of the training stream; with weighted extra corpora, their mixture."""
     rank, world = launched_rank_and_world()
     if world > 1:
@@ -67,12 +65,9 @@ def _training_stream(conf: PtftConfig, splits: Any, tokenizer: Any) -> PackedStr
         return PackedStream(documents, tokenizer, conf.objective.block_size, conf.objective.add_eos,
                             rank=rank, world_size=world)
 
-    extra = {name.removeprefix(MIXTURE_PREFIX): ds for name, ds in splits.items() if name.startswith(MIXTURE_PREFIX)}
-    if not extra:
-        return packed(splits["train"])
-    weights = {mixture_name(e, i): float(e["weight"]) for i, e in enumerate(conf.data.extra_train)}
-    streams = {conf.data.name: packed(splits["train"]), **{name: packed(ds) for name, ds in extra.items()}}
-    return MixedStream(streams, {conf.data.name: 1.0 - sum(weights.values()), **weights})
+    if not splits.mixture:
+        return packed(splits.train)
+    return MixedStream({name: packed(documents) for name, documents in splits.mixed_texts().items()}, splits.mixture)
 
 
 @register_objective
@@ -91,6 +86,6 @@ class CausalLM(Objective):
     def trainer_options(self, conf: Any) -> dict[str, Any]:
         return {"chunked_loss": conf.objective.chunked_loss}
 
-    def prepare(self, conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,
+    def prepare(self, conf: PtftConfig, splits: TextSplits, tokenizer: Any, strategy: Any,
                 references: dict[str, DataConfig]) -> Prepared:
         return prepare_clm(conf, splits, tokenizer, strategy, references)

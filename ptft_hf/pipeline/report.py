@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ptft_hf.data.mixture import replay_share
 from ptft_hf.training.report import baseline_verdict, beats_baseline
 from ptft_hf.training.run_metrics import reference_perplexities
 
@@ -132,7 +133,7 @@ def _same_task_other_base(stages: dict[str, dict[str, Any]]) -> list[str]:
 
 def _replay_share(m: dict[str, Any]) -> float:
     """The share of a stage's training tokens replayed from its base stage's data (0: none)."""
-    return sum(part.get("weight", 0.0) for name, part in (m.get("data_mixture") or {}).items() if name.startswith("replay_"))
+    return replay_share(m.get("data_mixture"))
 
 
 def _with_and_without_replay(stages: dict[str, dict[str, Any]]) -> list[str]:

@@ -52,7 +52,8 @@ def test_a_killed_streamed_run_resumes_where_the_stream_stopped(cache_env, tmp_p
     assert got["resumed_from_step"] == 10 and got["train_steps"] == want["train_steps"] == 20
     assert got["data_train"] == want["data_train"] == {"streaming": True, "block_size": 32}
     assert got["data_mixture"] == want["data_mixture"] == {
-        "text_files": {"weight": 0.75, "blocks": 120, "share": 0.75}, "legal": {"weight": 0.25, "blocks": 40, "share": 0.25}}
+        "text_files": {"weight": 0.75, "blocks": 120, "share": 0.75, "kind": "main"},
+        "legal": {"weight": 0.25, "blocks": 40, "share": 0.25, "kind": "extra"}}
     assert got["train_tokens"] == want["train_tokens"] == 20 * 8 * 32
     assert got["eval_tokens"] == want["eval_tokens"] and got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-6)
     ours, theirs = (load_file(d / "model" / "model.safetensors") for d in (run_dir, tmp_path / "reference"))
@@ -69,6 +70,7 @@ def test_a_mixture_by_token_share_reports_the_shares_it_trained_on(cache_env, tm
     assert result.returncode == 0, result.stderr[-3000:]
     mixture = json.loads((tmp_path / "run" / "metrics.json").read_text())["data_mixture"]
     assert set(mixture) == {"builtin_docs", "legal"}
+    assert mixture["builtin_docs"]["kind"] == "main" and mixture["legal"]["kind"] == "extra"
     assert mixture["legal"]["weight"] == 0.2 and mixture["builtin_docs"]["weight"] == pytest.approx(0.8)
     for corpus in mixture.values():
         assert abs(corpus["share"] - corpus["weight"]) < 0.01 and corpus["blocks"] >= corpus["corpus_blocks"] > 0
@@ -92,6 +94,6 @@ def test_two_processes_each_stream_their_own_shard_and_checkpoint_their_position
     for log_name, rank in (("cli.log", 0), ("cli.rank1.log", 1)):
         assert f"rank {rank} of 2 streams its own shard" in (run_dir / log_name).read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["data_mixture"] == {"text_files": {"weight": 0.75, "blocks": 24, "share": 0.75},
-                                       "legal": {"weight": 0.25, "blocks": 8, "share": 0.25}}
+    assert metrics["data_mixture"] == {"text_files": {"weight": 0.75, "blocks": 24, "share": 0.75, "kind": "main"},
+                                       "legal": {"weight": 0.25, "blocks": 8, "share": 0.25, "kind": "extra"}}
     assert metrics["train_tokens"] == 4 * 8 * 32

@@ -16,17 +16,22 @@ GENERAL = DataConfig(name="builtin_docs", builtin="docs", max_train_samples=300,
 
 
 def test_replay_mixes_the_base_stages_training_documents_and_never_its_eval_ones(compose_cfg):
-    from ptft_hf.data.sources import MIXTURE_PREFIX, load_text_splits
-    from ptft_hf.data.mixture import add_replay
+    from ptft_hf.data.mixture import REPLAY, MixedCorpus, Mixture
+    from ptft_hf.data.sources import add_replay
+    from ptft_hf.data.sources import load_text_splits
 
     conf = OmegaConf.to_object(compose_cfg("data=builtin_licenses", "data.replay=0.25"))
     splits = load_text_splits(conf.data, conf.seed)
-    splits = add_replay(conf, splits, {"builtin_docs": GENERAL})
+    replaying = add_replay(conf, splits, {"builtin_docs": GENERAL})
     base = load_text_splits(GENERAL, conf.seed)
-    replayed = splits[f"{MIXTURE_PREFIX}replay_builtin_docs"]["text"]
+    replayed = replaying.mixed["replay_builtin_docs"]["text"]
     assert sorted(replayed) == sorted(base["train"]["text"]) and len(replayed) == 300
     assert not set(replayed) & set(base["eval"]["text"])
-    assert conf.data.extra_train[-1] == {"name": "replay_builtin_docs", "weight": 0.25}
+    # an entry of kind replay in the run's mixture; the config and the splits it came from are as they were
+    assert replaying.mixture == Mixture("builtin_licenses", (MixedCorpus("replay_builtin_docs", 0.25, REPLAY, GENERAL),))
+    assert replaying.mixture.weights == {"builtin_licenses": 0.75, "replay_builtin_docs": 0.25}
+    assert conf.data.extra_train == [] and splits.mixture == Mixture("builtin_licenses") and splits.mixed == {}
+    assert replaying.train is splits.train and replaying.eval is splits.eval
 
 
 def test_a_stage_with_replay_trains_on_that_share_of_its_base_data(compose_cfg, tmp_path):
@@ -38,6 +43,7 @@ def test_a_stage_with_replay_trains_on_that_share_of_its_base_data(compose_cfg, 
     mixture = metrics["data_mixture"]
     assert set(mixture) == {"builtin_licenses", "replay_builtin_docs"}
     assert mixture["replay_builtin_docs"]["weight"] == 0.25
+    assert {name: corpus["kind"] for name, corpus in mixture.items()} == {"builtin_licenses": "main", "replay_builtin_docs": "replay"}
     for corpus in mixture.values():
         assert abs(corpus["share"] - corpus["weight"]) < 0.01
     assert "eval_builtin_docs_perplexity" in metrics  # forgetting is still measured on the base's eval data

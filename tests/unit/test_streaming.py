@@ -10,6 +10,7 @@ import json
 import datasets
 import pytest
 
+from ptft_hf.data.mixture import EXTRA, ExtraCorpus, MixedCorpus, Mixture
 from ptft_hf.data.packing import block_array, pack_blocks, tokenize_dataset
 from ptft_hf.data.streaming import DOCUMENTS_PER_BATCH, MixedStream, PackedStream
 from ptft_hf.models.tokenizers import train_byte_bpe
@@ -130,7 +131,9 @@ def _mixture(tokenizer, tmp_path, weights):
     words = {"general": _documents(600), "legal": ["licence terms and conditions apply"] * 30}
     streams = {name: PackedStream(_file_stream(tmp_path, words[name], f"{name}.txt"), tokenizer, block_size=16)
                for name in weights}
-    return MixedStream(streams, weights)
+    main, *others = weights  # the first corpus is the main one, the others mixed into it
+    return MixedStream(streams, Mixture(main, tuple(MixedCorpus(name, weights[name], EXTRA, ExtraCorpus(i, f"{name}.txt", name))
+                                                    for i, name in enumerate(others))))
 
 
 def test_a_mixture_holds_every_corpus_within_one_block_of_its_share(tokenizer, tmp_path):
@@ -145,8 +148,8 @@ def test_a_mixture_holds_every_corpus_within_one_block_of_its_share(tokenizer, t
         if taken is not None:
             assert taken == {"general": n - in_first, "legal": in_first}
     shares = mixture.shares_at(2000)
-    assert shares == {"general": {"weight": 0.9, "blocks": 1800, "share": 0.9},
-                      "legal": {"weight": 0.1, "blocks": 200, "share": 0.1}}
+    assert shares == {"general": {"weight": 0.9, "blocks": 1800, "share": 0.9, "kind": "main"},
+                      "legal": {"weight": 0.1, "blocks": 200, "share": 0.1, "kind": "extra"}}
 
 
 def test_a_mixture_resumes_at_its_position(tokenizer, tmp_path):

@@ -60,15 +60,17 @@ def test_a_mixtures_tokenizer_reads_each_corpus_by_its_weight(compose_cfg, tmp_p
     from datasets import Dataset
     from omegaconf import OmegaConf
 
-    from ptft_hf.data.sources import MIXTURE_PREFIX
+    from ptft_hf.data.mixture import Mixture
+    from ptft_hf.data.sources import TextSplits
     from ptft_hf.data.tokenizer_texts import tokenizer_texts
 
     legal = tmp_path / "legal.txt"
     legal.write_text("licence\n")
     conf = OmegaConf.to_object(compose_cfg("model.tokenizer.max_documents=200",
                                            f"data.extra_train=[{{path: '{legal}', weight: 0.1, name: legal}}]"))
-    splits = {"train": Dataset.from_dict({"text": [f"general {i}" for i in range(1000)]}),
-              f"{MIXTURE_PREFIX}legal": Dataset.from_dict({"text": [f"legal {i}" for i in range(1000)]})}
+    splits = TextSplits(train=Dataset.from_dict({"text": [f"general {i}" for i in range(1000)]}),
+                        eval=Dataset.from_dict({"text": ["held out"]}), mixture=Mixture.from_config(conf.data),
+                        mixed={"legal": Dataset.from_dict({"text": [f"legal {i}" for i in range(1000)]})})
     texts = list(tokenizer_texts(splits, conf))
     assert len(texts) == 200
     assert sum(t.startswith("legal") for t in texts) == 20 and sum(t.startswith("general") for t in texts) == 180
