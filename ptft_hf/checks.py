@@ -33,7 +33,7 @@ def collect_problems(cfg: DictConfig) -> list[Problem]:
     problems += model_problems(cfg, objective)
     problems += data_problems(cfg, objective)
     problems += trainer_problems(cfg, quantizes=bool(strategy and strategy.quantizes))
-    if "hub" in cfg and objective is not None and strategy is not None:
+    if "hub" in cfg:
         problems += hub_problems(cfg.hub, strategy, objective)
         problems += adapter_base_problems(cfg, strategy)
     return problems
@@ -48,12 +48,18 @@ def _objective_problems(cfg: DictConfig, objective: object) -> list[Problem]:
     if settings.length_megabatch is not None and settings.length_megabatch < 1:
         problems.append(Problem("objective.length_megabatch", f"{settings.length_megabatch} batches cannot hold a batch",
                                 "use at least 1 (200 is the default), or null for transformers' LengthGroupedSampler"))
+    if settings.get("rdrop_alpha", 0.0) < 0:
+        problems.append(Problem("objective.rdrop_alpha", f"{settings.rdrop_alpha} is negative", "use 0 (off) or a KL weight such as 1.0"))
+    if not 0.0 < settings.mlm_probability < 1.0:
+        problems.append(Problem("objective.mlm_probability", f"{settings.mlm_probability} is not a probability",
+                                "use a value such as 0.15"))
     if objective is None:
         return problems
+    problems += exclusive_setting_problems(cfg, objective, reported={p.field for p in problems})
     options = option_problems(cfg, objective)
     if any(not p.what.startswith("is not an option") for p in options):
-        return problems + exclusive_setting_problems(cfg, objective) + options  # its own checks read the options
-    return problems + exclusive_setting_problems(cfg, objective) + options + objective.problems(cfg)
+        return problems + options  # a value of the wrong type: the objective's own checks would read it
+    return problems + options + objective.problems(cfg)
 
 
 def validate(cfg: DictConfig) -> None:

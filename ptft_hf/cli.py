@@ -28,6 +28,7 @@ from ptft_hf.paths import conf_dir
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 EXIT_USER_ERROR = 2
+_OURS = "PTFT_HF_HYDRA_FULL_ERROR_SET"  # marks a HYDRA_FULL_ERROR=1 that the CLI set, not the user (see verbose_requested)
 PROG = "ptft-hf"
 _SNAPSHOT: FolderSnapshot | None = None  # Hydra's files in an existing run folder, put back after a failed start
 
@@ -35,7 +36,8 @@ _SNAPSHOT: FolderSnapshot | None = None  # Hydra's files in an existing run fold
 def verbose_requested(argv: list[str] | None = None) -> bool:
     """`verbose=true` on the command line (or PTFT_HF_VERBOSE=1 / HYDRA_FULL_ERROR=1) shows tracebacks."""
     argv = sys.argv[1:] if argv is None else argv
-    if os.environ.get("PTFT_HF_VERBOSE") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
+    asked_hydra = os.environ.get("HYDRA_FULL_ERROR") == "1" and os.environ.get(_OURS) != "1"  # not our own switch
+    if os.environ.get("PTFT_HF_VERBOSE") == "1" or asked_hydra:
         return True
     return any(a.lstrip("+~").lower() in ("verbose=true", "verbose=1", "verbose=yes") for a in argv)
 
@@ -66,15 +68,17 @@ def _compose_errors_reach_us() -> Iterator[None]:
     status 2. Anything else (a bug) goes on to Python's report, with the whole traceback. The
     variable is put back afterwards, so it is set only while Hydra runs in this process.
     """
-    previous = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
+    previous = {name: os.environ.get(name) for name in ("HYDRA_FULL_ERROR", _OURS)}
+    if previous["HYDRA_FULL_ERROR"] != "1":  # the user's HYDRA_FULL_ERROR=1 still means verbose (here and in children)
+        os.environ.update({"HYDRA_FULL_ERROR": "1", _OURS: "1"})
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _redact_hydra_record(cfg: DictConfig) -> None:

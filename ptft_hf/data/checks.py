@@ -1,7 +1,8 @@
 """The data group's checks: sources that exist, extra corpora, streaming, mixtures and replay.
 
-`objective` is the registry entry of the run's objective (`ptft_hf.objectives.registry`): only
-objectives that mix packed causal blocks stream, weigh extra corpora and replay."""
+`objective` is the registry entry of the run's objective (`ptft_hf.objectives.registry`), None when
+the name is unknown (then only what needs no objective is checked): only objectives that mix packed
+causal blocks stream, weigh extra corpora and replay."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def streaming_problems(cfg: DictConfig, objective: Any) -> list[Problem]:
     if not cfg.data.get("streaming"):
         return []
     problems = []
-    if not objective.mixes_blocks:
+    if objective is not None and not objective.mixes_blocks:
         problems.append(Problem("data.streaming", f"streams causal-LM pretraining only, not objective={cfg.objective.name}",
                                 "use objective=clm, or drop data.streaming"))
     max_steps = cfg.trainer.get("max_steps")
@@ -93,7 +94,7 @@ def mixture_problems(cfg: DictConfig, objective: Any) -> list[Problem]:
     problems = _replay_problems(cfg, weights, objective)
     if problems or not weights or not all(_is_number(w) for w in weights):
         return problems
-    if not objective.mixes_blocks:
+    if objective is not None and not objective.mixes_blocks:
         problems.append(Problem("data.extra_train", f"weights mix causal-LM blocks, not objective={cfg.objective.name}",
                                 "use objective=clm, or repeat: N to concatenate documents"))
     if sum(float(w) for w in weights) >= 1.0:
@@ -110,7 +111,7 @@ def _replay_problems(cfg: DictConfig, weights: list[Any], objective: Any) -> lis
     if not 0.0 < float(replay) < 1.0:
         return [Problem("data.replay", f"is {replay}, not a share of the training tokens",
                         "use a number between 0 and 1 (e.g. 0.2), or 0 for no replay")]
-    if not objective.mixes_blocks:
+    if objective is not None and not objective.mixes_blocks:
         return [Problem("data.replay", f"mixes causal-LM blocks, not objective={cfg.objective.name}",
                         "drop data.replay, or use it on a clm stage")]
     if cfg.data.get("streaming"):
@@ -127,7 +128,4 @@ def _is_number_list(values: list[Any]) -> bool:
 
 def data_problems(cfg: DictConfig, objective: Any) -> list[Problem]:
     """Every problem of the data group; `objective`: the run's registry entry, or None when unknown."""
-    problems = _check_sources(cfg.data)
-    if objective is not None:
-        problems += streaming_problems(cfg, objective) + mixture_problems(cfg, objective)
-    return problems
+    return _check_sources(cfg.data) + streaming_problems(cfg, objective) + mixture_problems(cfg, objective)

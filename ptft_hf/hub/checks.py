@@ -29,7 +29,8 @@ def hub_problems(hub: Any, strategy: Any, objective: Any, name: Callable[[str], 
 
     Checked before training so that hours of training do not end in a refused upload. The token
     is only looked for (huggingface_hub resolves HF_TOKEN or the login), never read into the config.
-    `strategy` and `objective` are the registry's entries (`strategy_class`, `get_objective`).
+    `strategy` and `objective` are the registry's entries (`strategy_class`, `get_objective`), None
+    when the name is unknown.
     `name` spells a field for the person reading (`hub.repo_id` in a config, `--repo-id` for a CLI).
     """
     problems: list[Problem] = []
@@ -40,10 +41,10 @@ def hub_problems(hub: Any, strategy: Any, objective: Any, name: Callable[[str], 
         problem = repo_id_problem(hub.repo_id, name("repo_id"))
         if problem:
             problems.append(problem)
-    if hub.merged and not strategy.saves_adapter_only:
+    if hub.merged and strategy is not None and not strategy.saves_adapter_only:
         problems.append(Problem(name("merged"), f"strategy={strategy.name} saves a full model, there is no adapter to merge",
                                 f"drop {name('merged')}"))
-    elif hub.merged and not objective.merges:
+    elif hub.merged and objective is not None and not objective.merges:
         problems.append(Problem(name("merged"), f"merging supports causal-LM adapters, not objective={objective.name}",
                                 f"drop {name('merged')} and publish the adapter"))
     if not hub.atol > 0:
@@ -71,7 +72,7 @@ def adapter_base_problems(cfg: DictConfig, strategy: Any) -> list[Problem]:
     saved: refused when staging (`ptft_hf.hub.stage`), so refused here before training. A pipeline
     stage starting from an earlier stage has that stage's model/ as name_or_path: not refused."""
     hub = cfg.hub
-    if not (hub.push or hub.dry_run) or not strategy.saves_adapter_only or not base_is_unsaved(cfg.model):
+    if not (hub.push or hub.dry_run) or strategy is None or not strategy.saves_adapter_only or not base_is_unsaved(cfg.model):
         return []
     how = "has model.random_init=true" if cfg.model.name_or_path else "is built from a config"
     return [Problem("hub.dry_run" if hub.dry_run else "hub.push",

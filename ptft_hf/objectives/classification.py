@@ -141,16 +141,14 @@ class SequenceClassification(Objective):
     description = "sequence classifier"
     classifies = True
     settings = ("max_length", "group_by_length", "length_megabatch", "metrics", "f1_average", "rdrop_alpha")
-    exclusive_settings = {"rdrop_alpha": ("R-Drop", 0.0)}
+    exclusive_settings = {"rdrop_alpha": (0.0, "R-Drop is for objective=classification, not objective={objective}",
+                                          "drop objective.rdrop_alpha, or set objective=classification")}
 
     def problems(self, cfg: Any) -> list[Problem]:
         problems = []
         if not cfg.data.label_column:
             problems.append(Problem("data.label_column", "is not set, but objective=classification needs labels",
                                     "set data.label_column= to the column holding the label (e.g. category)"))
-        if cfg.objective.get("rdrop_alpha", 0.0) < 0:
-            problems.append(Problem("objective.rdrop_alpha", f"{cfg.objective.rdrop_alpha} is negative",
-                                    "use 0 (off) or a KL weight such as 1.0"))
         return problems
 
     def trainer_options(self, conf: Any) -> dict[str, Any]:

@@ -62,7 +62,8 @@ class MaskedLM(Objective):
     language_modelling = True
     settings = ("block_size", "add_eos", "mlm_probability", "whole_word_mask", "eval_mask_seed", "predict_masked_only",
                 "line_by_line", "length_megabatch")
-    exclusive_settings = {"line_by_line": ("one row per document (line by line)", False)}
+    exclusive_settings = {"line_by_line": (False, "only masked-LM rows can be line by line, not objective={objective}",
+                                           "drop objective.line_by_line (clm packs blocks; sft has objective.packing)")}
 
     def problems(self, cfg: Any) -> list[Problem]:
         objective, tokenizer = cfg.objective, cfg.model.tokenizer
@@ -73,9 +74,6 @@ class MaskedLM(Objective):
         if objective.get("line_by_line") and objective.block_size < 3:
             problems.append(Problem("objective.block_size", f"{objective.block_size} leaves no room for text between [CLS] and [SEP]",
                                     "use at least 3 (128 is usual)"))
-        if not 0.0 < objective.mlm_probability < 1.0:
-            problems.append(Problem("objective.mlm_probability", f"{objective.mlm_probability} is not a probability",
-                                    "use a value such as 0.15"))
         return problems
 
     def prepare(self, conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy: Any,

@@ -3,13 +3,13 @@
 An objective is a subclass of `Objective` that sets its traits, lists its own settings and
 implements `prepare`; `@register_objective` adds an instance under its `name`. The recipe, the
 checks, the model card, staging and the API ask the entry (`get_objective(name).generates`),
-never compare the name to a string. Nothing here imports torch: checks can ask without it.
+never compare the name to a string. The registry itself imports no torch, but importing it registers the built-in objectives, whose
+modules do.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, TypeVar
 
 from ptft_hf.config.schema import ObjectiveConfig
@@ -39,8 +39,9 @@ class Objective:
     mixes_blocks: ClassVar[bool] = False  # weighted extra corpora, replay and streaming mix its packed blocks
     # objective.* fields this objective reads besides COMMON_SETTINGS
     settings: ClassVar[tuple[str, ...]] = ()
-    # settings that are switched on only for this objective: field -> (what it is, its "off" value)
-    exclusive_settings: ClassVar[Mapping[str, tuple[str, Any]]] = {}
+    # settings switched on only for this objective: field -> (its "off" value, what is wrong elsewhere, the fix);
+    # {objective} in the texts is the objective the run has
+    exclusive_settings: ClassVar[Mapping[str, tuple[Any, str, str]]] = {}
     # a dataclass of this objective's own settings under `objective.options` (objectives added outside ptft_hf)
     options: ClassVar[type | None] = None
 
@@ -57,7 +58,7 @@ class Objective:
         return {}
 
     def evaluate_after(self, model: Any, tokenizer: Any, prepared: "Prepared", conf: Any,
-                       predictions_path: Path | None) -> dict[str, Any]:
+                       predictions_path: Any) -> dict[str, Any]:
         """Metrics beyond the Trainer's evaluation, computed after training (e.g. SFT's exact match)."""
         return {}
 
@@ -157,17 +158,17 @@ def option_problems(cfg: Any, objective: Objective) -> list[Problem]:
     return problems
 
 
-def exclusive_setting_problems(cfg: Any, objective: Objective) -> list[Problem]:
-    """Settings switched on that only another objective reads (R-Drop on a causal LM, ...)."""
+def exclusive_setting_problems(cfg: Any, objective: Objective, reported: set[str] = frozenset()) -> list[Problem]:
+    """Settings switched on that only another objective reads (R-Drop on a causal LM, ...);
+    fields in `reported` have a problem already and are left out."""
     problems = []
     for other in _REGISTRY.values():
         if other is objective:
             continue
-        for field, (what, off) in other.exclusive_settings.items():
+        for field, (off, what, fix) in other.exclusive_settings.items():
             value = cfg.objective.get(field, off)
-            if value != off and field not in objective.exclusive_settings:
-                problems.append(Problem(f"objective.{field}", f"{what} is for objective={other.name}, not objective={objective.name}",
-                                        f"drop objective.{field}, or set objective={other.name}"))
+            if value != off and field not in objective.exclusive_settings and f"objective.{field}" not in reported:
+                problems.append(Problem(f"objective.{field}", what.format(objective=objective.name), fix.format(objective=objective.name)))
     return problems
 
 

@@ -15,7 +15,6 @@ from ptft_hf.config.fingerprint import config_fingerprint
 from ptft_hf.config.schema import StageConfig
 from ptft_hf.distributed import is_main_process, wait_for_everyone
 from ptft_hf.errors import Problem
-from ptft_hf.pipeline.report import write_pipeline_report
 from ptft_hf.pipeline.stages import compose_stages, plan_stages
 from ptft_hf.run_dir import FINISHED_MARKER, discard_aside, guard_run_dir, is_finished, mark_started, set_aside
 
@@ -28,6 +27,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     `shared`: overrides applied to every stage (the CLI passes the command line's, less the
     pipeline's own such as `experiment=` and `stages.*`)."""
     from ptft_hf.hub.publish import PublishError
+    from ptft_hf.pipeline.report import write_pipeline_report  # matplotlib: only when something runs
     from ptft_hf.recipe import run  # heavy imports only when something runs
 
     run_dir = Path(run_dir)

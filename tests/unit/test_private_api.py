@@ -167,3 +167,18 @@ def test_no_deprecated_checkpointing_call_is_left():
     sources = [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "benchmarks").rglob("*.py")]
     found = sorted(f"{p.name}: {c}" for p in sources for c in calls if c in p.read_text())
     assert found == []
+
+
+def test_the_clis_own_switch_does_not_turn_on_tracebacks(monkeypatch):
+    """While the CLI has set HYDRA_FULL_ERROR=1 itself (and in the processes it starts, which inherit
+    it), a user mistake is still one line; a user's own HYDRA_FULL_ERROR=1 still means verbose."""
+    from ptft_hf.cli import _compose_errors_reach_us, verbose_requested
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("PTFT_HF_VERBOSE", raising=False)
+    with _compose_errors_reach_us():
+        assert os.environ["HYDRA_FULL_ERROR"] == "1" and not verbose_requested([])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with _compose_errors_reach_us():
+        assert verbose_requested([])
+    assert verbose_requested([]) and os.environ["HYDRA_FULL_ERROR"] == "1"
