@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, TypeVar
 
 from ptft_hf.config.schema import ObjectiveConfig
 from ptft_hf.errors import Problem, UserError
+from ptft_hf.plugins import load_entry_points
 
 if TYPE_CHECKING:  # pragma: no cover
     from ptft_hf.objectives.base import Prepared
@@ -113,12 +114,7 @@ ENTRY_POINT_GROUP = "ptft_hf.objectives"  # installed packages add objectives un
 
 
 def _load_entry_points() -> None:
-    """Import the objectives that installed packages declare (`[project.entry-points."ptft_hf.objectives"]`)."""
-    from importlib.metadata import entry_points
-
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name not in _REGISTRY:
-            entry.load()
+    load_entry_points(ENTRY_POINT_GROUP, _REGISTRY)
 
 
 def find_objective(name: str) -> Objective | None:

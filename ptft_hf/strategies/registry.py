@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, TypeVar
 
 from ptft_hf.errors import Problem, UserError
+from ptft_hf.plugins import load_entry_points
 
 
 class StrategyTraits:
@@ -36,11 +37,21 @@ def register_strategy(cls: S) -> S:
     return cls
 
 
+ENTRY_POINT_GROUP = "ptft_hf.strategies"  # installed packages add strategies under this group
+
+
+def _load_entry_points() -> None:
+    load_entry_points(ENTRY_POINT_GROUP, _REGISTRY)
+
+
 def strategy_names() -> list[str]:
+    _load_entry_points()
     return list(_REGISTRY)
 
 
 def find_strategy(name: str) -> type | None:
+    if name not in _REGISTRY:
+        _load_entry_points()
     return _REGISTRY.get(name)
 
 
