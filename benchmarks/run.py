@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import loadavg, offline_env, thread_env, write_json
+from benchmarks.forkserver import ForkServer
 from benchmarks.report import SUMMARISERS, format_report, mfu_summary, targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +142,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path: Path, workdir: Path, env: dict[str, str],
-                timeout: int, cache_dir: Path | None = None) -> dict[str, Any]:
+                timeout: int, cache_dir: Path | None = None, server: ForkServer | None = None) -> dict[str, Any]:
     tag = f"{workload}_{arm}{'_' + phase if phase else ''}_{rep}"
     out = workdir / "out" / f"{tag}.json"
     log = workdir / "logs" / f"{tag}.log"
@@ -159,55 +160,30 @@ def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path:
     if cache_dir is not None:
         cmd += ["--cache-dir", str(cache_dir)]
     before, started = loadavg(), time.time()
-    with log.open("w", encoding="utf-8") as handle:
-        try:
-            code = subprocess.run(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            code = -9
+    forked = server is not None and cmd[1:3] == ["-m", "benchmarks.arms"]  # torchrun's arms start afresh
+    if forked:
+        log.write_text("")
+        code = server.run(cmd[3:], env, log, timeout)
+    else:
+        with log.open("w", encoding="utf-8") as handle:
+            try:
+                code = subprocess.run(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                code = -9
     result = json.loads(out.read_text()) if out.is_file() else {}
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
         result.setdefault("error", f"exit status {code}")
         result["log_tail"] = tail
-    return {"workload": workload, "arm": arm, "phase": phase, "rep": rep, "returncode": code, "log": str(log),
+    return {"workload": workload, "arm": arm, "phase": phase, "rep": rep, "returncode": code, "log": str(log), "forked": forked,
             "process_wall_s": round(time.time() - started, 2), "loadavg_before": before, "loadavg_after": loadavg(),
             "result": result}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
-                        help="comma-separated subset of w1,w2,w3,w4,w5,w6,w7,w8 (default: all but the GPU-sized w6,w7)")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --smoke)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps of W1 and W2")
-    parser.add_argument("--threads", type=int, default=None, help="threads per arm (default 2; 1 with --smoke)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 step, 1 repetition: checks the harness runs")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a size, e.g. w3.batch_size=1")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<stamp>.json)")
-    parser.add_argument("--workdir", default=None, help="scratch folder (default: a new temporary folder)")
-    parser.add_argument("--keep-workdir", action="store_true", help="keep the scratch folder (logs, checkpoints)")
-    parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed to one arm")
-    args = parser.parse_args(argv)
-    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
-    unknown = [w for w in args.workloads if w not in WORKLOADS]
-    if unknown:
-        parser.error(f"unknown workloads {unknown}; choose from {','.join(WORKLOADS)}")
-    reps = args.reps if args.reps is not None else (1 if args.smoke else 3)
-    threads = args.threads if args.threads is not None else (1 if args.smoke else 2)
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    out_path = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"{stamp}.json"
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ptft-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec = build_spec(args, workdir, threads)
-    spec_path = workdir / "spec.json"
-    write_json(spec_path, spec)
-    env = offline_env(workdir, threads)
-    started, load_start = time.time(), loadavg()
-    print(f"benchmarks: workloads {','.join(args.workloads)}, {reps} rep(s), {threads} thread(s), work folder {workdir}",
-          flush=True)
-
-    setup = run_process("setup", "setup", None, 0, spec_path, workdir, env, args.timeout)
+def _run_arms(args: argparse.Namespace, reps: int, spec: dict[str, Any], spec_path: Path, workdir: Path, env: dict[str, str],
+              stamp: str, out_path: Path, server: ForkServer | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The set-up arm, then every arm of every workload in its alternation: (setup, runs)."""
+    setup = run_process("setup", "setup", None, 0, spec_path, workdir, env, args.timeout, server=server)
     runs: list[dict[str, Any]] = []
     if setup["returncode"] != 0:
         print(f"set-up failed: {setup['result'].get('error')}\n{setup['result'].get('log_tail', '')}", file=sys.stderr)
@@ -228,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                         phase_is_cold = phase == "cold"
                     if phase_is_cold and arm_cache is not None and arm_cache.exists():
                         shutil.rmtree(arm_cache)
-                    record = run_process(workload, arm, phase, rep, spec_path, workdir, env, args.timeout, arm_cache)
+                    record = run_process(workload, arm, phase, rep, spec_path, workdir, env, args.timeout, arm_cache, server)
                     runs.append(record)
                     # every arm's result on disk as it comes: a run stopped from outside keeps what finished
                     write_json(out_path, {"meta": {"stamp": stamp, "partial": True, "spec": spec}, "runs": runs})
@@ -236,7 +212,52 @@ def main(argv: list[str] | None = None) -> int:
                     status = "ok" if record["returncode"] == 0 else f"FAILED ({record['result'].get('error')})"
                     print(f"  {label}: {status}, {record['process_wall_s']} s, load {record['loadavg_before'][0]}"
                           f" -> {record['loadavg_after'][0]}", flush=True)
+    return setup, runs
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
+                        help="comma-separated subset of w1,w2,w3,w4,w5,w6,w7,w8 (default: all but the GPU-sized w6,w7)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --smoke)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps of W1 and W2")
+    parser.add_argument("--threads", type=int, default=None, help="threads per arm (default 2; 1 with --smoke)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, 1 step, 1 repetition: checks the harness runs")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a size, e.g. w3.batch_size=1")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<stamp>.json)")
+    parser.add_argument("--workdir", default=None, help="scratch folder (default: a new temporary folder)")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the scratch folder (logs, checkpoints)")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed to one arm")
+    parser.add_argument("--fork", action=argparse.BooleanOptionalAction, default=None,
+                        help="fork every arm from one process that imported the libraries once (benchmarks/forkserver.py; "
+                             "default: on with --smoke, off otherwise: memory figures of forked arms are for smoke runs)")
+    args = parser.parse_args(argv)
+    args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {','.join(WORKLOADS)}")
+    reps = args.reps if args.reps is not None else (1 if args.smoke else 3)
+    threads = args.threads if args.threads is not None else (1 if args.smoke else 2)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out_path = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"{stamp}.json"
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ptft-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = build_spec(args, workdir, threads)
+    spec_path = workdir / "spec.json"
+    write_json(spec_path, spec)
+    env = offline_env(workdir, threads)
+    started, load_start = time.time(), loadavg()
+    print(f"benchmarks: workloads {','.join(args.workloads)}, {reps} rep(s), {threads} thread(s), work folder {workdir}",
+          flush=True)
+
+    fork = args.smoke if args.fork is None else args.fork
+    server = ForkServer(env, REPO, workdir / "logs" / "forkserver.log", args.timeout) if fork else None
+    try:
+        setup, runs = _run_arms(args, reps, spec, spec_path, workdir, env, stamp, out_path, server)
+    finally:
+        if server is not None:
+            server.close()
     summary = {w: SUMMARISERS[w](runs) for w in args.workloads if setup["returncode"] == 0}
     summary["mfu"] = mfu_summary(summary)
     target_rows = targets(summary) if setup["returncode"] == 0 else []
@@ -246,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"stamp": stamp, "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run", *(argv or sys.argv[1:])]),
             "machine": machine(), "smoke": args.smoke, "reps": reps, "threads": threads, "workloads": args.workloads,
             "spec": spec, "loadavg_start": load_start, "loadavg_end": loadavg(), "max_loadavg_1min": max(loads) if loads else None,
-            "total_wall_s": round(time.time() - started, 1), "setup": setup["result"]}
+            "total_wall_s": round(time.time() - started, 1), "setup": setup["result"],
+            "fork": fork, "preloaded": server.preloaded if server is not None else []}
     gpu = next((r["result"].get("env", {}).get("gpu") for r in runs if r["result"].get("env", {}).get("gpu")), None)
     if gpu:
         meta["machine"]["gpu"] = gpu

@@ -23,6 +23,20 @@ def torchrun(args: list[str], env: dict[str, str], cwd: Path, nproc: int = 2) ->
                            "-m", "ptft_hf", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def run_in_process(compose_cfg, args: list[str], run_dir: Path) -> dict:
+    """A one-process reference run in this process (compose + `recipe.run`, as the CLI composes and
+    runs it) on one thread, as each rank of the several-process runs it is compared with has: no
+    interpreter start-up and imports to pay again where the CLI layer is not what is tested."""
+    from ptft_hf.recipe import run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(compose_cfg(*args), run_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

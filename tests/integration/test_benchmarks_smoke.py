@@ -15,7 +15,8 @@ import pytest
 from benchmarks.report import targets
 from tests.conftest import run_benchmark_smoke, shared_data
 
-# about 15 processes, each importing torch; the fixture's own subprocess limit is 900 s
+# about 15 arms, forked from one process that imported torch & co. once (benchmarks/forkserver.py), and
+# W5's torchrun; the fixture's own subprocess limit is 900 s
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(960)]
 
 # W8 runs in tests/integration/test_benchmarks_w8_smoke.py: a module of its own, so that pytest-xdist
@@ -44,6 +45,9 @@ def test_every_workload_and_mfu_reach_the_table_and_json(smoke):
     assert len(meta["loadavg_start"]) == 3 and meta["max_loadavg_1min"] is not None
     for heading in ("W1 causal-LM", "W2 classification", "W3 memory", "W4 data preparation", "W5 several processes", "Targets"):
         assert heading in stdout
+    # --smoke forks every arm from the pre-imported server, but torchrun's (W5 `two`), which starts afresh
+    assert meta["fork"] is True and {"torch", "transformers", "ptft_hf.recipe"} <= set(meta["preloaded"])
+    assert [(r["workload"], r["arm"]) for r in payload["runs"] if not r["forked"]] == [("w5", "two")]
     # every arm logged the load average around itself
     assert all(len(run["loadavg_before"]) == 3 and len(run["result"]["loadavg_after"]) == 3 for run in payload["runs"])
 

@@ -20,8 +20,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ptft_hf.config.schema import SamplesConfig
-from tests.conftest import run_cli
-from tests.integration.distributed_helpers import KILL_JOB_AT_SAVE, RUN, assert_same_training, torchrun
+from tests.integration.distributed_helpers import KILL_JOB_AT_SAVE, RUN, assert_same_training, run_in_process, torchrun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,12 +61,11 @@ def test_fsdp_full_fine_tuning_resumes_from_sharded_checkpoints_and_saves_one_mo
     assert _reloaded_sample(run_dir) == metrics["sample"]
 
 
-def test_fsdp_lora_trains_the_adapter_one_process_trains(tiny_run, cache_env, tmp_path):
+def test_fsdp_lora_trains_the_adapter_one_process_trains(tiny_run, cache_env, compose_cfg, tmp_path):
     lora = [*(a for a in RUN if not a.startswith("model.")), "model=pretrained", f"model.name_or_path={tiny_run / 'model'}", "strategy=lora",
             "trainer.learning_rate=1e-2"]
     env = dict(cache_env, OMP_NUM_THREADS="1")
-    single = run_cli([*lora, "trainer.per_device_train_batch_size=8", f"hydra.run.dir={tmp_path / 'single'}"], env, tmp_path)
-    assert single.returncode == 0, single.stderr[-3000:]
+    run_in_process(compose_cfg, [*lora, "trainer.per_device_train_batch_size=8"], tmp_path / "single")  # the reference
     sharded = torchrun([*lora, *TWO_BY_FOUR, "distributed=fsdp", f"hydra.run.dir={tmp_path / 'fsdp'}"], env, tmp_path)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
 
@@ -80,7 +78,7 @@ def test_fsdp_lora_trains_the_adapter_one_process_trains(tiny_run, cache_env, tm
     assert _reloaded_sample(tmp_path / "fsdp") == metrics["sample"]
 
 
-def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trains(tiny_run, cache_env, tmp_path):
+def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trains(tiny_run, cache_env, compose_cfg, tmp_path):
     """distributed=fsdp_qlora: the NF4 weights packed into float32 storage (the compute dtype on
     CPU) so that FSDP can shard them; the adapter is the one a single process trains on the
     uint8-stored base."""
@@ -88,8 +86,7 @@ def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trai
              "model=pretrained", f"model.name_or_path={tiny_run / 'model'}", "strategy=qlora", "trainer.learning_rate=1e-2",
              "trainer.max_steps=4", "trainer.eval_steps=4", "trainer.save_steps=4"]
     env = dict(cache_env, OMP_NUM_THREADS="1")
-    single = run_cli([*qlora, "trainer.per_device_train_batch_size=8", f"hydra.run.dir={tmp_path / 'single'}"], env, tmp_path)
-    assert single.returncode == 0, single.stderr[-3000:]
+    run_in_process(compose_cfg, [*qlora, "trainer.per_device_train_batch_size=8"], tmp_path / "single")  # the reference
     sharded = torchrun([*qlora, *TWO_BY_FOUR, "distributed=fsdp_qlora", f"hydra.run.dir={tmp_path / 'fsdp'}"], env, tmp_path)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     config = yaml.safe_load((tmp_path / "fsdp" / "config.yaml").read_text())
@@ -104,7 +101,7 @@ def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trai
     assert got["eval_tokens"] == expected["eval_tokens"] and got["train_tokens"] == expected["train_tokens"]
 
 
-def test_accelerate_launch_runs_two_processes_whose_padding_counts_are_the_whole_runs(cache_env, tmp_path):
+def test_accelerate_launch_runs_two_processes_whose_padding_counts_are_the_whole_runs(cache_env, compose_cfg, tmp_path):
     """`accelerate launch --multi_gpu` starts torchrun's workers (DDP over gloo here, trainer.use_cpu)
     on a masked LM line by line (length-grouped, padded per batch): each process counts its own
     batches; metrics.json holds their sum, which is what one process with the global batch counts
@@ -115,8 +112,7 @@ def test_accelerate_launch_runs_two_processes_whose_padding_counts_are_the_whole
            "trainer.save_steps=6", "model.config.num_hidden_layers=1", "model.config.hidden_size=32",
            "model.config.num_attention_heads=2", "model.config.intermediate_size=64", "model.tokenizer.vocab_size=512"]
     env = dict(cache_env, OMP_NUM_THREADS="1")
-    single = run_cli([*mlm, "trainer.per_device_train_batch_size=8", f"hydra.run.dir={tmp_path / 'single'}"], env, tmp_path)
-    assert single.returncode == 0, single.stderr[-3000:]
+    run_in_process(compose_cfg, [*mlm, "trainer.per_device_train_batch_size=8"], tmp_path / "single")  # the reference
     run_dir = tmp_path / "two"
     two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

@@ -61,14 +61,18 @@ def test_a_killed_streamed_run_resumes_where_the_stream_stopped(cache_env, tmp_p
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_a_mixture_by_token_share_reports_the_shares_it_trained_on(cache_env, tmp_path):
+def test_a_mixture_by_token_share_reports_the_shares_it_trained_on(compose_cfg, tmp_path):
+    """In-process (compose + `recipe.run`, as the CLI composes and runs): the mixture's report is
+    under test here, not the CLI layer, which the streamed mixture above goes through."""
+    from ptft_hf.recipe import run
+
     licences = shared_data("licenses")
-    result = run_cli(["data=builtin_docs", "data.max_train_samples=400", "data.max_eval_samples=40", *TINY_OVERRIDES,
-                      "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.save_steps=2",
-                      f"data.extra_train=[{{path: '{licences}/*.txt', weight: 0.2, name: legal}}]",
-                      f"hydra.run.dir={tmp_path / 'run'}"], cache_env, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = run(compose_cfg("data=builtin_docs", "data.max_train_samples=400", "data.max_eval_samples=40", *TINY_OVERRIDES,
+                              "trainer.max_steps=2", "trainer.eval_steps=2", "trainer.save_steps=2",
+                              f"data.extra_train=[{{path: '{licences}/*.txt', weight: 0.2, name: legal}}]"),
+                  tmp_path / "run")
     mixture = json.loads((tmp_path / "run" / "metrics.json").read_text())["data_mixture"]
+    assert metrics["data_mixture"] == mixture
     assert set(mixture) == {"builtin_docs", "legal"}
     assert mixture["builtin_docs"]["kind"] == "main" and mixture["legal"]["kind"] == "extra"
     assert mixture["legal"]["weight"] == 0.2 and mixture["builtin_docs"]["weight"] == pytest.approx(0.8)

@@ -1,0 +1,170 @@
+"""Arms forked from one pre-imported parent (`benchmarks.run --fork`, the default with `--smoke`).
+
+    python -m benchmarks.forkserver     # started by benchmarks.run, spoken to over stdin/stdout
+
+Every arm of a smoke run pays mostly for its imports (torch, transformers, peft, bitsandbytes,
+datasets, the project: several seconds of CPU each) and then trains one step. This server imports
+all of that once, in the environment the arms get (`common.offline_env`: the libraries read their
+cache folders from it at import time), then forks one child per arm. A child is still a process
+of its own: nothing an arm builds, caches in memory or leaves running reaches the next arm, since
+each is forked from the same clean parent, which never trains, tokenises or starts a thread pool.
+The child runs exactly what `python -m benchmarks.arms ...` runs (`benchmarks.arms.main`), with
+stdout and stderr in the arm's log, in a session of its own (a timeout kills the arm with its
+workers), and exits as that process would (exit-time handlers, then its status).
+
+What forking changes: the arm's own process skips the imports, so its resident size right after
+start-up already holds the pre-imported libraries, some pages of them shared with the parent.
+Memory figures (W3's growth over the post-import baseline, W8's proportional set sizes) are
+therefore for smoke runs only; the measured runs (no `--smoke`) start every arm afresh unless
+`--fork` is asked for. Several-process arms (W5 `two`, under torchrun) are never forked.
+
+Protocol, one JSON object per line: the server says {"ready": [modules]} once; for each request
+{"argv": [...], "env": {...}, "log": path} it answers {"pid": n} when the child started and
+{"returncode": n} when it ended (negative: killed by that signal, as `subprocess` reports it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# what the arms import (each arm module imports its own heavy libraries lazily, inside the arm)
+PRELOAD = (
+    "numpy", "torch", "datasets", "transformers", "transformers.trainer", "peft", "accelerate", "bitsandbytes",
+    "omegaconf", "hydra", "ptft_hf.api", "ptft_hf.recipe", "ptft_hf.objectives", "ptft_hf.strategies",
+    "ptft_hf.data.sources", "ptft_hf.data.packing", "ptft_hf.models.loading", "ptft_hf.models.tokenizers",
+    "ptft_hf.training.precision", "ptft_hf.distributed",
+    "benchmarks.arms", "benchmarks.prepare", "benchmarks.mfu", "benchmarks.w1_clm", "benchmarks.w2_classification",
+    "benchmarks.w3_memory", "benchmarks.w4_data", "benchmarks.w5_distributed", "benchmarks.w7_sft", "benchmarks.w8_corpus",
+)
+
+
+def _send(channel, payload: dict) -> None:
+    channel.write(json.dumps(payload) + "\n")
+    channel.flush()
+
+
+def _child(request: dict) -> None:
+    """In the forked child: become `python -m benchmarks.arms <argv>` and never return."""
+    code = 1
+    try:
+        os.setsid()
+        os.environ.clear()
+        os.environ.update(request["env"])
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(devnull)
+        sys.argv = [sys.argv[0], *request["argv"]]
+        from benchmarks.arms import main
+
+        try:
+            code = main(request["argv"])
+        except SystemExit as exit_:  # argparse's errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        import atexit
+
+        atexit._run_exitfuncs()  # what the interpreter runs at exit in a fresh process
+    except BaseException:  # noqa: BLE001  (reported in the arm's log; the status says it failed)
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+
+
+def main() -> int:
+    requests, replies = sys.stdin, sys.stdout
+    sys.stdout = sys.stderr  # whatever the imports print stays off the protocol channel
+    loaded = []
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except ImportError:  # an optional library missing: the arm that needs it says so itself
+            pass
+    _send(replies, {"ready": loaded})
+    for line in requests:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        sys.stderr.flush()
+        replies.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(request)
+        _send(replies, {"pid": pid})
+        _, status = os.waitpid(pid, 0)
+        _send(replies, {"returncode": os.waitstatus_to_exitcode(status)})
+    return 0
+
+
+class ForkServer:
+    """The orchestrator's side: start the server in `env` (the arms' environment) from `cwd`, then
+    `run(argv, env, log, timeout)` -> the arm's exit status, as `subprocess.run(...).returncode`
+    would give it (-9 after a timeout, as `benchmarks.run` records one)."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path, timeout: float = 600):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log.open("w", encoding="utf-8")
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.forkserver"], cwd=cwd, env=env, text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
+        ready = self._receive(timeout)
+        if ready is None or "ready" not in ready:
+            self.close()
+            raise RuntimeError(f"the fork server did not start (log: {log})")
+        self.preloaded = ready["ready"]
+
+    def _receive(self, timeout: float | None) -> dict | None:
+        """The server's next line, or None when `timeout` seconds pass first (or it ended)."""
+        stdout = self.process.stdout
+        if timeout is not None and not select.select([stdout], [], [], max(timeout, 0))[0]:
+            return None
+        line = stdout.readline()
+        return json.loads(line) if line else None
+
+    def run(self, argv: list[str], env: dict[str, str], log: Path, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        self.process.stdin.write(json.dumps({"argv": argv, "env": env, "log": str(log)}) + "\n")
+        self.process.stdin.flush()
+        started = self._receive(timeout)
+        if started is None:
+            raise RuntimeError("the fork server stopped answering")
+        ended = self._receive(deadline - time.monotonic())
+        if ended is None:  # past the arm's time: the arm and whatever it started, then its status
+            try:
+                os.killpg(started["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._receive(None)
+            return -9
+        return ended["returncode"]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
