@@ -62,7 +62,7 @@ def run(cfg: DictConfig, run_dir: str | Path, references: Mapping[str, DataConfi
     started = time.time()
     setup = set_up(cfg, Path(run_dir), dict(references or {}))
     trainer = build_trainer(setup.conf, setup.run_dir, setup.tokenizer, setup.prepared, [setup.stop],
-                            resuming=setup.resume_from is not None)
+                            resuming=setup.resume_from is not None, resume_from=setup.resume_from)
     before, references_before = evaluate(trainer, setup.prepared)
     evaluation = Evaluation(before, references_before=references_before, reference_names=list(setup.prepared.references))
     result, train_wall = train(trainer, setup)

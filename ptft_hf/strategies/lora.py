@@ -14,7 +14,6 @@ import logging
 from typing import Any, Sequence
 
 import torch
-from peft import LoraConfig, TaskType, get_peft_model
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
@@ -68,6 +67,8 @@ class LoraStrategy(StrategyTraits):
         if not strategy.lora:
             return [Problem("strategy.lora", f"strategy={strategy.name} needs LoRA settings",
                             f"use strategy={strategy.name} (conf/strategy/{strategy.name}.yaml) or set strategy.lora.r=8")]
+        from peft import LoraConfig  # peft (and bitsandbytes with it) only where an adapter strategy is used
+
         valid = {f.name for f in dataclasses.fields(LoraConfig) if f.init} - {"task_type"}
         return [Problem(f"strategy.lora.{key}", "is not a peft.LoraConfig field", suggest(key, valid))
                 for key in strategy.lora if key not in valid]
@@ -86,7 +87,10 @@ class LoraStrategy(StrategyTraits):
             model.config.use_cache = False
         return model
 
-    def lora_config(self, model: PreTrainedModel, task_type: str | None, modules_to_save: Sequence[str] = ()) -> LoraConfig:
+    def lora_config(self, model: PreTrainedModel, task_type: str | None, modules_to_save: Sequence[str] = ()) -> Any:
+        """The `peft.LoraConfig` of this strategy for `model`."""
+        from peft import LoraConfig, TaskType
+
         fields = dict(self.cfg.lora or {})
         fields["target_modules"] = resolve_target_modules(model, fields.get("target_modules", AUTO_TARGETS))
         if modules_to_save:  # trained in full and saved with the adapter (e.g. a head the base lacks)
@@ -96,6 +100,8 @@ class LoraStrategy(StrategyTraits):
     def wrap(self, model: PreTrainedModel, task_type: str | None = "CAUSAL_LM",
              modules_to_save: Sequence[str] = ()) -> PreTrainedModel:
         model = self.prepare(model)
+        from peft import get_peft_model
+
         config = self.lora_config(model, task_type, modules_to_save)
         try:
             peft_model = get_peft_model(model, config)

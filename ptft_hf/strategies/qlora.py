@@ -12,7 +12,6 @@ import inspect
 from typing import Any, Sequence, TypeVar
 
 import torch
-from peft import prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
 from ptft_hf.config.trainer_fields import suggest
@@ -98,6 +97,8 @@ class QLoraStrategy(LoraStrategy):
         return {"quantization_config": self.quantization_config(full_precision_modules), "device_map": {"": device}}
 
     def prepare(self, model: PreTrainedModel) -> PreTrainedModel:
+        from peft import prepare_model_for_kbit_training
+
         keep_cpu_weights_trainable(model)
         copy_mapped_cpu_tensors(model)
         model = prepare_model_for_kbit_training(

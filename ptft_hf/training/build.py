@@ -13,29 +13,32 @@ from ptft_hf.config.schema import PtftConfig
 from ptft_hf.data.chat import prompt_text
 from ptft_hf.objectives import Prepared, get_objective
 from ptft_hf.training.arguments import build_training_arguments
-from ptft_hf.training.callbacks import JsonlLogCallback, SampleCallback, tensorboard_callback
-from ptft_hf.training.precision import resolve_trainer_precision
+from ptft_hf.training.callbacks import JsonlLogCallback, PrecisionRecord, SampleCallback, tensorboard_callback
+from ptft_hf.training.precision import resume_precision
 from ptft_hf.training.trainer import PtftTrainer
 
 log = logging.getLogger(__name__)
 
 
-def training_arguments(cfg: PtftConfig, run_dir: Path, objective_defaults: dict[str, Any]) -> TrainingArguments:
+def training_arguments(cfg: PtftConfig, run_dir: Path, objective_defaults: dict[str, Any],
+                       resume_from: Path | None = None) -> TrainingArguments:
     """The trainer group's fields; an objective's needs (e.g. length grouping) unless set there.
     `resume_from_checkpoint` is the run's business (see `run_dir.resume_checkpoint`), not the Trainer's.
-    `bf16: auto` is resolved here, and the log says what it became and why."""
-    fields, choice = resolve_trainer_precision(vars(cfg.trainer))
+    `bf16: auto` is resolved here (as `resume_from` trained, when resuming), and the log says what it
+    became and why."""
+    fields, choice = resume_precision(vars(cfg.trainer), resume_from)
     if choice is not None:
         log.info("trainer.bf16=auto -> %s (trainer.bf16=false or true to choose)", choice.reason)
     return build_training_arguments(fields, run_dir / "checkpoints", cfg.seed, objective_defaults)
 
 
 def build_trainer(conf: PtftConfig, run_dir: Path, tokenizer: Any, prepared: Prepared,
-                  extra_callbacks: Sequence[Any] = (), resuming: bool = False) -> PtftTrainer:
+                  extra_callbacks: Sequence[Any] = (), resuming: bool = False, resume_from: Path | None = None) -> PtftTrainer:
     """TrainingArguments, callbacks and the PtftTrainer of a run, as `run` builds them (the
     benchmarks time this same trainer; `extra_callbacks` are appended to the run's own)."""
-    args = training_arguments(conf, run_dir, prepared.training_overrides)
-    callbacks = run_callbacks(run_dir, tokenizer, conf, prepared, resuming=resuming) + list(extra_callbacks)
+    args = training_arguments(conf, run_dir, prepared.training_overrides, resume_from)
+    callbacks = run_callbacks(run_dir, tokenizer, conf, prepared, resuming=resuming) + [PrecisionRecord(args.bf16)]
+    callbacks += list(extra_callbacks)
     if "tensorboard" in args.report_to:  # events in <run>/tensorboard, not inside checkpoints/
         args.report_to = [r for r in args.report_to if r != "tensorboard"]
         callbacks.append(tensorboard_callback(run_dir / "tensorboard"))

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 from transformers import LogitsProcessorList, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from ptft_hf.config.schema import SamplesConfig
 from ptft_hf.distributed import weights_are_sharded
@@ -123,3 +124,14 @@ def tensorboard_callback(log_dir: Path) -> TrainerCallback:
     callback = TensorBoardCallback()
     callback.logging_dir = str(log_dir)
     return callback
+
+
+class PrecisionRecord(TrainerCallback, ExportableState):
+    """Saves the precision the run trains in (`trainer.bf16=auto` resolved) with every checkpoint's
+    `trainer_state.json`, so that a resumed run keeps it (`training.precision.resume_precision`)."""
+
+    def __init__(self, bf16: bool = False):
+        self.bf16 = bool(bf16)
+
+    def state(self) -> dict:
+        return {"args": {"bf16": self.bf16}, "attributes": {}}

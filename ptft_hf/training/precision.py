@@ -13,6 +13,7 @@ lists with them) run in bf16.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import statistics
 import time
@@ -130,3 +131,26 @@ def resolve_trainer_precision(trainer: Mapping[str, Any]) -> tuple[dict[str, Any
         choice = resolve_auto_bf16(bool(fields.get("use_cpu")))
     fields["bf16"] = choice.bf16
     return fields, choice
+
+
+def recorded_bf16(checkpoint: Path | None) -> bool | None:
+    """Whether the run that wrote `checkpoint` trained in bf16, as its `PrecisionRecord` saved it in
+    `trainer_state.json`; None for no checkpoint, or one written before the record existed."""
+    state_file = Path(checkpoint) / "trainer_state.json" if checkpoint else None
+    if state_file is None or not state_file.is_file():
+        return None
+    stored = (json.loads(state_file.read_text(encoding="utf-8")).get("stateful_callbacks") or {}).get("PrecisionRecord")
+    stored = stored[0] if isinstance(stored, list) and stored else stored
+    return (stored or {}).get("args", {}).get("bf16")
+
+
+def resume_precision(trainer: Mapping[str, Any], checkpoint: Path | None) -> tuple[dict[str, Any], PrecisionChoice | None]:
+    """`resolve_trainer_precision`, except that a run resumed from a checkpoint keeps the precision
+    the checkpoint was trained in: the probe, timed again on a busy machine, could decide otherwise
+    and the resumed weights would not be the uninterrupted run's."""
+    recorded = recorded_bf16(checkpoint) if str(dict(trainer).get("bf16")).lower() == "auto" else None
+    if recorded is None:
+        return resolve_trainer_precision(trainer)
+    fields = {**dict(trainer), "bf16": bool(recorded)}
+    return fields, PrecisionChoice(bool(recorded), f"{'bf16 autocast' if recorded else 'fp32'}: as {Path(checkpoint).name} "
+                                                   "was trained (a resumed run keeps its precision)")

@@ -86,3 +86,28 @@ def test_persistent_workers_only_where_there_are_workers():
     assert trainer_kwargs(gpu)["dataloader_persistent_workers"] is True
     assert trainer_kwargs({**gpu, "dataloader_num_workers": 0})["dataloader_persistent_workers"] is False
     assert "dataloader_persistent_workers" not in trainer_kwargs({"use_cpu": True})
+
+
+def test_a_resumed_run_keeps_the_precision_its_checkpoint_recorded(tmp_path, monkeypatch):
+    """The bf16 probe is timed again when a run resumes; on a busy machine it can decide otherwise.
+    The checkpoint's PrecisionRecord (in trainer_state.json) wins; without one, auto decides."""
+    import json
+
+    from transformers import TrainerState
+
+    from ptft_hf.training import precision
+    from ptft_hf.training.callbacks import PrecisionRecord
+
+    monkeypatch.setattr(precision, "resolve_auto_bf16", lambda use_cpu: precision.PrecisionChoice(False, "fp32: probe"))
+    checkpoint = tmp_path / "checkpoint-30"
+    checkpoint.mkdir()
+    TrainerState(stateful_callbacks=[PrecisionRecord(True)]).save_to_json(str(checkpoint / "trainer_state.json"))
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["PrecisionRecord"] == \
+        {"args": {"bf16": True}, "attributes": {}}
+    fields, choice = precision.resume_precision({"bf16": "auto", "max_steps": 5}, checkpoint)
+    assert (fields, choice.reason) == ({"bf16": True, "max_steps": 5},
+                                       "bf16 autocast: as checkpoint-30 was trained (a resumed run keeps its precision)")
+    assert precision.resume_precision({"bf16": "auto"}, None)[0] == {"bf16": False}  # a fresh run: the probe
+    assert precision.resume_precision({"bf16": False}, checkpoint)[0] == {"bf16": False}  # set by hand: kept
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"stateful_callbacks": {}}))  # an older checkpoint
+    assert precision.resume_precision({"bf16": "auto"}, checkpoint)[0] == {"bf16": False}
