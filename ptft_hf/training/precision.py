@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,28 +64,33 @@ def choose_cpu_precision(flags: Iterable[str], speedup: float | None, min_speedu
     return PrecisionChoice(True, f"bf16 autocast: this CPU has {', '.join(native)} and {measured}")
 
 
-def _median_seconds(a: Any, b: Any, iters: int) -> float:
+def _seconds(a: Any, b: Any) -> float:
     import torch
 
-    torch.matmul(a, b)  # warm-up: the kernel choice and first-touch of the output
-    samples = []
-    for _ in range(iters):
-        started = time.perf_counter()
-        torch.matmul(a, b)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    started = time.perf_counter()
+    torch.matmul(a, b)
+    return time.perf_counter() - started
 
 
 def measure_cpu_bf16_speedup(shape: tuple[int, int, int] = PROBE_SHAPE, iters: int = 7) -> float:
-    """fp32 seconds / bf16 seconds of one CPU matmul at `shape` (about 0.1 s on 2 cores)."""
+    """fp32 seconds / bf16 seconds of one CPU matmul at `shape` (about 0.1 s on 2 cores).
+
+    The two are timed in alternation and the fastest of each kept: a busy machine (another process
+    on the sibling hyperthread) slows both alike and only ever adds time, so the ratio of the minima
+    is what the hardware does, and the same from one run to the next (a resumed run and the run it
+    is compared with must choose alike)."""
     import torch
 
     m, k, n = shape
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
-    fp32 = _median_seconds(a, b, iters)
-    bf16 = _median_seconds(a.bfloat16(), b.bfloat16(), iters)
-    return fp32 / max(bf16, 1e-12)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    _seconds(a, b), _seconds(a16, b16)  # warm-up: the kernel choice and first-touch of the outputs
+    fp32, bf16 = [], []
+    for _ in range(iters):
+        fp32.append(_seconds(a, b))
+        bf16.append(_seconds(a16, b16))
+    return min(fp32) / max(min(bf16), 1e-12)
 
 
 @functools.lru_cache(maxsize=None)
