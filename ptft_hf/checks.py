@@ -13,7 +13,7 @@ from ptft_hf.data.checks import data_problems
 from ptft_hf.errors import Problem, UserError
 from ptft_hf.hub.checks import adapter_base_problems, hub_problems
 from ptft_hf.models.checks import model_problems
-from ptft_hf.objectives.registry import (exclusive_setting_problems, find_objective, option_problems,
+from ptft_hf.objectives.registry import (exclusive_setting_problems, find_objective, own_problems,
                                          unknown_objective_problem)
 from ptft_hf.strategies.registry import find_strategy, unknown_strategy_problem
 from ptft_hf.training.checks import trainer_problems
@@ -56,10 +56,7 @@ def _objective_problems(cfg: DictConfig, objective: object) -> list[Problem]:
     if objective is None:
         return problems
     problems += exclusive_setting_problems(cfg, objective, reported={p.field for p in problems})
-    options = option_problems(cfg, objective)
-    if any(not p.what.startswith("is not an option") for p in options):
-        return problems + options  # a value of the wrong type: the objective's own checks would read it
-    return problems + options + objective.problems(cfg)
+    return problems + own_problems(cfg, objective)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -10,6 +10,7 @@ modules do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, TypeVar
 
 from ptft_hf.config.schema import ObjectiveConfig
@@ -70,7 +71,7 @@ class Objective:
 
         if self.options is None:
             return None
-        known = {f.name for f in dataclasses.fields(self.options)}  # unknown names are `option_problems`' to report
+        known = {f.name for f in dataclasses.fields(self.options)}  # unknown names are `own_problems`' to report
         given = {k: v for k, v in dict(getattr(objective, "options", None) or {}).items() if k in known}
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(self.options), given))
 
@@ -79,8 +80,9 @@ class Objective:
         return self.settings_type()(**{name: getattr(objective, name) for name in (*COMMON_SETTINGS, *self.settings)})
 
     @classmethod
+    @functools.cache
     def settings_type(cls) -> type:
-        """A frozen dataclass of exactly the fields this objective reads, typed as in the schema."""
+        """A frozen dataclass of exactly the fields this objective reads, typed as in the schema (built once)."""
         fields = {f.name: f for f in dataclasses.fields(ObjectiveConfig)}
         return dataclasses.make_dataclass(f"{cls.__name__}Settings", [(n, fields[n].type) for n in (*COMMON_SETTINGS, *cls.settings)],
                                           frozen=True)
@@ -135,13 +137,15 @@ def unknown_objective_problem(name: str) -> Problem:
     return Problem("objective.name", f"'{name}' is not supported", f"use one of: {', '.join(objective_names())}")
 
 
-def option_problems(cfg: Any, objective: Objective) -> list[Problem]:
-    """`objective.options` must fit the objective's own `options` dataclass (names and types)."""
+def own_problems(cfg: Any, objective: Objective) -> list[Problem]:
+    """The objective's `objective.options` against its own `options` dataclass (names and types),
+    then its own `problems`; those read the options, so they wait while a value has the wrong type."""
     from omegaconf.errors import OmegaConfBaseException
 
     given = dict(cfg.objective.get("options") or {})
     if objective.options is None:
-        return [Problem("objective.options", f"objective={objective.name} takes no options", "drop objective.options")] if given else []
+        taken = [Problem("objective.options", f"objective={objective.name} takes no options", "drop objective.options")] if given else []
+        return taken + objective.problems(cfg)
     valid = [f.name for f in dataclasses.fields(objective.options)]
     problems = [Problem(f"objective.options.{key}", f"is not an option of objective={objective.name}", f"use one of: {', '.join(valid)}")
                 for key in given if key not in valid]
@@ -149,9 +153,9 @@ def option_problems(cfg: Any, objective: Objective) -> list[Problem]:
         objective.read_options(cfg.objective)
     except OmegaConfBaseException as err:  # a value of the wrong type
         key = getattr(err, "full_key", "") or ""
-        problems.append(Problem(f"objective.options.{key}".rstrip("."), str(getattr(err, "msg", err)).splitlines()[0],
-                                f"give a value of the type {objective.name}'s options declare"))
-    return problems
+        return problems + [Problem(f"objective.options.{key}".rstrip("."), str(getattr(err, "msg", err)).splitlines()[0],
+                                   f"give a value of the type {objective.name}'s options declare")]
+    return problems + objective.problems(cfg)
 
 
 def exclusive_setting_problems(cfg: Any, objective: Objective, reported: set[str] = frozenset()) -> list[Problem]:
