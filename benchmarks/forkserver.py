@@ -1,6 +1,7 @@
-"""Arms forked from one pre-imported parent (`benchmarks.run --fork`, the default with `--smoke`).
+"""Arms forked from one pre-imported parent (`benchmarks.run --fork`, the default with `--smoke`),
+and the test suite's CLI runs (`python -m ptft_hf`, tests/conftest.py `run_cli`).
 
-    python -m benchmarks.forkserver     # started by benchmarks.run, spoken to over stdin/stdout
+    python -m benchmarks.forkserver [MODULE ...]  # started by ForkServer, spoken to over stdin/stdout
 
 Every arm of a smoke run pays mostly for its imports (torch, transformers, peft, bitsandbytes,
 datasets, the project: several seconds of CPU each) and then trains one step. This server imports
@@ -18,9 +19,19 @@ Memory figures (W3's growth over the post-import baseline, W8's proportional set
 therefore for smoke runs only; the measured runs (no `--smoke`) start every arm afresh unless
 `--fork` is asked for. Several-process arms (W5 `two`, under torchrun) are never forked.
 
+A child that runs a module (`"module": "ptft_hf"`) becomes `python -m ptft_hf <argv>` as the
+interpreter would start it with the request's environment: in the request's folder, the module run
+as `__main__` (`runpy`), the `sitecustomize` of a folder the request's PYTHONPATH adds (the
+tests' signal and kill hooks) run first, and torch's thread count set from OMP_NUM_THREADS (the
+OpenMP runtime read the variable once, in the parent). What it cannot change: environment
+variables that a library reads only at import (the server starts with the callers' environment:
+the caches, offline switches), and the interpreter's own start-up (the console script and a cold
+start are tests/integration/test_packaging.py's).
+
 Protocol, one JSON object per line: the server says {"ready": [modules]} once; for each request
-{"argv": [...], "env": {...}, "log": path} it answers {"pid": n} when the child started and
-{"returncode": n} when it ended (negative: killed by that signal, as `subprocess` reports it).
+{"argv": [...], "env": {...}, "log": path} (optionally "module", "cwd", and "stdout"/"stderr"
+paths instead of the one log) it answers {"pid": n} when the child started and {"returncode": n}
+when it ended (negative: killed by that signal, as `subprocess` reports it).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import runpy
 import select
 import signal
 import subprocess
@@ -51,27 +63,68 @@ def _send(channel, payload: dict) -> None:
     channel.flush()
 
 
+_OWN_PYTHONPATH = os.environ.get("PYTHONPATH", "").split(os.pathsep)  # the server's, read before any child changes it
+
+
+def _added_path(env: dict[str, str]) -> list[str]:
+    """The folders the request's PYTHONPATH adds to this server's own."""
+    own = _OWN_PYTHONPATH
+    return [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in own]
+
+
+def _run_module(module: str, argv: list[str], env: dict[str, str]) -> int:
+    """`python -m module argv...` in this (forked) process; its exit status."""
+    added = _added_path(env)
+    sys.path[0:0] = added
+    for folder in added:  # what site.py does at start-up: the first sitecustomize on the path runs
+        hook = Path(folder) / "sitecustomize.py"
+        if hook.is_file():
+            runpy.run_path(str(hook), run_name="sitecustomize")
+            break
+    if env.get("OMP_NUM_THREADS", "").isdigit() and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))
+    sys.argv = [module, *argv]  # runpy puts the module's file in argv[0], as -m does
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as exit_:
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        sys.stderr.write(f"{exit_.code}\n")  # sys.exit("message"): printed, status 1
+        return 1
+    return 0
+
+
 def _child(request: dict) -> None:
-    """In the forked child: become `python -m benchmarks.arms <argv>` and never return."""
+    """In the forked child: become `python -m <module> <argv>` (benchmarks.arms unless the request
+    names another) and never return."""
     code = 1
     try:
         os.setsid()
         os.environ.clear()
         os.environ.update(request["env"])
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        out = os.open(request.get("stdout", request.get("log")), flags, 0o644)
+        err = os.open(request.get("stderr", request.get("log")), flags, 0o644)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        os.close(devnull)
-        sys.argv = [sys.argv[0], *request["argv"]]
-        from benchmarks.arms import main
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        for fd in (out, err, devnull):
+            os.close(fd)
+        sys.stdout = sys.__stdout__  # the server had pointed it at stderr, off the protocol channel
+        module = request.get("module", "benchmarks.arms")
+        if module == "benchmarks.arms":
+            sys.argv = [sys.argv[0], *request["argv"]]
+            from benchmarks.arms import main
 
-        try:
-            code = main(request["argv"])
-        except SystemExit as exit_:  # argparse's errors
-            code = exit_.code if isinstance(exit_.code, int) else 1
+            try:
+                code = main(request["argv"])
+            except SystemExit as exit_:  # argparse's errors
+                code = exit_.code if isinstance(exit_.code, int) else 1
+        else:
+            code = _run_module(module, request["argv"], request["env"])
         import atexit
 
         atexit._run_exitfuncs()  # what the interpreter runs at exit in a fresh process
@@ -92,7 +145,7 @@ def main() -> int:
     requests, replies = sys.stdin, sys.stdout
     sys.stdout = sys.stderr  # whatever the imports print stays off the protocol channel
     loaded = []
-    for name in PRELOAD:
+    for name in sys.argv[1:] or PRELOAD:
         try:
             importlib.import_module(name)
             loaded.append(name)
@@ -119,10 +172,10 @@ class ForkServer:
     `run(argv, env, log, timeout)` -> the arm's exit status, as `subprocess.run(...).returncode`
     would give it (-9 after a timeout, as `benchmarks.run` records one)."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, log: Path, timeout: float = 600):
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path, timeout: float = 600, preload: tuple[str, ...] = ()):
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = log.open("w", encoding="utf-8")
-        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.forkserver"], cwd=cwd, env=env, text=True,
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.forkserver", *preload], cwd=cwd, env=env, text=True,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
         ready = self._receive(timeout)
         if ready is None or "ready" not in ready:
@@ -138,9 +191,10 @@ class ForkServer:
         line = stdout.readline()
         return json.loads(line) if line else None
 
-    def run(self, argv: list[str], env: dict[str, str], log: Path, timeout: float) -> int:
+    def run(self, argv: list[str], env: dict[str, str], log: Path, timeout: float, **options: str) -> int:
+        """`options`: module, cwd, stdout and stderr (paths), as in the protocol."""
         deadline = time.monotonic() + timeout
-        self.process.stdin.write(json.dumps({"argv": argv, "env": env, "log": str(log)}) + "\n")
+        self.process.stdin.write(json.dumps({"argv": argv, "env": env, "log": str(log), **options}) + "\n")
         self.process.stdin.flush()
         started = self._receive(timeout)
         if started is None:

@@ -182,12 +182,50 @@ def cache_env() -> dict[str, str]:
     return dict(os.environ)
 
 
+# What the CLI's forked processes find imported (benchmarks/forkserver.py): the libraries a run uses.
+CLI_PRELOAD = ("numpy", "torch", "datasets", "transformers", "transformers.trainer", "peft", "accelerate", "bitsandbytes",
+               "omegaconf", "hydra", "ptft_hf.cli", "ptft_hf.recipe", "ptft_hf.api", "ptft_hf.pipeline")
+_cli_server = None
+
+
+def _forked_cli():
+    """This worker's fork server for `python -m ptft_hf`, started on first use in the session's
+    environment (see pytest_configure) and closed when the worker ends."""
+    global _cli_server
+    if _cli_server is None:
+        import atexit
+        import tempfile
+
+        from benchmarks.forkserver import ForkServer
+
+        log = Path(tempfile.mkdtemp(prefix="ptft-cli-server-", dir=os.environ.get("PTFT_HF_CACHE"))) / "server.log"
+        _cli_server = ForkServer(dict(os.environ), REPO_ROOT, log, preload=CLI_PRELOAD)
+        atexit.register(_cli_server.close)
+    return _cli_server
+
+
 def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """The real `python -m ptft_hf` in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "ptft_hf", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-    )
+    """`python -m ptft_hf <args>` in a process of its own, as subprocess.run would report it.
+
+    The process is forked from a server that imported the libraries once per worker
+    (benchmarks/forkserver.py: the start-up a CLI test would otherwise pay, ~8 s of CPU, paid once):
+    the same module run as __main__ with the given environment, folder and PYTHONPATH hooks.
+    PTFT_TEST_CLI=exec starts every one afresh with `sys.executable -m ptft_hf` instead."""
+    if os.environ.get("PTFT_TEST_CLI") == "exec":
+        return subprocess.run([sys.executable, "-m", "ptft_hf", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout)
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="ptft-cli-") as captured:
+        out, err = Path(captured) / "stdout", Path(captured) / "stderr"
+        started = time.monotonic()
+        code = _forked_cli().run(args, dict(env), err, timeout, module="ptft_hf", cwd=str(cwd), stdout=str(out),
+                                 stderr=str(err))
+        stdout, stderr = (p.read_text(errors="replace") if p.exists() else "" for p in (out, err))
+    if code == -9 and time.monotonic() - started >= timeout:
+        raise subprocess.TimeoutExpired(["ptft_hf", *args], timeout, stdout, stderr)
+    return subprocess.CompletedProcess(["ptft_hf", *args], code, stdout, stderr)
 
 
 def run_benchmark_smoke(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str], workloads: str,
