@@ -10,7 +10,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import TINY_OVERRIDES, read_json, shared_data
+from tests.conftest import TINY_OVERRIDES, read_json, run_cli, shared_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -128,3 +128,22 @@ def test_multirun_sweep_runs_each_job(sweep_run):
         rates.append(yaml.safe_load((job_dir / "config.yaml").read_text())["trainer"]["learning_rate"])
     assert rates == [1e-3, 3e-4]
     assert (sweep_run / "multirun.yaml").is_file() and (sweep_run / "summary.md").is_file()
+
+
+def test_a_submitit_local_sweep_runs_each_job_in_its_own_process_and_summarises(cache_env, tmp_path):
+    """`hydra/launcher=submitit_local`: what `submitit_slurm` does on a cluster, as local processes."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs hydra-submitit-launcher (the slurm extra)")
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "hydra/launcher=submitit_local", "trainer.learning_rate=1e-3,3e-4", "data=builtin_docs",
+                      "data.max_train_samples=200", "data.max_eval_samples=20", *TINY_OVERRIDES, "trainer.max_steps=3",
+                      "trainer.eval_steps=3", "trainer.save_steps=3", f"hydra.sweep.dir={sweep}"],
+                     dict(cache_env, OMP_NUM_THREADS="1"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [r["job"] for r in rows] == ["0", "1"]
+    assert [r["overrides"].split()[0] for r in rows] == ["trainer.learning_rate=0.001", "trainer.learning_rate=0.0003"]
+    rates = [yaml.safe_load((sweep / job / "config.yaml").read_text())["trainer"]["learning_rate"] for job in ("0", "1")]
+    assert rates == [1e-3, 3e-4] and all((sweep / job / "metrics.json").is_file() for job in ("0", "1"))
+    job_logs = sorted((sweep / ".submitit").glob("*/*_0_log.out"))
+    assert len(job_logs) == 2 and len({log.parent.name for log in job_logs}) == 2  # one submitit job (process) per sweep job
+    assert "| job | overrides | strategy |" in (sweep / "summary.md").read_text()

@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import PLANTED_TOKEN, QUICKSTART_RUN, TINY_OVERRIDES, run_cli
+from tests.conftest import PLANTED_TOKEN, QUICKSTART_RUN
 from tests.integration.distributed_helpers import KILL_JOB_AT_SAVE, RUN, assert_same_training, free_port, torchrun
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,61 +39,59 @@ if os.environ.get("RANK") == "1":
 """
 
 
-def test_two_processes_write_one_folder_and_train_like_one_process(single_process_run, cache_env, tmp_path):
-
-    (tmp_path / "skewed").mkdir()
-    (tmp_path / "skewed" / "sitecustomize.py").write_text(SKEWED_RANK_1)
-    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_OUTPUTS=str(tmp_path / "outputs"),
-               PYTHONPATH=f"{tmp_path / 'skewed'}{os.pathsep}{cache_env['PYTHONPATH']}")
-    result = torchrun([*RUN, "trainer.per_device_train_batch_size=4"], env, tmp_path)  # global batch 2 x 4 = 8
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_a_killed_two_process_job_in_its_default_folder_resumes_to_the_same_weights(single_process_run, cache_env,
+                                                                                    tmp_path):
+    """Global batch 2 x 4 = 8, rank 1's clock an hour ahead: the ranks write one folder, the default
+    `outputs/<date>/<time>`; the whole job killed right after checkpoint 5 (as a scheduler ends
+    it) resumes with the same command in that folder to the single process's training."""
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks" / "sitecustomize.py").write_text(SKEWED_RANK_1 + KILL_JOB_AT_SAVE)
+    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_OUTPUTS=str(tmp_path / "outputs"))
+    hooked = dict(env, PYTHONPATH=f"{tmp_path / 'hooks'}{os.pathsep}{env['PYTHONPATH']}")
+    killed = torchrun([*RUN, "trainer.per_device_train_batch_size=4"], dict(hooked, PTFT_TEST_KILL_AT_STEP="5"), tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
     [run_dir] = list((tmp_path / "outputs").glob("*/*"))  # one folder, the default outputs/<date>/<time>
+    assert (run_dir / "checkpoints" / "checkpoint-5" / "trainer_state.json").is_file()
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = torchrun([*RUN, "trainer.per_device_train_batch_size=4", f"hydra.run.dir={run_dir}"], hooked, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     names = sorted(p.name for p in run_dir.iterdir())
     assert names == [".hydra", "checkpoints", "cli.log", "cli.rank1.log", "config.yaml", "loss.png", "metrics.json",
                      "model", "report.md", "samples.jsonl", "train_log.jsonl"]
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_step"] == 5
     assert f"run folder {run_dir}" in (run_dir / "cli.log").read_text()
-    assert "run folder" not in result.stdout.replace(f"run folder {run_dir}", "", 1)  # logged once, by rank 0
-
+    assert "run folder" not in resumed.stdout.replace(f"run folder {run_dir}", "", 1)  # logged once, by rank 0
     assert_same_training(run_dir, single_process_run)
 
 
-def test_two_nodes_of_one_process_train_like_one_process(single_process_run, cache_env, tmp_path):
-    """Two torchrun agents as two nodes (`--nnodes 2 --nproc_per_node 1`, c10d rendezvous on
-    127.0.0.1), both started here: one run folder, the single process's training."""
+def test_a_sweep_over_two_nodes_runs_every_job_on_both_and_trains_like_one_process(single_process_run, cache_env,
+                                                                                  tmp_path):
+    """`torchrun --nnodes 2 --nproc_per_node 1 ... -m ptft_hf -m trainer.learning_rate=a,b`: two
+    torchrun agents as two nodes (c10d rendezvous on 127.0.0.1), both started here; Hydra's sweep
+    runs job after job on every rank, the ranks agree on the sweep folder (`${now}`) and each job's
+    subfolder, rank 0 writes the summary, and job 0 (the reference's own learning rate) trains
+    what one process with the global batch trains."""
+    rate = yaml.safe_load((single_process_run / "config.yaml").read_text())["trainer"]["learning_rate"]
     endpoint = f"127.0.0.1:{free_port()}"
-    env = dict(cache_env, OMP_NUM_THREADS="1")
-    run_dir = tmp_path / "run"
+    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_MULTIRUN=str(tmp_path / "multirun"))
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                "--node_rank", str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
-                               "--rdzv_id", "ptft-test", "-m", "ptft_hf", *RUN, "trainer.per_device_train_batch_size=4",
-                               f"hydra.run.dir={run_dir}"],
+                               "--rdzv_id", "ptft-test", "-m", "ptft_hf", "-m", f"trainer.learning_rate={rate},3e-4", *RUN,
+                               "trainer.per_device_train_batch_size=4"],
                               env=env, cwd=tmp_path, stdout=(tmp_path / f"node{rank}.out").open("w"), stderr=subprocess.STDOUT)
              for rank in (0, 1)]
     codes = [node.wait(timeout=600) for node in nodes]
     assert codes == [0, 0], "".join((tmp_path / f"node{r}.out").read_text()[-2000:] for r in (0, 1))
-    assert sorted(p.name for p in run_dir.glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
-    assert_same_training(run_dir, single_process_run)
-
-
-def test_a_killed_two_process_job_resumes_to_the_same_weights(single_process_run, cache_env, tmp_path):
-    run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ptft_hf",
-               *RUN, "trainer.per_device_train_batch_size=4", f"hydra.run.dir={run_dir}"]
-    (tmp_path / "kill").mkdir()
-    (tmp_path / "kill" / "sitecustomize.py").write_text(KILL_JOB_AT_SAVE)
-    env = dict(cache_env, OMP_NUM_THREADS="1")
-    killed = subprocess.run(command, env=dict(env, PTFT_TEST_KILL_AT_STEP="5",
-                                              PYTHONPATH=f"{tmp_path / 'kill'}{os.pathsep}{env['PYTHONPATH']}"),
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert (run_dir / "checkpoints" / "checkpoint-5" / "trainer_state.json").is_file()
-    assert not (run_dir / "metrics.json").exists()
-
-    resumed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_step"] == 5
-    assert_same_training(run_dir, single_process_run)
+    [sweep] = list((tmp_path / "multirun").glob("*/*"))  # one folder, the default multirun/<date>/<time>
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.json", "summary.md"]
+    for job, job_rate in (("0", rate), ("1", 3e-4)):
+        assert sorted(p.name for p in (sweep / job).glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
+        assert yaml.safe_load((sweep / job / "config.yaml").read_text())["trainer"]["learning_rate"] == job_rate
+        assert json.loads((sweep / job / "metrics.json").read_text())["train_steps"] == 10
+    assert [r["job"] for r in json.loads((sweep / "summary.json").read_text())] == ["0", "1"]
+    assert_same_training(sweep / "0", single_process_run)
 
 
 def test_the_quickstart_pipeline_under_two_processes_matches_the_single_process_one(quickstart_run, cache_env, tmp_path):
@@ -126,22 +124,6 @@ def test_the_quickstart_pipeline_under_two_processes_matches_the_single_process_
         assert got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-5), stage
 
 
-def test_a_sweep_under_torchrun_runs_every_job_on_both_processes(cache_env, tmp_path):
-    """`torchrun ... -m ptft_hf -m a=1,2`: Hydra's sweep runs job after job in every rank; the ranks
-    agree on the sweep folder (`${now}`) and each job's subfolder, and rank 0 writes the summary."""
-    result = torchrun(["-m", "trainer.learning_rate=1e-3,3e-4", *RUN, "trainer.max_steps=2", "trainer.eval_steps=2",
-                       "trainer.save_steps=2", "trainer.per_device_train_batch_size=4"],
-                      dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_MULTIRUN=str(tmp_path / "multirun")), tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    [sweep] = list((tmp_path / "multirun").glob("*/*"))  # one folder, the default multirun/<date>/<time>
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.json", "summary.md"]
-    for job, rate in (("0", 1e-3), ("1", 3e-4)):
-        assert sorted(p.name for p in (sweep / job).glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
-        assert yaml.safe_load((sweep / job / "config.yaml").read_text())["trainer"]["learning_rate"] == rate
-        assert json.loads((sweep / job / "metrics.json").read_text())["train_steps"] == 2
-    assert [r["job"] for r in json.loads((sweep / "summary.json").read_text())] == ["0", "1"]
-
-
 def test_a_config_mistake_under_torchrun_is_one_line_and_torchruns_root_cause(cache_env, tmp_path):
     result = torchrun(["trainer.learning_rate=-1", f"hydra.run.dir={tmp_path / 'run'}"],
                       dict(cache_env, OMP_NUM_THREADS="1"), tmp_path)
@@ -153,22 +135,3 @@ def test_a_config_mistake_under_torchrun_is_one_line_and_torchruns_root_cause(ca
     assert f"traceback : {line}" in root_cause  # torchrun's summary shows the worker's error file
     assert "To enable traceback see" not in result.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()
-
-
-def test_a_submitit_local_sweep_runs_each_job_in_its_own_process_and_summarises(cache_env, tmp_path):
-    """`hydra/launcher=submitit_local`: what `submitit_slurm` does on a cluster, as local processes."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs hydra-submitit-launcher (the slurm extra)")
-    sweep = tmp_path / "sweep"
-    result = run_cli(["-m", "hydra/launcher=submitit_local", "trainer.learning_rate=1e-3,3e-4", "data=builtin_docs",
-                      "data.max_train_samples=200", "data.max_eval_samples=20", *TINY_OVERRIDES, "trainer.max_steps=3",
-                      "trainer.eval_steps=3", "trainer.save_steps=3", f"hydra.sweep.dir={sweep}"],
-                     dict(cache_env, OMP_NUM_THREADS="1"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads((sweep / "summary.json").read_text())
-    assert [r["job"] for r in rows] == ["0", "1"]
-    assert [r["overrides"].split()[0] for r in rows] == ["trainer.learning_rate=0.001", "trainer.learning_rate=0.0003"]
-    rates = [yaml.safe_load((sweep / job / "config.yaml").read_text())["trainer"]["learning_rate"] for job in ("0", "1")]
-    assert rates == [1e-3, 3e-4] and all((sweep / job / "metrics.json").is_file() for job in ("0", "1"))
-    job_logs = sorted((sweep / ".submitit").glob("*/*_0_log.out"))
-    assert len(job_logs) == 2 and len({log.parent.name for log in job_logs}) == 2  # one submitit job (process) per sweep job
-    assert "| job | overrides | strategy |" in (sweep / "summary.md").read_text()
