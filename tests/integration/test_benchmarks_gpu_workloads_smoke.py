@@ -1,8 +1,11 @@
-"""The GPU-sized workloads W6 and W7 through the benchmark harness at smoke size on the CPU
-(`python -m benchmarks.run --smoke --workloads w6,w7`), so the script a lent GPU runs
-(benchmarks/device_w6_w7.sh) cannot rot. Nothing about speed is asserted: the structural facts
-that make each comparison fair (same model, same tokens, same adapters, same schedule) and the
-accounting of real tokens with and without padding."""
+"""The GPU-sized workloads W6 and W7 and the corpus-larger-than-memory workload W8 through the
+benchmark harness at smoke size on the CPU, in one harness run (`python -m benchmarks.run --smoke
+--workloads w6,w7,w8`: one set-up and one fork server for the three). W6/W7: the script a lent GPU
+runs (benchmarks/device_w6_w7.sh) cannot rot; the structural facts that make each comparison fair
+(same model, same tokens, same adapters, same schedule) and the accounting of real tokens with and
+without padding. W8 (a 1 and a 4 MB corpus, six streamed steps): the on-disk packing, its cache and
+the streamed arm reach the table and the JSON with exact accounting. Nothing about speed or memory
+is asserted."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 def smoke(tmp_path_factory, cache_env):
     shared_data("wikitext-2", "valid.txt")
     shared_data("banking77", "train.csv")
-    return run_benchmark_smoke(tmp_path_factory, cache_env, "w6,w7", timeout=540)
+    return run_benchmark_smoke(tmp_path_factory, cache_env, "w6,w7,w8", timeout=540)
 
 
 def _result(payload, workload, arm):
@@ -31,7 +34,7 @@ def _result(payload, workload, arm):
 def test_both_workloads_reach_the_table_and_each_verdict_follows_from_its_numbers(smoke):
     payload, stdout = smoke
     assert payload["errors"] == []
-    assert "W6 causal-LM pretraining at GPT-2 124M's shape" in stdout and "W7 chat SFT" in stdout
+    assert "W6 causal-LM pretraining at GPT-2 124M's shape" in stdout and "W7 chat SFT" in stdout and "w8" in payload["summary"]
     rows = payload["targets"]
     assert rows == targets(payload["summary"])
     names = {t["target"] for t in rows}
@@ -92,3 +95,29 @@ def test_w7_compares_the_same_adapters_on_the_same_conversations(smoke):
     with open(payload["meta"]["spec"]["files"]["banking_train"], encoding="utf-8", newline="") as f:
         conversations = len(list(csv.DictReader(f)))
     assert plain_labels - ours_labels == conversations
+
+
+def test_w8_reaches_the_table_and_the_targets(smoke):
+    payload, stdout = smoke
+    assert payload["errors"] == [] and "w8" in payload["summary"]
+    for heading in ("W8 corpus larger than memory", "streamed training over the large corpus", "Targets"):
+        assert heading in stdout
+    assert [t["target"] for t in payload["targets"] if t["target"].startswith("W8")] == [
+        "W8 peak resident MB, large corpus (tokenise + pack)", "W8 peak resident, large / small corpus",
+        "W8 tokenise+pack MB/s (num_proc=2, large)", "W8 cached rerun / cold time (large)"]
+
+
+def test_w8_packs_on_disk_reuses_the_cache_and_streams(smoke):
+    payload, _ = smoke
+    results = {r["arm"]: r["result"] for r in payload["runs"] if r["workload"] == "w8"}
+    spec = payload["meta"]["spec"]["w8"]
+    large, cached = results["large"], results["large_cached"]
+    assert large["raw_bytes"] >= spec["large_mb"] * 1e6 > results["small"]["raw_bytes"] >= spec["small_mb"] * 1e6
+    for arm in ("small", "large"):  # exact accounting: whole blocks, less than one block dropped
+        r = results[arm]
+        assert r["blocks"] == r["tokens"] // spec["block_size"] and r["tokens_dropped"] == r["tokens"] % spec["block_size"]
+        assert r["store_bytes"] > r["blocks"] * spec["block_size"] * 4 and r["num_proc"] == 2
+    assert (cached["tokens"], cached["blocks"]) == (large["tokens"], large["blocks"])  # the same store, reused
+    assert cached["cache_bytes"] == large["cache_bytes"]  # nothing written again
+    assert results["stream"]["steps"] == spec["stream_steps"] and results["stream"]["blocks_read"] >= spec["stream_steps"] * 8
+

@@ -18,6 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from ptft_hf.paths import conf_dir
 from tests.conftest import PLANTED_TOKEN, QUICKSTART_RUN
 from tests.integration.distributed_helpers import KILL_JOB_AT_SAVE, RUN, assert_same_training, free_port, torchrun
 
@@ -125,10 +126,13 @@ def test_the_quickstart_pipeline_under_two_processes_matches_the_single_process_
 
 
 def test_a_config_mistake_under_torchrun_is_one_line_and_torchruns_root_cause(cache_env, tmp_path):
-    result = torchrun(["trainer.learning_rate=-1", f"hydra.run.dir={tmp_path / 'run'}"],
-                      dict(cache_env, OMP_NUM_THREADS="1"), tmp_path)
+    """A mistake Hydra's composition finds (each rank, before any heavy import); a value the checks
+    refuse goes through the same report (`cli.report_user_error`), tested per rank in tests/unit/test_distributed_checks.py."""
+    result = torchrun(["model=tiny_gtp2", f"hydra.run.dir={tmp_path / 'run'}"], dict(cache_env, OMP_NUM_THREADS="1"),
+                      tmp_path)
     assert result.returncode != 0
-    line = "ptft-hf: error: trainer.learning_rate: -1 is negative, which the optimizer refuses; set a positive value such as 3e-4"
+    models = ", ".join(sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml")))
+    line = f"ptft-hf: error: model=tiny_gtp2: no such option in group 'model'; choose one of: {models}"
     assert [l for l in result.stderr.splitlines() if l.startswith("ptft-hf:")] == [  # rank 0 alone prints it
         line, "ptft-hf: (add verbose=true to see the traceback)"]
     root_cause = result.stderr.split("Root Cause (first observed failure):")[1]

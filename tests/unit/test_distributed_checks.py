@@ -100,3 +100,22 @@ def test_deepspeed_on_cpu_or_without_the_package_is_refused(compose_cfg, two_pro
 def test_two_engines_at_once_are_refused(compose_cfg, two_processes):
     [problem] = collect_problems(compose_cfg("distributed=fsdp", f"trainer.deepspeed={engine_file('deepspeed_zero2.json')}"))
     assert problem.field == "trainer.deepspeed"
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_refused_value_under_a_launcher_is_printed_by_rank_0_and_handed_to_the_launcher_by_every_rank(
+        rank, monkeypatch, capsys, tmp_path):
+    """What a rank does with the lines of a config it refused (the torchrun test composes a mistake
+    instead: this is the report the checks' refusals reach, per rank)."""
+    from ptft_hf.cli import report_user_error
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    line = "trainer.learning_rate: -1 is negative, which the optimizer refuses; set a positive value such as 3e-4"
+    report_user_error([line])
+    printed = capsys.readouterr().err
+    assert printed == (f"ptft-hf: error: {line}\nptft-hf: (add verbose=true to see the traceback)\n" if rank == 0 else "")
+    recorded = json.loads(error_file.read_text())["message"]
+    assert recorded["message"] == recorded["extraInfo"]["py_callstack"] == f"ptft-hf: error: {line}"
