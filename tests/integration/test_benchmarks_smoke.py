@@ -19,8 +19,8 @@ from tests.conftest import run_benchmark_smoke, shared_data
 # W5's torchrun; the fixture's own subprocess limit is 900 s
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(960)]
 
-# W8 runs in tests/integration/test_benchmarks_w8_smoke.py: a module of its own, so that pytest-xdist
-# can give it to the other worker
+# W6-W8 run in tests/integration/test_benchmarks_gpu_workloads_smoke.py: a module of its own, so that
+# pytest-xdist can give it to the other worker
 SMOKE_WORKLOADS = "w1,w2,w3,w4,w5"
 
 
