@@ -50,7 +50,7 @@ from pathlib import Path
 # what the arms import (each arm module imports its own heavy libraries lazily, inside the arm)
 PRELOAD = (
     "numpy", "torch", "datasets", "transformers", "transformers.trainer", "peft", "accelerate", "bitsandbytes",
-    "omegaconf", "hydra", "ptft_hf.api", "ptft_hf.recipe", "ptft_hf.objectives", "ptft_hf.strategies",
+    "omegaconf", "hydra", "matplotlib.figure", "ptft_hf.api", "ptft_hf.recipe", "ptft_hf.objectives", "ptft_hf.strategies",
     "ptft_hf.data.sources", "ptft_hf.data.packing", "ptft_hf.models.loading", "ptft_hf.models.tokenizers",
     "ptft_hf.training.precision", "ptft_hf.distributed",
     "benchmarks.arms", "benchmarks.prepare", "benchmarks.mfu", "benchmarks.w1_clm", "benchmarks.w2_classification",

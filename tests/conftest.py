@@ -184,7 +184,7 @@ def cache_env() -> dict[str, str]:
 
 # What the CLI's forked processes find imported (benchmarks/forkserver.py): the libraries a run uses.
 CLI_PRELOAD = ("numpy", "torch", "datasets", "transformers", "transformers.trainer", "peft", "accelerate", "bitsandbytes",
-               "omegaconf", "hydra", "ptft_hf.cli", "ptft_hf.recipe", "ptft_hf.api", "ptft_hf.pipeline")
+               "omegaconf", "hydra", "matplotlib.figure", "ptft_hf.cli", "ptft_hf.recipe", "ptft_hf.api", "ptft_hf.pipeline")
 _cli_server = None
 
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure  # not pyplot: saving a PNG must not change a notebook's backend
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
@@ -23,6 +22,10 @@ def plot_loss(log_path: str | Path, out_path: str | Path, title: str = "") -> Pa
     evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
     if not train and not evals:
         return None
+    # imported here: only the process that writes the report pays for matplotlib (~1 s); not pyplot,
+    # saving a PNG must not change a notebook's backend
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     if train:

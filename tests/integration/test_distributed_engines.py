@@ -38,29 +38,6 @@ def _reloaded_sample(run_dir) -> dict[str, str]:
     return generate_samples(model, tokenizer, SamplesConfig(**samples))[0]
 
 
-def test_fsdp_full_fine_tuning_resumes_from_sharded_checkpoints_and_saves_one_model(single_process_run, cache_env, tmp_path):
-    run_dir = tmp_path / "run"
-    args = [*RUN, *TWO_BY_FOUR, "distributed=fsdp", f"hydra.run.dir={run_dir}"]
-    (tmp_path / "kill").mkdir()
-    (tmp_path / "kill" / "sitecustomize.py").write_text(KILL_JOB_AT_SAVE)
-    env = dict(cache_env, OMP_NUM_THREADS="1")
-    killed = torchrun(args, dict(env, PTFT_TEST_KILL_AT_STEP="5",
-                                 PYTHONPATH=f"{tmp_path / 'kill'}{os.pathsep}{env['PYTHONPATH']}"), tmp_path)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    checkpoint = run_dir / "checkpoints" / "checkpoint-5"
-    # FSDP's own checkpoint: one shard of the weights and of the optimizer state per rank
-    for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
-        assert sorted(p.name for p in (checkpoint / folder).iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
-    assert not (checkpoint / "model.safetensors").exists() and not (run_dir / "metrics.json").exists()
-
-    resumed = torchrun(args, env, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["resumed_from_step"] == 5
-    assert_same_training(run_dir, single_process_run)  # model/ gathered whole from the shards
-    assert _reloaded_sample(run_dir) == metrics["sample"]
-
-
 def test_fsdp_lora_trains_the_adapter_one_process_trains(tiny_run, cache_env, compose_cfg, tmp_path):
     lora = [*(a for a in RUN if not a.startswith("model.")), "model=pretrained", f"model.name_or_path={tiny_run / 'model'}", "strategy=lora",
             "trainer.learning_rate=1e-2"]
@@ -125,3 +102,28 @@ def test_accelerate_launch_runs_two_processes_whose_padding_counts_are_the_whole
     assert got["padding"]["padded_tokens"] <= want["padding"]["padded_tokens"]  # each process pads only its half
     assert got["eval_tokens"] == want["eval_tokens"]  # each eval row once, masks fixed by seed
     assert got["eval_loss_before"] == pytest.approx(want["eval_loss_before"], rel=1e-5)
+
+
+# last in the file: the shared one-process reference it needs is likely built by then (test_distributed.py
+# asks for it too), so this worker does not wait on the other's build
+def test_fsdp_full_fine_tuning_resumes_from_sharded_checkpoints_and_saves_one_model(single_process_run, cache_env, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*RUN, *TWO_BY_FOUR, "distributed=fsdp", f"hydra.run.dir={run_dir}"]
+    (tmp_path / "kill").mkdir()
+    (tmp_path / "kill" / "sitecustomize.py").write_text(KILL_JOB_AT_SAVE)
+    env = dict(cache_env, OMP_NUM_THREADS="1")
+    killed = torchrun(args, dict(env, PTFT_TEST_KILL_AT_STEP="5",
+                                 PYTHONPATH=f"{tmp_path / 'kill'}{os.pathsep}{env['PYTHONPATH']}"), tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    checkpoint = run_dir / "checkpoints" / "checkpoint-5"
+    # FSDP's own checkpoint: one shard of the weights and of the optimizer state per rank
+    for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
+        assert sorted(p.name for p in (checkpoint / folder).iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert not (checkpoint / "model.safetensors").exists() and not (run_dir / "metrics.json").exists()
+
+    resumed = torchrun(args, env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 5
+    assert_same_training(run_dir, single_process_run)  # model/ gathered whole from the shards
+    assert _reloaded_sample(run_dir) == metrics["sample"]
