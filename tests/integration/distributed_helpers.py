@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import DISTRIBUTED_RUN
@@ -54,6 +55,18 @@ def assert_same_training(run_dir: Path, reference: Path, weights: str = "model.s
         assert got[key] == expected[key], key
     for key in ("eval_loss", "eval_loss_before", "eval_accuracy", "train_loss"):
         assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+
+
+def reloaded_sample(run_dir) -> dict[str, str]:
+    """The first sample prompt continued by model/ loaded whole in this one process, as the run
+    continued it with the sharded model at its end (metrics.json's `sample`)."""
+    from ptft_hf.api import open_run
+    from ptft_hf.config.schema import SamplesConfig
+    from ptft_hf.training.callbacks import generate_samples
+
+    model, tokenizer = open_run(run_dir).load()
+    samples = yaml.safe_load((run_dir / "config.yaml").read_text())["samples"]
+    return generate_samples(model, tokenizer, SamplesConfig(**samples))[0]
 
 
 # The whole job (torchrun's agent and both workers) killed with SIGKILL right after every rank has

@@ -1,6 +1,7 @@
 """The `distributed` presets on this CPU machine (2 processes over gloo, one thread each): FSDP2
-for full fine-tuning and LoRA, killed and resumed from its sharded checkpoints, and `accelerate
-launch` running the same Hydra command.
+for full fine-tuning, killed and resumed from its sharded checkpoints, FSDP over a 4-bit base, and
+`accelerate launch` running the same Hydra command (FSDP with LoRA: the quickstart pipeline under
+FSDP, test_distributed.py).
 
 accelerate turns FSDP on only for GPU-like processes (`AcceleratorState` leaves MULTI_CPU out); the
 project presents CPU processes as GPU-like while the state is built (`ptft_hf.training.fsdp_cpu`),
@@ -19,40 +20,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ptft_hf.config.schema import SamplesConfig
-from tests.integration.distributed_helpers import KILL_JOB_AT_SAVE, RUN, assert_same_training, run_in_process, torchrun
+from tests.integration.distributed_helpers import (KILL_JOB_AT_SAVE, RUN, assert_same_training, reloaded_sample,
+                                                   run_in_process, torchrun)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TWO_BY_FOUR = ["trainer.per_device_train_batch_size=4"]  # 2 processes x 4 rows: the reference's 8
-
-
-def _reloaded_sample(run_dir) -> dict[str, str]:
-    """The first sample prompt continued by model/ loaded whole in this one process, as the run
-    continued it with the sharded model at its end (metrics.json's `sample`)."""
-    from ptft_hf.api import open_run
-    from ptft_hf.training.callbacks import generate_samples
-
-    model, tokenizer = open_run(run_dir).load()
-    samples = yaml.safe_load((run_dir / "config.yaml").read_text())["samples"]
-    return generate_samples(model, tokenizer, SamplesConfig(**samples))[0]
-
-
-def test_fsdp_lora_trains_the_adapter_one_process_trains(tiny_run, cache_env, compose_cfg, tmp_path):
-    lora = [*(a for a in RUN if not a.startswith("model.")), "model=pretrained", f"model.name_or_path={tiny_run / 'model'}", "strategy=lora",
-            "trainer.learning_rate=1e-2"]
-    env = dict(cache_env, OMP_NUM_THREADS="1")
-    run_in_process(compose_cfg, [*lora, "trainer.per_device_train_batch_size=8"], tmp_path / "single")  # the reference
-    sharded = torchrun([*lora, *TWO_BY_FOUR, "distributed=fsdp", f"hydra.run.dir={tmp_path / 'fsdp'}"], env, tmp_path)
-    assert sharded.returncode == 0, sharded.stderr[-3000:]
-
-    assert (tmp_path / "fsdp" / "checkpoints" / "checkpoint-10" / "pytorch_model_fsdp_0").is_dir()
-    adapter = load_file(tmp_path / "fsdp" / "model" / "adapter_model.safetensors")
-    assert adapter and all("lora_" in name for name in adapter)  # the adapter alone, not the 4 MB base
-    assert_same_training(tmp_path / "fsdp", tmp_path / "single", weights="adapter_model.safetensors")
-    metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
-    assert metrics["trainable_parameters"] == json.loads((tmp_path / "single" / "metrics.json").read_text())["trainable_parameters"]
-    assert _reloaded_sample(tmp_path / "fsdp") == metrics["sample"]
 
 
 def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trains(tiny_run, cache_env, compose_cfg, tmp_path):
@@ -126,4 +99,4 @@ def test_fsdp_full_fine_tuning_resumes_from_sharded_checkpoints_and_saves_one_mo
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 5
     assert_same_training(run_dir, single_process_run)  # model/ gathered whole from the shards
-    assert _reloaded_sample(run_dir) == metrics["sample"]
+    assert reloaded_sample(run_dir) == metrics["sample"]
