@@ -100,6 +100,23 @@ def mixture_problems(cfg: DictConfig, objective: Any) -> list[Problem]:
     if sum(float(w) for w in weights) >= 1.0:
         problems.append(Problem("data.extra_train", f"the weights add up to {sum(float(w) for w in weights):g}, leaving "
                                 "nothing for the main data", "keep their sum below 1 (the main data takes the rest)"))
+    return problems + _mixture_name_problems(cfg.data)
+
+
+def _mixture_name_problems(data: DictConfig) -> list[Problem]:
+    """A mixture names each corpus once (its shares and metrics.json's `data_mixture` are keyed by
+    name): two weighted corpora of one name, or one named as the main data, would merge silently."""
+    from ptft_hf.data.mixture import mixture_name
+
+    owners, problems = {str(data.get("name") or "data"): "data.name"}, []
+    for i, extra in enumerate(data.get("extra_train") or []):
+        if not hasattr(extra, "get") or extra.get("weight") is None or not extra.get("path"):
+            continue
+        name = mixture_name(extra, i)
+        if name in owners:
+            problems.append(Problem(f"data.extra_train[{i}].name", f"'{name}' is also the name of {owners[name]}; a mixture "
+                                    "keys its shares by name", f"give this corpus a name of its own, e.g. name: {name}_{i}"))
+        owners.setdefault(name, f"data.extra_train[{i}]")
     return problems
 
 

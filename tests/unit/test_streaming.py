@@ -179,3 +179,22 @@ def test_an_unweighted_extra_corpus_cannot_join_a_stream(compose_cfg, tmp_path):
     problems = collect_problems(compose_cfg("data.streaming=true", f"data.extra_train=[{{path: '{extra}'}}]"))
     assert [p.field for p in problems] == ["data.extra_train[0].weight"]
     assert collect_problems(compose_cfg("data.streaming=true", f"data.extra_train=[{{path: '{extra}', weight: 0.1}}]")) == []
+
+
+def test_weighted_corpora_of_one_name_are_refused_before_they_merge(compose_cfg, tmp_path):
+    """Two files called legal.txt in different folders mix under one name unless one is renamed;
+    a corpus named like the main data likewise."""
+    from ptft_hf.checks import collect_problems
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "legal.txt").write_text("licence text\n")
+    a, b = tmp_path / "a" / "legal.txt", tmp_path / "b" / "legal.txt"
+    problems = collect_problems(compose_cfg(f"data.extra_train=[{{path: '{a}', weight: 0.1}}, {{path: '{b}', weight: 0.1}}]"))
+    assert [str(p) for p in problems] == [
+        "data.extra_train[1].name: 'legal' is also the name of data.extra_train[0]; a mixture keys its shares by name; "
+        "give this corpus a name of its own, e.g. name: legal_1"]
+    named_like_main = collect_problems(compose_cfg("data.name=legal", f"data.extra_train=[{{path: '{a}', weight: 0.1}}]"))
+    assert [p.field for p in named_like_main] == ["data.extra_train[0].name"] and "data.name" in named_like_main[0].what
+    renamed = f"data.extra_train=[{{path: '{a}', weight: 0.1}}, {{path: '{b}', weight: 0.1, name: legal_b}}]"
+    assert collect_problems(compose_cfg(renamed)) == []
