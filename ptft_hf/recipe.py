@@ -5,6 +5,11 @@ load text, tokenizer, model and strategy, then start writing the folder), evalua
 evaluate after, save (model through a staging folder), report (metrics, plot, report.md, card),
 publish (with hub.push or hub.dry_run).
 
+Three splits: training evaluates on the validation split only (the Trainer's `eval_dataset`: the
+best checkpoint, early stopping and any choice read it); the test split (data.eval_*) is scored by
+`evaluate` before training (a measurement of the starting point, no choice depends on it) and once
+after. metrics.json keeps `eval_*` for the test split and adds `validation_*` and the split sizes.
+
 Nothing is written into the run folder before `set_up` has loaded the data and the model, so a
 mistake found there leaves an earlier run in the folder as it was (see `ptft_hf.run_dir`).
 """
@@ -38,7 +43,7 @@ from ptft_hf.run_dir import (FINISHED_MARKER, checkpoint_step, discard_aside, gu
                              resume_checkpoint, start_writing)
 from ptft_hf.strategies import get_strategy
 from ptft_hf.training.build import build_trainer, prompt_formatter
-from ptft_hf.training.callbacks import generate_samples
+from ptft_hf.training.callbacks import SampleCallback, generate_samples
 from ptft_hf.training.cost import reset_peak_memory
 from ptft_hf.training.report import baseline_verdict, beats_baseline, plot_loss, write_report
 from ptft_hf.training.run_metrics import Evaluation, Throughput, run_metrics, train_tokens
@@ -67,6 +72,7 @@ def run(cfg: DictConfig, run_dir: str | Path, references: Mapping[str, DataConfi
     evaluation = Evaluation(before, references_before=references_before, reference_names=list(setup.prepared.references))
     result, train_wall = train(trainer, setup)
     evaluation.after, evaluation.references_after = evaluate(trainer, setup.prepared)
+    evaluation.validation = evaluate_validation(trainer, setup.prepared)
     evaluation.after.update(evaluate_objective(trainer, setup))
     metrics = measure(setup, trainer, result, train_wall, evaluation, dict(lineage or {}))
     save_model(trainer, setup.tokenizer, setup.run_dir / "model")
@@ -109,6 +115,7 @@ def set_up(cfg: DictConfig, run_dir: Path, references: dict[str, DataConfig]) ->
         tokenizer = run_tokenizer(conf, splits, resume_from)
         strategy = get_strategy(conf.strategy)
         prepared = objective.prepare(conf, splits, tokenizer, strategy, references)
+    prepared.metrics["data_splits"] = splits.sizes()  # documents in train / validation / test
     params = count_parameters(prepared.model)
     log.info("model %s, objective %s, strategy %s: %d parameters, %d trainable (%.4f%%)", conf.model.name, conf.objective.name,
              conf.strategy.name, params["parameters"], params["trainable_parameters"], params["trainable_percent"])
@@ -125,10 +132,12 @@ def load_splits(conf: PtftConfig, objective: Objective, references: Mapping[str,
     base data added to it (`data.replay`)."""
     if conf.data.streaming:
         splits = load_text_stream(conf.data, conf.seed)
-        log.info("data %s: streamed train documents / %d eval documents", conf.data.name, len(splits["eval"]))
+        log.info("data %s: streamed train documents / %d validation / %d test documents", conf.data.name,
+                 len(splits["validation"]), len(splits["eval"]))
         return splits
     splits = load_text_splits(conf.data, conf.seed, chat=objective.reads_chat)
-    log.info("data %s: %d train / %d eval documents", conf.data.name, len(splits["train"]), len(splits["eval"]))
+    log.info("data %s: %d train / %d validation / %d test documents", conf.data.name, len(splits["train"]),
+             len(splits["validation"]), len(splits["eval"]))
     return add_replay(conf, splits, references) if conf.data.replay else splits
 
 
@@ -148,8 +157,23 @@ def _resolved_config(resolved: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(trainer: PtftTrainer, prepared: Prepared) -> tuple[dict[str, float], dict[str, float]]:
-    """The Trainer's evaluation on the run's eval set, and on the reference sets (e.g. general text)."""
-    return trainer.evaluate(), trainer.evaluate(prepared.references) if prepared.references else {}
+    """The run's test split (data.eval_*; `eval_*` figures), and the reference sets (e.g. general text)."""
+    return trainer.evaluate(prepared.eval_dataset), trainer.evaluate(prepared.references) if prepared.references else {}
+
+
+def evaluate_validation(trainer: PtftTrainer, prepared: Prepared) -> dict[str, float]:
+    """The validation split after training (`validation_*` figures: the model training ended with,
+    or chose, on the data it chose on). No samples are generated for it: the test evaluation did."""
+    if prepared.validation_dataset is None:
+        return {}
+    muted = [c for c in trainer.callback_handler.callbacks if isinstance(c, SampleCallback)]
+    for callback in muted:
+        trainer.remove_callback(callback)
+    try:
+        return trainer.evaluate(metric_key_prefix="validation")
+    finally:
+        for callback in muted:
+            trainer.add_callback(callback)
 
 
 def train(trainer: PtftTrainer, run: RunSetup) -> tuple[Any, float]:

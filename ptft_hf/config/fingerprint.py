@@ -16,7 +16,9 @@ _NOT_FINGERPRINTED_TRAINER = {"resume_from_checkpoint", "disable_tqdm"}
 # options added after runs were finished, left out at their "off" value: the run computes what it did
 # before they existed, so a finished stage keeps its fingerprint
 _OFF_OPTIONS = {("objective", "rdrop_alpha"): 0.0, ("model", "tokenizer", "add_bos_token"): None,
-                ("model", "tokenizer", "add_eos_token"): None, ("objective", "options"): {}}
+                ("model", "tokenizer", "add_eos_token"): None, ("objective", "options"): {},
+                ("data", "validation_path"): None, ("data", "validation_split"): None,
+                ("data", "validation_fraction"): 0.05}
 
 
 def config_fingerprint(cfg: DictConfig) -> str:

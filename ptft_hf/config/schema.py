@@ -52,24 +52,30 @@ class ModelConfig:
 class DataConfig:
     name: str = "data"
     path: Optional[str] = None  # local file, glob or folder (wins over hub_id)
-    eval_path: Optional[str] = None  # local eval file; else eval_split or a carved fraction
+    eval_path: Optional[str] = None  # local test file, scored once after training; else eval_split or a carved fraction
+    # the validation split: what the Trainer evaluates during training (load_best_model_at_end, early
+    # stopping and a pipeline's choices read only it). A local file, else the Hub data set's split,
+    # else validation_fraction of the training rows left after the test carve (seeded; stratified by label)
+    validation_path: Optional[str] = None
+    validation_split: Optional[str] = None
     format: Optional[str] = None  # text, json, csv or parquet; inferred from the extension
     hub_id: Optional[str] = None  # datasets.load_dataset id
     hub_config: Optional[str] = None
     builtin: Optional[str] = None  # name of a builtin offline corpus
     train_split: str = "train"
-    eval_split: Optional[str] = None
+    eval_split: Optional[str] = None  # the Hub data set's test split
     text_column: str = "text"
     label_column: Optional[str] = None  # classification: the column holding the label
     prompt_column: str = "prompt"  # sft: prompt/response pairs ...
     response_column: str = "response"
     messages_column: str = "messages"  # ... or a list of {role, content} (used when present)
     sample_by: str = "line"  # text files: line, paragraph or document
-    eval_fraction: float = 0.05  # carved off the training data when no eval data is given
+    eval_fraction: float = 0.05  # test split carved off the training data when no eval data is given
+    validation_fraction: float = 0.05  # validation carved off the (remaining) training data when none is given
     max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None  # caps the test split and the validation split alike
     streaming: bool = False  # clm: read the training data as a stream, packed on the fly (needs trainer.max_steps)
-    stream_eval_documents: int = 200  # streaming without eval data: the stream's first N documents evaluate
+    stream_eval_documents: int = 200  # streaming without test/validation data: the stream's first N documents test, the next N validate
     # more training text mixed in: a list of {path, format, text_column} (e.g. a domain corpus)
     extra_train: List[Dict[str, Any]] = field(default_factory=list)
     # clm pipeline stages: this share of the training tokens comes from the base stage's own

@@ -1,9 +1,11 @@
-"""Builtin offline corpora: real text that every machine already has, so no download is needed.
+"""Builtin offline corpora: real text that needs no download.
 
 `docs`: English prose from the docstrings of the running interpreter's standard library. The
 source files are parsed with `ast` (nothing is imported, so no module runs), walked in sorted
 order, and the result is cached as JSON lines keyed by the Python version and the stdlib path.
-`licenses`: the legal texts shipped with the installed Python distributions (a domain corpus).
+`licenses`: 47 open-source licence texts shipped inside the package (ptft_hf/data/corpora/licenses,
+MIT), one paragraph per document: a legal domain corpus that is the same on every machine (it once
+read the installed packages' licence files, so a run's figures changed with the environment).
 """
 
 from __future__ import annotations
@@ -77,33 +79,32 @@ def _builtin_docs_file() -> Path:
     return _cached_corpus("builtin_docs", lambda: iter_stdlib_docstrings(stdlib), f"{sys.version}|{stdlib}|v2")
 
 
-_LICENSE_NAME = re.compile(r"^(LICEN[CS]E|COPYING|NOTICE|COPYRIGHT)", re.IGNORECASE)
+# the licence texts shipped inside the package (choosealicense.com's, MIT: SOURCE-LICENSE.md beside them)
+LICENSES_DIR = Path(__file__).resolve().parent / "corpora" / "licenses"
+_MIN_PARAGRAPH_CHARS = 40
 
 
-def iter_distribution_licenses() -> Iterator[str]:
-    """Licence texts of the installed Python distributions, each text once, in name order.
+def licence_body(text: str) -> str:
+    """A shipped licence file's text: what follows its YAML front matter (the second `---` line)."""
+    lines = text.splitlines()
+    if lines and lines[0].strip() == "---":
+        closing = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), None)
+        if closing is not None:
+            return "\n".join(lines[closing + 1:])
+    return text
 
-    Found through `importlib.metadata` (the `License-File` entries and files named LICENSE,
-    COPYING, NOTICE...). Paragraphs are reflowed like docstrings and each distinct paragraph is
-    kept once (the many copies of MIT, BSD and Apache), so eval text never repeats training text.
-    """
-    import importlib.metadata as md
 
+def iter_shipped_licenses(folder: Path = LICENSES_DIR) -> Iterator[str]:
+    """The paragraphs of the licence texts shipped with ptft_hf, files in name order, each
+    paragraph reflowed onto one line and kept once (licences share boilerplate: the warranty
+    disclaimers), so that a carved eval paragraph never repeats a training one."""
     seen: set[str] = set()
-    dists = sorted(md.distributions(), key=lambda d: ((d.metadata["Name"] or "").lower(), d.version or ""))
-    for dist in dists:
-        for file in sorted(dist.files or [], key=str):
-            if not _LICENSE_NAME.match(file.name) or file.suffix in (".py", ".pyc"):
-                continue
-            try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                continue
-            for paragraph in re.split(r"\n\s*\n", text):
-                flowed = " ".join(paragraph.split())
-                if len(flowed) >= 40 and flowed not in seen:
-                    seen.add(flowed)
-                    yield flowed
+    for path in sorted(folder.glob("*.txt")):
+        for paragraph in re.split(r"\n\s*\n", licence_body(path.read_text(encoding="utf-8"))):
+            flowed = " ".join(paragraph.split())
+            if len(flowed) >= _MIN_PARAGRAPH_CHARS and flowed not in seen:
+                seen.add(flowed)
+                yield flowed
 
 
 def _cached_corpus(name: str, texts: Callable[[], Iterator[str]], key_parts: str) -> Path:
@@ -122,10 +123,10 @@ def _cached_corpus(name: str, texts: Callable[[], Iterator[str]], key_parts: str
 
 
 def _builtin_licenses_file() -> Path:
-    import importlib.metadata as md
-
-    installed = sorted(f"{d.metadata['Name']}=={d.version}" for d in md.distributions())
-    return _cached_corpus("builtin_licenses", iter_distribution_licenses, f"{sys.prefix}|{'|'.join(installed)}|v1")
+    digest = hashlib.sha256()
+    for path in sorted(LICENSES_DIR.glob("*.txt")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return _cached_corpus("builtin_licenses", iter_shipped_licenses, f"shipped|{digest.hexdigest()}|v2")
 
 
 BUILTIN_CORPORA: dict[str, Callable[[], Path]] = {

@@ -23,6 +23,7 @@ from datasets import Dataset, DatasetDict
 from ptft_hf.config.schema import DataConfig, PtftConfig
 from ptft_hf.data.builtin import BUILTIN_CORPORA, builtin_corpus_file
 from ptft_hf.data.mixture import Mixture, extra_corpora
+from ptft_hf.data.validation import carve_validation
 from ptft_hf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -180,39 +181,53 @@ def _select_text(ds: Dataset, cfg: DataConfig, field: str, text_column: str | No
 
 @dataclass(frozen=True)
 class TextSplits(Mapping):
-    """A run's texts: the `train` and `eval` splits (a mapping of those two, as a DatasetDict
-    was), and the texts of the corpora its `mixture` mixes by token share, by name (`mixed`),
-    kept apart until they are packed. `train` (and `mixed`) are streams with data.streaming."""
+    """A run's texts: the `train`, `eval` (test: scored once, after training) and `validation`
+    (evaluated during training) splits, a mapping of the three, and the texts of the corpora its
+    `mixture` mixes by token share, by name (`mixed`), kept apart until they are packed. `train`
+    (and `mixed`) are streams with data.streaming."""
 
     train: Any  # datasets.Dataset, or an IterableDataset when streamed
     eval: Dataset
     mixture: Mixture
     mixed: dict[str, Any]  # name -> texts (a stream with data.streaming), one per mixture entry
+    validation: Dataset | None = None  # None only where built by hand without one (the objectives then evaluate on eval)
 
     def __getitem__(self, split: str) -> Any:
-        if split == "train":
-            return self.train
-        if split == "eval":
-            return self.eval
+        if split in self._names():
+            return getattr(self, split)
         raise KeyError(split)
 
+    def _names(self) -> tuple[str, ...]:
+        return ("train", "eval") if self.validation is None else ("train", "eval", "validation")
+
     def __iter__(self) -> Iterator[str]:
-        return iter(("train", "eval"))
+        return iter(self._names())
 
     def __len__(self) -> int:
-        return 2
+        return len(self._names())
 
     def mixed_texts(self) -> dict[str, Any]:
         """The texts of every corpus the mixture names, the main one first (its training split)."""
         return {self.mixture.main: self.train, **{entry.name: self.mixed[entry.name] for entry in self.mixture.entries}}
 
+    def sizes(self) -> dict[str, int | None]:
+        """Documents in each split (train: None when streamed)."""
+        return {"train": len(self.train) if isinstance(self.train, Dataset) else None, "validation":
+                None if self.validation is None else len(self.validation), "test": len(self.eval)}
+
 
 def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> TextSplits:
-    """Load the configured source as `train` and `eval` splits, each with `text` (and `label` when
-    `data.label_column` is set), or with chat columns when `chat` (SFT); weighted extra corpora
-    beside them (`TextSplits.mixed`, `TextSplits.mixture`)."""
+    """Load the configured source as `train`, `eval` (test) and `validation` splits, each with `text`
+    (and `label` when `data.label_column` is set), or with chat columns when `chat` (SFT); weighted
+    extra corpora beside them (`TextSplits.mixed`, `TextSplits.mixture`).
+
+    The test split is data.eval_path, else data.eval_split, else data.eval_fraction carved off the
+    training rows (as before validation splits existed); the validation split is data.validation_path,
+    else data.validation_split, else data.validation_fraction carved off the training rows left
+    (`carve_validation`: seeded, stratified by label). The three are disjoint when carved."""
     select = (lambda ds, _cfg, field: _select_chat(ds, _cfg, field)) if chat else _select_text
     eval_ds: Dataset | None = None
+    validation_ds: Dataset | None = None
     if cfg.path:
         train_ds = _load_files("data.path", cfg.path, cfg)
     elif cfg.builtin:
@@ -228,6 +243,8 @@ def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> TextSpli
         train_ds = _pick_split(loaded, cfg.train_split, "data.train_split")
         if cfg.eval_split and not cfg.eval_path:
             eval_ds = _pick_split(loaded, cfg.eval_split, "data.eval_split")
+        if cfg.validation_split and not cfg.validation_path:
+            validation_ds = select(_pick_split(loaded, cfg.validation_split, "data.validation_split"), cfg, "the validation data")
     else:
         raise UserError.of("data.path", "no data source is set", "set data.path=FILE, data.hub_id=ID or pick data=builtin_docs")
 
@@ -263,20 +280,35 @@ def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> TextSpli
         log.info("carved %d eval documents off %d (seed %d)", len(eval_ds), len(train_ds) + len(eval_ds), seed)
     if len(eval_ds) == 0:
         raise UserError.of("data.eval_path", "the eval data holds no text", "point it at a file with text in it")
+    if cfg.validation_path:  # a given validation file wins over the Hub split and the carve
+        validation_ds = select(_load_files("data.validation_path", cfg.validation_path, cfg), cfg, "the validation data")
+    if validation_ds is None:  # off the training rows the test carve left: never a test row
+        train_ds, validation_ds = carve_validation(train_ds, cfg.validation_fraction, seed)
+        log.info("carved %d validation documents off %d training documents (seed %d)", len(validation_ds),
+                 len(train_ds) + len(validation_ds), seed)
+    if len(validation_ds) == 0:
+        raise UserError.of("data.validation_path", "the validation data holds no text", "point it at a file with text in it")
 
     # a seeded random subset, not the head: files are often sorted (by label, by date)
     if cfg.max_train_samples and cfg.max_train_samples < len(train_ds):
         train_ds = train_ds.shuffle(seed=seed).select(range(cfg.max_train_samples)).flatten_indices()
-    if cfg.max_eval_samples and cfg.max_eval_samples < len(eval_ds):
-        eval_ds = eval_ds.shuffle(seed=seed).select(range(cfg.max_eval_samples)).flatten_indices()
-    return TextSplits(train_ds, eval_ds, Mixture.from_config(cfg), weighted)
+    eval_ds, validation_ds = (_at_most(ds, cfg.max_eval_samples, seed) for ds in (eval_ds, validation_ds))
+    return TextSplits(train_ds, eval_ds, Mixture.from_config(cfg), weighted, validation_ds)
+
+
+def _at_most(ds: Dataset, rows: int | None, seed: int) -> Dataset:
+    """A seeded random `rows` of `ds` (data.max_eval_samples), or all of it."""
+    if rows and rows < len(ds):
+        return ds.shuffle(seed=seed).select(range(rows)).flatten_indices()
+    return ds
 
 
 def load_text_stream(cfg: DataConfig, seed: int) -> TextSplits:
     """`data.streaming=true`: the training documents as a `datasets.IterableDataset` (local files,
     a builtin corpus or a Hub data set, read lazily) with a `text` column, and a small
-    materialised eval split: data.eval_path / data.eval_split, else the stream's first
-    `data.stream_eval_documents` documents (which training then skips). Weighted
+    materialised eval (test) split: data.eval_path / data.eval_split, else the stream's first
+    `data.stream_eval_documents` documents; and a validation split: data.validation_path /
+    data.validation_split, else the next `data.stream_eval_documents` (training skips both). Weighted
     `data.extra_train` corpora come as streams too (`TextSplits.mixed`)."""
     if cfg.path:
         stream = _file_stream("data.path", cfg.path, cfg)
@@ -296,14 +328,15 @@ def load_text_stream(cfg: DataConfig, seed: int) -> TextSplits:
     elif cfg.hub_id and cfg.eval_split:
         eval_ds = _select_text(datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.eval_split), cfg, "the eval data")
     else:
-        head = list(stream.take(cfg.stream_eval_documents))
-        if not head:
-            raise UserError.of("data.path", "the training stream holds no text", "point it at a file with text in it")
-        eval_ds = Dataset.from_list(head)
-        stream = stream.skip(len(head))
-        log.info("the stream's first %d documents evaluate; training skips them", len(head))
-    if cfg.max_eval_samples and cfg.max_eval_samples < len(eval_ds):
-        eval_ds = eval_ds.shuffle(seed=seed).select(range(cfg.max_eval_samples)).flatten_indices()
+        eval_ds, stream = _stream_head(stream, cfg.stream_eval_documents, "test")
+    if cfg.validation_path:
+        validation_ds = _select_text(_load_files("data.validation_path", cfg.validation_path, cfg), cfg, "the validation data")
+    elif cfg.hub_id and cfg.validation_split:
+        validation_ds = _select_text(datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.validation_split), cfg,
+                                     "the validation data")
+    else:  # the next documents of the stream (after the test ones, when the stream gave those)
+        validation_ds, stream = _stream_head(stream, cfg.stream_eval_documents, "validation")
+    eval_ds, validation_ds = (_at_most(ds, cfg.max_eval_samples, seed) for ds in (eval_ds, validation_ds))
     if cfg.max_train_samples:
         stream = stream.take(cfg.max_train_samples)
     mixture = Mixture.from_config(cfg)  # validation has made sure every data.extra_train entry has a weight
@@ -313,7 +346,16 @@ def load_text_stream(cfg: DataConfig, seed: int) -> TextSplits:
         mixed[entry.name] = _text_stream(_file_stream(f"{extra.field}.path", extra.path, extra.data_config()), extra.text_column,
                                          f"{extra.field}.text_column")
         log.info("corpus %s streamed for %.1f%% of the training tokens", entry.name, 100 * entry.weight)
-    return TextSplits(stream, eval_ds, mixture, mixed)
+    return TextSplits(stream, eval_ds, mixture, mixed, validation_ds)
+
+
+def _stream_head(stream: Any, documents: int, role: str) -> tuple[Dataset, Any]:
+    """The stream's first `documents` documents as the `role` split, and the stream without them."""
+    head = list(stream.take(documents))
+    if not head:
+        raise UserError.of("data.path", "the training stream holds no text", "point it at a file with text in it")
+    log.info("the stream's next %d documents are the %s split; training skips them", len(head), role)
+    return Dataset.from_list(head), stream.skip(len(head))
 
 
 def _file_stream(field: str, path: str, cfg: DataConfig) -> Any:

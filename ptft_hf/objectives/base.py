@@ -16,6 +16,11 @@ from ptft_hf.models.loading import max_positions
 
 @dataclass
 class Prepared:
+    """What an objective hands to the recipe. `eval_dataset` is the test split (scored before and
+    once after training); `validation_dataset` is what the Trainer evaluates during training (None:
+    an objective written before validation splits existed, whose in-training evaluation then reads
+    the test split, with a warning)."""
+
     model: Any
     train_dataset: Dataset
     eval_dataset: Dataset
@@ -32,6 +37,7 @@ class Prepared:
     metrics: dict[str, Any] = field(default_factory=dict)  # data accounting and the like
     generates: bool = False  # whether generated samples make sense
     extras: dict[str, Any] = field(default_factory=dict)  # objective-specific (chat template, raw eval rows)
+    validation_dataset: Dataset | None = None  # evaluated during training: the choices (best model, early stop) read it
 
 
 def check_block_fits(model: Any, block_size: int) -> None:

@@ -37,14 +37,16 @@ def pooling_modules(model: Any) -> list[str]:
                    if name.rsplit(".", 1)[-1] in POOLING_MODULES and any(True for _ in module.parameters())})
 
 
-def label_maps(train: Dataset, eval_: Dataset) -> tuple[dict[int, str], dict[str, int]]:
-    """id2label/label2id from the training labels (sorted); unseen eval labels are an error."""
+def label_maps(train: Dataset, eval_: Dataset, validation: Dataset | None = None) -> tuple[dict[int, str], dict[str, int]]:
+    """id2label/label2id from the training labels (sorted); unseen eval (test) or validation labels
+    are an error."""
     labels = sorted(set(train["label"]))
-    unseen = sorted(set(eval_["label"]) - set(labels))
-    if unseen:
-        shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
-        raise UserError.of("data.eval_path", f"eval labels never seen in training: {shown}",
-                           "train on data that covers every eval label, or drop those eval rows")
+    for split, field, name in ((eval_, "data.eval_path", "eval"), (validation, "data.validation_path", "validation")):
+        unseen = sorted(set(split["label"]) - set(labels)) if split is not None else []
+        if unseen:
+            shown = ", ".join(unseen[:5]) + (f" and {len(unseen) - 5} more" if len(unseen) > 5 else "")
+            raise UserError.of(field, f"{name} labels never seen in training: {shown}",
+                               f"train on data that covers every {name} label, or drop those {name} rows")
     return dict(enumerate(labels)), {label: i for i, label in enumerate(labels)}
 
 
@@ -99,7 +101,7 @@ def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any
         raise UserError.of("data.label_column", "is not set, but classification needs labels",
                            "set data.label_column= to the column holding the label (e.g. category)")
     obj = conf.objective
-    id2label, label2id = label_maps(splits["train"], splits["eval"])
+    id2label, label2id = label_maps(splits["train"], splits["eval"], splits["validation"])
     model = load_model(conf.model, tokenizer, AutoModelForSequenceClassification, num_labels=len(id2label),
                        id2label=id2label, label2id=label2id, **strategy.model_kwargs(HEAD_MODULES))
     positions = max_positions(model)
@@ -107,17 +109,20 @@ def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any
     model = strategy.wrap(model, task_type="SEQ_CLS", modules_to_save=pooling_modules(model))
     train = tokenize_labelled(splits["train"], tokenizer, label2id, max_length)
     eval_ = tokenize_labelled(splits["eval"], tokenizer, label2id, max_length)
-    truncated = {"train": int(sum(train["truncated"])), "eval": int(sum(eval_["truncated"]))}
+    validation = tokenize_labelled(splits["validation"], tokenizer, label2id, max_length)
+    truncated = {"train": int(sum(train["truncated"])), "eval": int(sum(eval_["truncated"])),
+                 "validation": int(sum(validation["truncated"]))}
     if any(truncated.values()):
         log.warning("texts longer than %d tokens were truncated: %s", max_length, truncated)
-    train, eval_ = train.remove_columns("truncated"), eval_.remove_columns("truncated")
+    train, eval_, validation = (ds.remove_columns("truncated") for ds in (train, eval_, validation))
     counter = PaddingCounter()
     baseline = majority_baseline(train["labels"], eval_["labels"], len(id2label), obj.f1_average)
     log.info("majority-class baseline (always '%s'): accuracy %.4f, %s-F1 %.4f", id2label[baseline["label_id"]],
              baseline["accuracy"], obj.f1_average, baseline["f1"])
     overrides = {"train_sampling_strategy": "group_by_length"} if obj.group_by_length else {}
     return Prepared(
-        model=model, train_dataset=train, eval_dataset=eval_, collator=DataCollatorWithPadding(tokenizer),
+        model=model, train_dataset=train, eval_dataset=eval_, validation_dataset=validation,
+        collator=DataCollatorWithPadding(tokenizer),
         batch_observers=[counter],
         eval_collator=DataCollatorWithPadding(tokenizer), task_type="SEQ_CLS", token_metrics=False,
         compute_metrics=metrics_fn(list(obj.metrics), obj.f1_average), training_overrides=overrides,
@@ -126,6 +131,7 @@ def prepare_classification(conf: PtftConfig, splits: DatasetDict, tokenizer: Any
                  "majority_f1": baseline["f1"],
                  "data_train": {"documents": len(train), "tokens": int(sum(train["length"]))},
                  "data_eval": {"documents": len(eval_), "tokens": int(sum(eval_["length"]))},
+                 "data_validation": {"documents": len(validation), "tokens": int(sum(validation["length"]))},
                  "padding": counter.stats},
     )
 

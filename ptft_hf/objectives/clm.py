@@ -28,7 +28,8 @@ def prepare_clm(conf: PtftConfig, splits: TextSplits, tokenizer: Any, strategy: 
     check_block_fits(model, conf.objective.block_size)
     model = strategy.wrap(model, task_type="CAUSAL_LM")
     eval_blocks, eval_stats = pack_texts(splits["eval"], tokenizer, conf, "data.eval_path")
-    metrics: dict[str, Any] = {"data_eval": eval_stats.as_dict()}
+    validation_blocks, validation_stats = pack_texts(splits["validation"], tokenizer, conf, "data.validation_path")
+    metrics: dict[str, Any] = {"data_eval": eval_stats.as_dict(), "data_validation": validation_stats.as_dict()}
     if conf.data.streaming:  # packed on the fly; the run counts what it trained
         train_blocks = _training_stream(conf, splits, tokenizer)
         metrics["data_train"] = {"streaming": True, "block_size": conf.objective.block_size}
@@ -49,7 +50,8 @@ def prepare_clm(conf: PtftConfig, splits: TextSplits, tokenizer: Any, strategy: 
         metrics["unigram_perplexity"] = unigram_perplexity(token_counts(train_blocks, len(tokenizer)),
                                                            block_array(eval_blocks)[:, 1:].ravel())
     return Prepared(
-        model=model, train_dataset=train_blocks, eval_dataset=eval_blocks, collator=CausalLMCollator(),
+        model=model, train_dataset=train_blocks, eval_dataset=eval_blocks, validation_dataset=validation_blocks,
+        collator=CausalLMCollator(),
         task_type="CAUSAL_LM", shift_labels=True, generates=True,
         references=reference_blocks(references, tokenizer, conf), metrics=metrics,
     )

@@ -32,11 +32,12 @@ def prepare_mlm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
     prefix = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     train_blocks, train_stats = pack_texts(splits["train"], tokenizer, conf, "data.path", prefix)
     eval_blocks, eval_stats = pack_texts(splits["eval"], tokenizer, conf, "data.eval_path", prefix)
+    validation_blocks, validation_stats = pack_texts(splits["validation"], tokenizer, conf, "data.validation_path", prefix)
     starts = word_start_table(tokenizer) if obj.whole_word_mask else None
     counter = PaddingCounter() if obj.line_by_line else None
     common = dict(mlm_probability=obj.mlm_probability, whole_word=obj.whole_word_mask, word_starts=starts)
     return Prepared(
-        model=model, train_dataset=train_blocks, eval_dataset=eval_blocks,
+        model=model, train_dataset=train_blocks, eval_dataset=eval_blocks, validation_dataset=validation_blocks,
         collator=MaskedLMCollator.for_tokenizer(tokenizer, **common),
         eval_collator=MaskedLMCollator.for_tokenizer(tokenizer, seed=obj.eval_mask_seed, **common),
         task_type=None, shift_labels=False, labelled_positions_only=obj.predict_masked_only,
@@ -44,6 +45,7 @@ def prepare_mlm(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
         batch_observers=[counter] if counter else [],
         references=reference_blocks(references, tokenizer, conf, prefix),
         metrics={"data_train": train_stats.as_dict(), "data_eval": eval_stats.as_dict(),
+                 "data_validation": validation_stats.as_dict(),
                  "tokenizer_family": tokenizer_family(tokenizer), "whole_word_mask": obj.whole_word_mask,
                  "line_by_line": obj.line_by_line, **({"padding": counter.stats} if counter else {})},
     )

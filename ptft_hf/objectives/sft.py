@@ -99,13 +99,15 @@ def prepare_sft(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
     stop_ids = stop_at_end_of_turn(model, tokenizer, end_of_turn)
     train = encode_sft(splits["train"], tokenizer, template, max_length, obj.train_on_prompt, end_of_turn_text)
     eval_ = encode_sft(splits["eval"], tokenizer, template, max_length, obj.train_on_prompt, end_of_turn_text)
-    stats = {"data_train": _accounting(train), "data_eval": _accounting(eval_)}
+    validation = encode_sft(splits["validation"], tokenizer, template, max_length, obj.train_on_prompt, end_of_turn_text)
+    stats = {"data_train": _accounting(train), "data_eval": _accounting(eval_), "data_validation": _accounting(validation)}
     if any(v["truncated"] or v["dropped_too_long"] for v in stats.values()):
         log.warning("conversations longer than %d tokens: prompt cut from the left %s, dropped (their replies do not fit) %s",
                     max_length, {k: v["truncated"] for k, v in stats.items()}, {k: v["dropped_too_long"] for k, v in stats.items()})
     train = train.filter(lambda dropped: not dropped, input_columns="dropped").remove_columns(["truncated", "dropped"])
     eval_ = eval_.filter(lambda dropped: not dropped, input_columns="dropped").remove_columns(["truncated", "dropped"])
-    if len(train) == 0 or len(eval_) == 0:
+    validation = validation.filter(lambda dropped: not dropped, input_columns="dropped").remove_columns(["truncated", "dropped"])
+    if len(train) == 0 or len(eval_) == 0 or len(validation) == 0:
         raise UserError.of("objective.max_length", f"{max_length} tokens leave no conversation whose replies fit",
                            "raise objective.max_length")
     if obj.packing:
@@ -119,7 +121,8 @@ def prepare_sft(conf: PtftConfig, splits: DatasetDict, tokenizer: Any, strategy:
     general = {name: blocks.map(lambda batch: {"labels": batch["input_ids"]}, batched=True)
                for name, blocks in reference_blocks(references, tokenizer, conf).items()}
     return Prepared(
-        model=model, train_dataset=train, eval_dataset=eval_, collator=collator, task_type="CAUSAL_LM",
+        model=model, train_dataset=train, eval_dataset=eval_, validation_dataset=validation, collator=collator,
+        task_type="CAUSAL_LM",
         shift_labels=True, generates=True, batch_observers=[counter], references=general,
         metrics={**stats, "max_length": max_length, "packing": obj.packing, "padding": counter.stats,
                  "end_of_turn": tokenizer.convert_ids_to_tokens(end_of_turn) if end_of_turn is not None else None,

@@ -46,7 +46,7 @@ def build_trainer(conf: PtftConfig, run_dir: Path, tokenizer: Any, prepared: Pre
         model=prepared.model,
         args=args,
         train_dataset=prepared.train_dataset,
-        eval_dataset=prepared.eval_dataset,
+        eval_dataset=in_training_eval(prepared, conf.objective.name),
         data_collator=prepared.collator,
         eval_data_collator=prepared.eval_collator,
         processing_class=tokenizer,
@@ -59,6 +59,17 @@ def build_trainer(conf: PtftConfig, run_dir: Path, tokenizer: Any, prepared: Pre
         length_megabatch=conf.objective.length_megabatch,
         **get_objective(conf.objective.name).trainer_options(conf),
     )
+
+
+def in_training_eval(prepared: Prepared, objective: str) -> Any:
+    """What the Trainer evaluates during training (its `eval_dataset`, which `load_best_model_at_end`,
+    `metric_for_best_model` and early stopping read): the validation split, never the test split.
+    An objective written before validation splits existed gives none: its test split, with a warning."""
+    if prepared.validation_dataset is not None:
+        return prepared.validation_dataset
+    log.warning("objective %s gives no validation_dataset: evaluation during training reads the test split "
+                "(set Prepared.validation_dataset from splits['validation'] in its prepare)", objective)
+    return prepared.eval_dataset
 
 
 def prompt_formatter(prepared: Prepared, tokenizer: Any) -> Callable[[str], str] | None:

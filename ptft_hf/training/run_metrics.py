@@ -23,7 +23,8 @@ def is_quality_metric(key: str) -> bool:
 
 @dataclass
 class Evaluation:
-    """The Trainer's eval figures before and after training, for the run's eval set and references."""
+    """The Trainer's eval figures before and after training, for the run's eval (test) set and
+    references, and the validation split's after training (`validation_*`: what training chose on)."""
 
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
@@ -31,6 +32,7 @@ class Evaluation:
     references_after: dict[str, float] = field(default_factory=dict)
 
     reference_names: list[str] = field(default_factory=list)  # the reference sets, as `Trainer.evaluate` named them
+    validation: dict[str, float] = field(default_factory=dict)  # the validation split after training (validation_*)
 
     def references(self) -> dict[str, dict[str, float | None]]:
         """Per reference set: its loss and perplexity before and after training."""
@@ -47,6 +49,7 @@ class Evaluation:
                 **{k: v for k, v in self.after.items() if k.startswith("eval_")},
                 **{f"{k}_before": v for k, v in self.references_before.items() if k.endswith(lm)},
                 **{k: v for k, v in self.references_after.items() if k.endswith(lm)},
+                **{k: v for k, v in self.validation.items() if k.startswith("validation_") and not k.endswith(_NOT_QUALITY)},
                 **({"references": self.references()} if self.reference_names else {})}
 
 

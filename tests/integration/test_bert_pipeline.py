@@ -103,7 +103,9 @@ def test_classification_from_the_mlm_stage(classification_run):
     assert metrics["eval_accuracy"] >= metrics["eval_accuracy_before"] + 3 * CHANCE, (metrics["eval_accuracy_before"],
                                                                                        metrics["eval_accuracy"])
     assert metrics["eval_f1"] > max(2 / 77, metrics["eval_f1_before"])  # macro-F1 learnt too (predict test checks its value)
-    assert metrics["padding"]["padded_share"] < 0.25 and metrics["data_train"]["documents"] == 10003
+    # train.csv's 10,003 queries less the validation split carved off them (ceil(5%) = 501, stratified)
+    assert metrics["padding"]["padded_share"] < 0.25 and metrics["data_train"]["documents"] == 10003 - 501
+    assert metrics["data_validation"]["documents"] == 501 and metrics["data_splits"]["validation"] == 501
     assert metrics["data_eval"]["documents"] == 400 and metrics["max_length"] == 40
 
     # label ids: the training labels in sorted order (BANKING77's categories.json lists them unsorted)

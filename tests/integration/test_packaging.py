@@ -63,6 +63,10 @@ def test_wheel_ships_conf_and_the_installed_cli_composes(tmp_path):
     expected = {"ptft_hf/conf/config.yaml", "ptft_hf/conf/model/tiny_gpt2.yaml",
                 "ptft_hf/conf/experiment/quickstart_pretrain.yaml", "ptft_hf/conf/trainer/cpu.yaml"}
     assert expected <= set(names)
+    # the quickstart's legal corpus (data=builtin_licenses): every shipped licence text and its own licence
+    shipped = sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "ptft_hf" / "data" / "corpora" / "licenses").iterdir())
+    assert len(shipped) == 48 and "ptft_hf/data/corpora/licenses/SOURCE-LICENSE.md" in shipped
+    assert sorted(n for n in names if n.startswith("ptft_hf/data/corpora/")) == shipped
     assert not [n for n in names if n.startswith(("benchmarks/", "tests/"))]  # the harness stays out of the wheel
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
@@ -78,3 +82,8 @@ def test_wheel_ships_conf_and_the_installed_cli_composes(tmp_path):
     )
     assert job.returncode == 0, job.stderr[-2000:]
     assert "name: tiny_gpt2" in job.stdout and "max_steps: 400" in job.stdout
+    corpus = subprocess.run(  # the installed wheel builds the legal corpus from its own files
+        [sys.executable, "-c", "from ptft_hf.data.builtin import LICENSES_DIR, iter_shipped_licenses as it; "
+                               "print(LICENSES_DIR, sum(1 for _ in it()))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert corpus.stdout.split() == [str(target / "ptft_hf" / "data" / "corpora" / "licenses"), "1253"]

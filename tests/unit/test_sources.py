@@ -15,9 +15,10 @@ def _write(path, text: str, encoding: str = "utf-8"):
 def test_text_file_with_eval_file_and_empty_lines_dropped(tmp_path):
     train = _write(tmp_path / "train.txt", "first line\n\n  \nsecond line\n")
     valid = _write(tmp_path / "valid.txt", "held out\n")
-    splits = load_text_splits(DataConfig(path=train, eval_path=valid), seed=0)
+    chosen = _write(tmp_path / "chosen.txt", "\nchoose on this\n")
+    splits = load_text_splits(DataConfig(path=train, eval_path=valid, validation_path=chosen), seed=0)
     assert splits["train"]["text"] == ["first line", "second line"]
-    assert splits["eval"]["text"] == ["held out"]
+    assert splits["eval"]["text"] == ["held out"] and splits["validation"]["text"] == ["choose on this"]
 
 
 def test_eval_is_carved_deterministically(tmp_path):
@@ -30,7 +31,7 @@ def test_eval_is_carved_deterministically(tmp_path):
 
 def test_jsonl_column_is_renamed_to_text(tmp_path):
     path = _write(tmp_path / "d.jsonl", '{"body": "a b c", "id": 1}\n{"body": "d e", "id": 2}\n')
-    splits = load_text_splits(DataConfig(path=path, text_column="body", eval_path=path), seed=0)
+    splits = load_text_splits(DataConfig(path=path, text_column="body", eval_path=path, validation_path=path), seed=0)
     assert splits["train"].column_names == ["text"] and splits["train"]["text"] == ["a b c", "d e"]
 
 
@@ -68,8 +69,11 @@ def test_hub_code_path_on_a_local_folder_uses_its_splits(tmp_path):
     folder.mkdir()
     (folder / "train.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
     (folder / "validation.jsonl").write_text('{"text": "three"}\n')
-    splits = load_text_splits(DataConfig(hub_id=str(folder), train_split="train", eval_split="validation"), seed=0)
-    assert splits["train"]["text"] == ["one", "two"] and splits["eval"]["text"] == ["three"]
+    (folder / "test.jsonl").write_text('{"text": "four"}\n')
+    splits = load_text_splits(DataConfig(hub_id=str(folder), train_split="train", eval_split="test",
+                                         validation_split="validation"), seed=0)
+    assert splits["train"]["text"] == ["one", "two"] and splits["eval"]["text"] == ["four"]
+    assert splits["validation"]["text"] == ["three"]
 
 
 def test_missing_hub_split_lists_the_available_ones(tmp_path):
@@ -91,7 +95,10 @@ def test_wikitext2_preset_reads_the_local_files(compose_cfg):
     folder = shared_data("wikitext-2")
     cfg = compose_cfg("data=wikitext2", f"data.path={folder / 'valid.txt'}", f"data.eval_path={folder / 'test.txt'}")
     splits = load_text_splits(OmegaConf.to_object(cfg).data, seed=0)
-    assert splits["train"][0]["text"].strip() == "= Homarus gammarus ="
+    # valid.txt trains, less the validation documents carved off it (5%, seeded); test.txt tests
+    train_rows = [line for line in (folder / "valid.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert sorted(list(splits["train"]["text"]) + list(splits["validation"]["text"])) == sorted(train_rows)
+    assert len(splits["validation"]) == -(-len(train_rows) * 5 // 100) and "= Homarus gammarus =" in train_rows[0]
     assert len(splits["train"]) > 2000 and len(splits["eval"]) > 2000
 
 
@@ -111,6 +118,6 @@ def test_tokenising_is_cached_by_fingerprint(tmp_path):
 def test_extra_training_text_is_mixed_in_across_formats(tmp_path):
     txt = _write(tmp_path / "general.txt", "general one\ngeneral two\n")
     csv = _write(tmp_path / "domain.csv", "text,category\ndomain one,a\ndomain two,b\n")
-    cfg = DataConfig(path=txt, eval_path=txt, extra_train=[{"path": csv, "text_column": "text"}])
+    cfg = DataConfig(path=txt, eval_path=txt, validation_path=txt, extra_train=[{"path": csv, "text_column": "text"}])
     splits = load_text_splits(cfg, seed=0)
     assert splits["train"]["text"] == ["general one", "general two", "domain one", "domain two"]

@@ -73,7 +73,10 @@ class NextSentence(Objective):
                              batched=True, remove_columns=["first", "second"])
 
         train, eval_ = encode("train", conf.seed), encode("eval", conf.seed + 1)
-        return Prepared(model=model, train_dataset=train, eval_dataset=eval_, collator=DataCollatorWithPadding(tokenizer),
+        validation = encode("validation", conf.seed + 2)  # what training evaluates on; eval (test) is scored after
+        return Prepared(model=model, train_dataset=train, eval_dataset=eval_, validation_dataset=validation,
+                        collator=DataCollatorWithPadding(tokenizer),
                         task_type=self.task_type, token_metrics=False, compute_metrics=metrics_fn(["accuracy"], "macro"),
                         metrics={"data_train": {"documents": len(train)}, "data_eval": {"documents": len(eval_)},
+                                 "data_validation": {"documents": len(validation)},
                                  "negative_share": share})
