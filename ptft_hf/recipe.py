@@ -43,7 +43,7 @@ from ptft_hf.run_dir import (FINISHED_MARKER, checkpoint_step, discard_aside, gu
                              resume_checkpoint, start_writing)
 from ptft_hf.strategies import get_strategy
 from ptft_hf.training.build import build_trainer, prompt_formatter
-from ptft_hf.training.callbacks import SampleCallback, generate_samples
+from ptft_hf.training.callbacks import SampleCallback, evaluating_split, generate_samples
 from ptft_hf.training.cost import reset_peak_memory
 from ptft_hf.training.report import baseline_verdict, beats_baseline, plot_loss, write_report
 from ptft_hf.training.run_metrics import Evaluation, Throughput, run_metrics, train_tokens
@@ -158,7 +158,8 @@ def _resolved_config(resolved: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate(trainer: PtftTrainer, prepared: Prepared) -> tuple[dict[str, float], dict[str, float]]:
     """The run's test split (data.eval_*; `eval_*` figures), and the reference sets (e.g. general text)."""
-    return trainer.evaluate(prepared.eval_dataset), trainer.evaluate(prepared.references) if prepared.references else {}
+    with evaluating_split(trainer, "test"):
+        return trainer.evaluate(prepared.eval_dataset), trainer.evaluate(prepared.references) if prepared.references else {}
 
 
 def evaluate_validation(trainer: PtftTrainer, prepared: Prepared) -> dict[str, float]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import LogitsProcessorList, TrainerCallback
@@ -29,6 +30,8 @@ def _jsonable(value: Any) -> Any:
 class JsonlLogCallback(TrainerCallback):
     """Appends every Trainer log record (train loss, eval metrics, ...) to `train_log.jsonl`.
 
+    An evaluation's record names its split (`split`): `validation` during training (what the
+    Trainer chooses on), `test` for the recipe's scoring before and after (`evaluating_split`).
     `before_training=False` (a resumed run, whose log already holds them): records logged before
     training starts are not written again."""
 
@@ -36,6 +39,7 @@ class JsonlLogCallback(TrainerCallback):
         self.path = Path(path)
         self.start = time.time()
         self.active = before_training
+        self.split = "validation"
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102 (Trainer hook)
         self.active = True
@@ -45,8 +49,24 @@ class JsonlLogCallback(TrainerCallback):
             return
         record = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.time() - self.start, 3)}
         record.update({k: _jsonable(v) for k, v in logs.items()})
+        if any(k.startswith(("eval_", "validation_")) for k in logs):
+            record["split"] = "validation" if any(k.startswith("validation_") for k in logs) else self.split
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+@contextlib.contextmanager
+def evaluating_split(trainer: Any, split: str) -> Iterator[None]:
+    """Evaluations inside are logged to train_log.jsonl as `split` (e.g. the test split the recipe
+    scores before and after training, outside the Trainer's own validation evaluations)."""
+    loggers = [c for c in trainer.callback_handler.callbacks if isinstance(c, JsonlLogCallback)]
+    for logger in loggers:
+        logger.split = split
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.split = "validation"
 
 
 @torch.no_grad()

@@ -64,8 +64,9 @@ def test_mlm_run_learns_with_fixed_eval_masks(mlm_run):
     assert metrics["objective"] == "mlm" and metrics["tokenizer_family"] == "wordpiece" and metrics["whole_word_mask"]
     assert metrics["eval_perplexity"] < metrics["eval_perplexity_before"]
     log = [json.loads(line) for line in (mlm_run / "train_log.jsonl").read_text().splitlines()]
-    counts = {r["eval_tokens"] for r in log if "eval_tokens" in r}
-    assert len(counts) == 1  # the same positions are predicted at every evaluation
+    counts = {(r["split"], r["eval_tokens"]) for r in log if "eval_tokens" in r}
+    # the same positions are predicted at every evaluation of a split: validation during training, test before and after
+    assert sorted(split for split, _ in counts) == ["test", "validation"]
     assert AutoTokenizer.from_pretrained(mlm_run / "model").mask_token == "[MASK]"
     assert not (mlm_run / "samples.jsonl").exists()
 
@@ -90,7 +91,7 @@ def test_mlm_line_by_line_rows_keep_intents_apart(tmp_path):
     # 12 batches here are the long tail, served first, so their share is higher than a whole epoch's
     assert padding["padded_share"] < 0.4
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
-    assert len({r["eval_tokens"] for r in log if "eval_tokens" in r}) == 1
+    assert sorted(split for split, _ in {(r["split"], r["eval_tokens"]) for r in log if "eval_tokens" in r}) == ["test", "validation"]
 
 
 @pytest.mark.slow
@@ -103,9 +104,10 @@ def test_classification_from_the_mlm_stage(classification_run):
     assert metrics["eval_accuracy"] >= metrics["eval_accuracy_before"] + 3 * CHANCE, (metrics["eval_accuracy_before"],
                                                                                        metrics["eval_accuracy"])
     assert metrics["eval_f1"] > max(2 / 77, metrics["eval_f1_before"])  # macro-F1 learnt too (predict test checks its value)
-    # train.csv's 10,003 queries less the validation split carved off them (ceil(5%) = 501, stratified)
+    # train.csv's 10,003 queries less the validation split carved off them (ceil(5%) = 501, stratified),
+    # of which data.max_eval_samples keeps 400 (as of the test split)
     assert metrics["padding"]["padded_share"] < 0.25 and metrics["data_train"]["documents"] == 10003 - 501
-    assert metrics["data_validation"]["documents"] == 501 and metrics["data_splits"]["validation"] == 501
+    assert metrics["data_validation"]["documents"] == 400 and metrics["data_splits"]["validation"] == 400
     assert metrics["data_eval"]["documents"] == 400 and metrics["max_length"] == 40
 
     # label ids: the training labels in sorted order (BANKING77's categories.json lists them unsorted)

@@ -33,11 +33,13 @@ def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg,
     twin = build_twin(family, tmp_path / "twin", texts + [m["content"] for r in SUMS for m in r["messages"]])
     data = tmp_path / "sums.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in SUMS * 2) + "\n")  # 50 conversations: 5 batches of 10
+    # (validation: the eval file, so that no conversation is carved off the 50 and the counts below are exact)
     evals = tmp_path / "eval.jsonl"
     evals.write_text("\n".join(json.dumps(r) for r in SUMS) + "\n")
     metrics = run(compose_cfg(
         "objective=sft", "model=pretrained", f"model.name_or_path={twin}", "data=text_files", f"data.path={data}",
-        f"data.eval_path={evals}", "objective.exact_match=true", "objective.max_new_tokens=12", "objective.max_length=128",
+        f"data.eval_path={evals}", f"data.validation_path={evals}",  # no validation carve: all 50 train, counts exact
+        "objective.exact_match=true", "objective.max_new_tokens=12", "objective.max_length=128",
         "trainer.per_device_train_batch_size=10", "trainer.max_steps=60", "trainer.learning_rate=3e-3",
         "trainer.warmup_steps=0", "trainer.eval_steps=60", "trainer.save_steps=60", "samples.prompts=[What is 1 plus 2?]"),
         tmp_path / "run", references={"wikitext": DataConfig(name="wikitext", path=str(wiki), max_eval_samples=40)})
