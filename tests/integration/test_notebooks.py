@@ -57,10 +57,10 @@ def _check_quickstart(fig: dict) -> None:
         assert _finite(stage["eval_perplexity_before"], stage["eval_perplexity"])
     # from random weights (about the vocabulary size, 512) the pretraining stage more than halves it
     assert pretrain["eval_perplexity"] < 0.6 * pretrain["eval_perplexity_before"]
-    # LoRA on legal text: smaller, but a real fall (on the licence texts shipped with ptft_hf, the same in
-    # every environment; 2.5-8% with the smoke settings was measured on the installed packages' licence
-    # files it replaced, which differed from one virtual environment to another)
-    assert finetune["eval_perplexity"] < 0.99 * finetune["eval_perplexity_before"]
+    # LoRA on legal text: smaller, but a real fall (1.2% with the smoke settings, 80 steps, on the licence
+    # corpus shipped with the package: each distinct paragraph once, so less repetition to learn than full
+    # fine-tuning's 26% shows is there; 0.6% after 40 steps)
+    assert finetune["eval_perplexity"] < 0.995 * finetune["eval_perplexity_before"]
     assert 0 < finetune["trainable_parameters"] < pretrain["trainable_parameters"]
 
 
@@ -73,10 +73,10 @@ def _check_strategies(fig: dict) -> None:
     assert 0 < trainable["lora"] == trainable["qlora"] < trainable["dora"] < trainable["full"] == base["trainable_parameters"]
     saved = {name: fig[name]["saved_bytes"] for name in trainable}
     assert 0 < saved["lora"] == saved["qlora"] < saved["dora"] < saved["full"]
-    for name in trainable:  # every strategy lowered the loss on the legal text (adapters 2-6% on the older, per-environment corpus)
-        run = fig[name]
+    for name in trainable:  # every strategy lowered the loss on the legal text (adapters 0.5-0.6% in the smoke's
+        run = fig[name]      # 40 steps on a 32-wide model, full fine-tuning 26%)
         assert _finite(run["eval_perplexity_before"], run["eval_perplexity"])
-        assert run["eval_perplexity"] < 0.99 * run["eval_perplexity_before"], name
+        assert run["eval_perplexity"] < 0.997 * run["eval_perplexity_before"], name
     # full fine-tuning moves furthest, as the notebook says
     assert fig["full"]["eval_perplexity"] < min(fig[name]["eval_perplexity"] for name in ("lora", "qlora", "dora"))
 
@@ -90,7 +90,7 @@ def _check_classification(fig: dict) -> None:
         stage = fig[name]
         assert stage["num_labels"] == intents
         chance = 1 / stage["num_labels"]
-        # well above chance (about 0.18 with the smoke settings, chance 0.013) and above the untrained head
+        # well above chance (0.14 from the smoke MLM stage, 0.26 from random weights, 6 epochs; chance 0.013) and above the untrained head
         assert stage["eval_accuracy"] > max(3 * chance, 2 * stage["eval_accuracy_before"]), name
         assert stage["eval_f1"] > max(2 * chance, stage.get("eval_f1_before", 0)), name  # macro-F1 learnt as well
     predicted = fig["predicted"]  # the notebook's own predictions on every 15th test text
