@@ -237,7 +237,7 @@ def report(run: RunSetup, trainer: PtftTrainer, metrics: dict[str, Any], samples
 
 
 def _eval_request(conf: PtftConfig) -> Any:
-    from ptft_hf.evaluation.score import EvalRequest
+    from ptft_hf.evaluation.record import EvalRequest
 
     e = conf.eval
     return EvalRequest(list(e.tasks), e.num_fewshot, e.limit, e.batch_size, e.data_root, e.dtype)
@@ -266,7 +266,7 @@ def evaluate_tasks(run: RunSetup, trainer: PtftTrainer) -> None:
     if run.objective.auto_class not in ("AutoModelForCausalLM", "AutoModelForMaskedLM"):
         log.info("eval.tasks: %s has no language-modelling head to score; skipped", run.conf.objective.name)
         return
-    from ptft_hf.evaluation.score import score_model
+    from ptft_hf.evaluation.record import score_model
 
     model = run.prepared.model
     training_mode = model.training
