@@ -36,6 +36,7 @@ def evaluate_model(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: in
     "task_files": {file: sha256}, "seconds": ...}`. A PEFT model is scored with its adapters
     active on the base (nothing is merged in place)."""
     lm_eval = require_lm_eval()
+    import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -49,7 +50,10 @@ def evaluate_model(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: in
     with tempfile.TemporaryDirectory(prefix="ptft_hf_tasks_") as folder:
         rendered = render_tasks(tasks, root, Path(folder))
         manager = TaskManager(include_path=folder, include_defaults=False)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_batch_size=batch_size)
+        # log-softmax in float32 whatever the weights: bfloat16 log-probs tie often enough on close
+        # minimal pairs to bias multiple choice (a tie picks the first choice, BLiMP's acceptable one)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_batch_size=batch_size,
+                  softmax_dtype=torch.float32)
         out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
                                       task_manager=manager, log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS,
                                       random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,

@@ -85,13 +85,15 @@ def render_tasks(tasks: list[str], data_root: Path, folder: Path) -> RenderedTas
         written[name] = hashlib.sha256(text.encode()).hexdigest()
 
     families = {task_family(t) for t in tasks}
-    if "blimp" in families:
+    if "blimp" in families:  # the group needs every paradigm; single paradigms only themselves
         template = (TEMPLATES / "blimp_paradigm.yaml").read_text(encoding="utf-8")
-        paradigms = blimp_paradigms(data_root)
+        paradigms = blimp_paradigms(data_root) if "blimp" in tasks else [t[len(BLIMP_PREFIX):] for t in tasks
+                                                                          if t.startswith(BLIMP_PREFIX)]
         for paradigm in paradigms:
             write(f"blimp_{paradigm}.yaml", template.replace("@PARADIGM@", paradigm).replace("@DATA_ROOT@", root))
-        group = (TEMPLATES / "blimp.yaml").read_text(encoding="utf-8")
-        write("blimp.yaml", group.replace('"@PARADIGM_TASKS@"', json.dumps([f"blimp_{p}" for p in paradigms])))
+        if "blimp" in tasks:
+            group = (TEMPLATES / "blimp.yaml").read_text(encoding="utf-8")
+            write("blimp.yaml", group.replace('"@PARADIGM_TASKS@"', json.dumps([f"blimp_{p}" for p in paradigms])))
     choices = {"banking77": lambda: json.loads((data_root / "banking77/categories.json").read_text(encoding="utf-8")),
                "chemprot": lambda: _csv_labels(data_root / "medical/chemprot/train.csv", "label")}
     for family in sorted(families - {"blimp"}):
