@@ -39,7 +39,7 @@ def score_model(model: Any, tokenizer: Any, request: EvalRequest, folder: Path, 
     """Evaluate a loaded model, write `folder/eval.json`, return its content."""
     import torch
 
-    from ptft_hf.evaluation.blimp import score_masked, summarise
+    from ptft_hf.evaluation.blimp import score_masked
 
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device=device, dtype=getattr(torch, request.dtype)).eval()
