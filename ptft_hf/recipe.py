@@ -79,6 +79,7 @@ def run(cfg: DictConfig, run_dir: str | Path, references: Mapping[str, DataConfi
     samples = generate_after(trainer, setup)
     report(setup, trainer, metrics, samples, started)
     publish(setup, trainer)
+    evaluate_tasks(setup, trainer)  # after publish: a bfloat16 evaluation casts the model in memory
     wait_for_everyone()  # several processes: the folder is complete before any rank reads it (a next stage)
     return metrics
 
@@ -108,6 +109,7 @@ def set_up(cfg: DictConfig, run_dir: Path, references: dict[str, DataConfig]) ->
     validate(cfg)
     conf: PtftConfig = OmegaConf.to_object(cfg)
     objective = get_objective(conf.objective.name)
+    check_eval_request(conf, objective)
     resume_from = resume_checkpoint(run_dir, getattr(conf.trainer, "resume_from_checkpoint", None))
     set_seed(conf.seed)
     with main_process_first():  # several processes: rank 0 fills the caches, the others read them
@@ -257,6 +259,45 @@ def report(run: RunSetup, trainer: PtftTrainer, metrics: dict[str, Any], samples
         discard_aside(run_dir)  # a replaced earlier run, kept until now
     log.info("%s; run folder %s", ", ".join(f"{k} {metrics[k + '_before']:.4g} -> {metrics[k]:.4g}"
                                             for k in ("eval_perplexity", "eval_accuracy", "eval_f1") if k + "_before" in metrics), run_dir)
+
+
+def _eval_request(conf: PtftConfig) -> Any:
+    from ptft_hf.evaluation.record import EvalRequest
+
+    e = conf.eval
+    return EvalRequest(list(e.tasks), e.num_fewshot, e.limit, e.batch_size, e.data_root, e.dtype)
+
+
+def check_eval_request(conf: PtftConfig, objective: Objective) -> None:
+    """`eval.tasks` checked before training: unknown tasks, missing task files, a masked LM on a
+    log-likelihood task (a classifier's run skips the evaluation: it has no LM head)."""
+    if not conf.eval.tasks:
+        return
+    from ptft_hf.evaluation.checks import scoring_problems
+    from ptft_hf.evaluation.task_files import task_problems
+
+    request = _eval_request(conf)
+    problems = task_problems(request.tasks, request.root, "eval.tasks")
+    if objective.auto_class in ("AutoModelForCausalLM", "AutoModelForMaskedLM"):
+        problems += scoring_problems(objective.auto_class, request.tasks, "eval.tasks")
+    if problems:
+        raise UserError(problems)
+
+
+def evaluate_tasks(run: RunSetup, trainer: PtftTrainer) -> None:
+    """With `eval.tasks`: lm-evaluation-harness on the trained model in memory, eval.json in the run folder."""
+    if not run.conf.eval.tasks or not trainer.is_world_process_zero():
+        return
+    if run.objective.auto_class not in ("AutoModelForCausalLM", "AutoModelForMaskedLM"):
+        log.info("eval.tasks: %s has no language-modelling head to score; skipped", run.conf.objective.name)
+        return
+    from ptft_hf.evaluation.record import score_model
+
+    model = run.prepared.model
+    training_mode = model.training
+    score_model(model, run.tokenizer, _eval_request(run.conf), run.run_dir,
+                masked=run.objective.auto_class == "AutoModelForMaskedLM")
+    model.train(training_mode)
 
 
 def publish(run: RunSetup, trainer: PtftTrainer) -> None:

@@ -30,6 +30,8 @@ def config_fingerprint(cfg: DictConfig) -> str:
     resolved = {k: v for k, v in resolved.items() if k not in NOT_FINGERPRINTED}
     resolved["trainer"] = {k: v for k, v in (resolved.get("trainer") or {}).items()
                            if v is not None and v != MASK and k not in _NOT_FINGERPRINTED_TRAINER}
+    if not (resolved.get("eval") or {}).get("tasks"):  # no evaluation asked: runs from before `eval` existed
+        resolved.pop("eval", None)
     for (*parents, key), off in _OFF_OPTIONS.items():
         section = resolved
         for parent in parents:

@@ -199,6 +199,19 @@ class DistributedConfig:
 
 
 @dataclass
+class EvalConfig:
+    """lm-evaluation-harness after training (`ptft-hf-eval` does the same for a finished folder):
+    eval.json beside each model. Empty `tasks`: no evaluation (and left out of the fingerprint)."""
+
+    tasks: List[str] = field(default_factory=list)  # blimp, banking77, chemprot, wikitext2, legal, blimp_<paradigm>
+    num_fewshot: Optional[int] = None  # examples from the task's training split (multiple-choice tasks only)
+    limit: Optional[int] = None  # score the first N documents of each task (a quick check); null: all
+    batch_size: int = 64
+    data_root: Optional[str] = None  # the shared data folder; null: $PTFT_HF_SHARED_DATA or ../shared/data
+    dtype: str = "float32"  # float32 or bfloat16
+
+
+@dataclass
 class PtftConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -208,6 +221,7 @@ class PtftConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     stages: Dict[str, StageConfig] = field(default_factory=dict)  # non-empty: run as a pipeline
     seed: int = 42
     overwrite: bool = False  # allow writing into a folder that holds a finished run

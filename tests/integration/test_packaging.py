@@ -61,7 +61,11 @@ def test_wheel_ships_conf_and_the_installed_cli_composes(tmp_path):
     wheel = next(wheel_dir.glob("ptft_hf-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     expected = {"ptft_hf/conf/config.yaml", "ptft_hf/conf/model/tiny_gpt2.yaml",
-                "ptft_hf/conf/experiment/quickstart_pretrain.yaml", "ptft_hf/conf/trainer/cpu.yaml"}
+                "ptft_hf/conf/experiment/quickstart_pretrain.yaml", "ptft_hf/conf/trainer/cpu.yaml",
+                # lm-eval task files (ptft-hf-eval, eval.tasks)
+                *(f"ptft_hf/evaluation/tasks/{name}" for name in (
+                    "blimp.yaml", "blimp_paradigm.yaml", "banking77.yaml", "chemprot.yaml", "wikitext2.yaml", "legal.yaml",
+                    "documents.py"))}
     assert expected <= set(names)
     # the quickstart's legal corpus (data=builtin_licenses): every shipped licence text and its own licence
     shipped = sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "ptft_hf" / "data" / "corpora" / "licenses").iterdir())

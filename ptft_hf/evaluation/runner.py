@@ -1,0 +1,74 @@
+"""evaluate_model: lm-evaluation-harness over a model held in memory (no re-implementation of its
+loglikelihood or few-shot machinery); the masked-LM path scores BLiMP by pseudo-log-likelihood."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ptft_hf.errors import UserError
+from ptft_hf.evaluation.task_files import default_data_root, render_tasks, task_problems
+
+log = logging.getLogger(__name__)
+
+EXTRA_HINT = "pip install ptft-hf[eval]"
+BOOTSTRAP_ITERS = 1000  # standard errors of the perplexities (accuracies have a closed form)
+
+
+def require_lm_eval() -> Any:
+    """lm-eval, or one line naming the extra that installs it."""
+    try:
+        import lm_eval
+    except ImportError as err:
+        raise UserError.of("eval", f"lm-evaluation-harness is not installed ({err})", f"run `{EXTRA_HINT}`") from err
+    return lm_eval
+
+
+def evaluate_model(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: int | None = None,
+                   limit: int | float | None = None, batch_size: int = 64, data_root: str | Path | None = None,
+                   seed: int = 1234) -> dict[str, Any]:
+    """Score a causal LM in memory on the shipped `tasks` with lm-eval's `simple_evaluate`.
+
+    Returns `{"results": {task: {metric: value, metric + "_stderr": value}}, "n_samples": ...,
+    "task_files": {file: sha256}, "seconds": ...}`. A PEFT model is scored with its adapters
+    active on the base (nothing is merged in place)."""
+    lm_eval = require_lm_eval()
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    root = Path(data_root) if data_root is not None else default_data_root()
+    problems = task_problems(tasks, root)
+    if problems:
+        raise UserError(problems)
+    if hasattr(model, "get_base_model"):  # peft: the base model with the adapter layers injected
+        model = model.get_base_model()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="ptft_hf_tasks_") as folder:
+        rendered = render_tasks(tasks, root, Path(folder))
+        manager = TaskManager(include_path=folder, include_defaults=False)
+        # log-softmax in float32 whatever the weights: bfloat16 log-probs tie often enough on close
+        # minimal pairs to bias multiple choice (a tie picks the first choice, BLiMP's acceptable one)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_batch_size=batch_size,
+                  softmax_dtype=torch.float32)
+        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
+                                      task_manager=manager, log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS,
+                                      random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                      fewshot_random_seed=seed)
+    results = {name: _metrics(values) for name, values in out["results"].items()}
+    if "blimp" in out.get("groups", {}):
+        results["blimp"] = _metrics(out["groups"]["blimp"])
+    return {"results": results, "n_samples": {k: v.get("effective", v) for k, v in out.get("n-samples", {}).items()},
+            "task_files": rendered.file_sha256, "seconds": round(time.time() - started, 2)}
+
+
+def _metrics(values: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval's `acc,none` / `acc_stderr,none` keys as `acc` / `acc_stderr` (no filters here)."""
+    out = {}
+    for key, value in values.items():
+        if "," in key and isinstance(value, (int, float)):
+            out[key.split(",")[0]] = float(value)
+    return out

@@ -1,0 +1,180 @@
+"""lm-evaluation-harness as the evaluation engine: BLiMP and a multiple-choice task on tiny models
+equal direct computations, a k-shot prompt holds exactly k training examples, pseudo-log-likelihood
+equals a hand computation, and bad requests are one line each (exit 2) before any model loads."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import shared_data
+
+pytest.importorskip("lm_eval", reason="the eval extra (pip install ptft-hf[eval]) is not installed")
+
+PARADIGMS = ["blimp_anaphor_gender_agreement", "blimp_determiner_noun_agreement_2"]
+
+
+@pytest.fixture(scope="module")
+def data_root() -> Path:
+    return shared_data("eval", "blimp").parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpt2(data_root: Path):
+    """A 1-layer GPT-2 (random weights) with a byte-level BPE trained on BLiMP and BANKING77 text."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ptft_hf.models.tokenizers import train_byte_bpe
+
+    texts = [json.loads(line)["sentence_good"] for p in PARADIGMS
+             for line in (data_root / "eval/blimp/data" / f"{p[6:]}.jsonl").read_text().splitlines()[:300]]
+    with (data_root / "banking77/train.csv").open(newline="") as f:
+        texts += [row["text"] for _, row in zip(range(300), csv.DictReader(f))]
+    tokenizer = train_byte_bpe(texts, 400)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_head=2, n_embd=32, n_positions=128,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
+def _logprob(model, ids: list[int], n_context: int) -> float:
+    """Sum of log P(ids[i] | ids[:i]) for i >= n_context, one unbatched forward pass."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    return sum(logp[i - 1, ids[i]].item() for i in range(n_context, len(ids)))
+
+
+def test_blimp_accuracy_equals_a_direct_comparison_of_sentence_log_probabilities(gpt2, data_root):
+    from ptft_hf.evaluation.runner import evaluate_model
+
+    model, tokenizer = gpt2
+    out = evaluate_model(model, tokenizer, PARADIGMS, limit=25, batch_size=16, data_root=data_root)
+    for task in PARADIGMS:
+        rows = [json.loads(l) for l in (data_root / "eval/blimp/data" / f"{task[6:]}.jsonl").read_text().splitlines()[:25]]
+        eos = [tokenizer.eos_token_id]  # an empty context: the sentence is scored after the prefix token
+        wins = [_logprob(model, eos + tokenizer(r["sentence_good"])["input_ids"], 1)
+                > _logprob(model, eos + tokenizer(r["sentence_bad"])["input_ids"], 1) for r in rows]
+        assert out["results"][task]["acc"] == sum(wins) / 25
+    assert set(out["task_files"]) == {f"{t}.yaml" for t in PARADIGMS}  # only what was scored, each with its sha256
+
+
+def test_multiple_choice_accuracy_equals_a_hand_computation_over_label_names(gpt2, data_root):
+    from ptft_hf.evaluation.runner import evaluate_model
+
+    model, tokenizer = gpt2
+    out = evaluate_model(model, tokenizer, ["banking77"], limit=2, batch_size=64, data_root=data_root)
+    labels = json.loads((data_root / "banking77/categories.json").read_text())
+    with (data_root / "banking77/test.csv").open(newline="") as f:
+        docs = [row for _, row in zip(range(2), csv.DictReader(f))]
+    correct = 0
+    for doc in docs:
+        context = f"Query: {doc['text']}\nIntent:"
+        n = len(tokenizer(context)["input_ids"])
+        scores = [_logprob(model, tokenizer(context + " " + label)["input_ids"], n) for label in labels]
+        correct += labels[max(range(len(labels)), key=scores.__getitem__)] == doc["category"]
+    assert out["results"]["banking77"]["acc"] == correct / 2
+
+
+def test_a_k_shot_prompt_holds_exactly_k_training_examples(data_root, tmp_path):
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from ptft_hf.evaluation.task_files import render_tasks
+
+    render_tasks(["banking77"], data_root, tmp_path)
+    task = get_task_dict(["banking77"], TaskManager(include_path=str(tmp_path), include_defaults=False))["banking77"]
+    with (data_root / "banking77/train.csv").open(newline="") as f:
+        train = {row["text"] for row in csv.DictReader(f)}
+    with (data_root / "banking77/test.csv").open(newline="") as f:
+        test = {row["text"] for row in csv.DictReader(f)}
+    doc = next(iter(task.test_docs()))
+    prompt = task.fewshot_context(doc, num_fewshot=3)
+    examples = prompt.split("\n\n")
+    assert len(examples) == 4 and examples[-1] == f"Query: {doc['text']}\nIntent:"
+    shots = [e.split("\n")[0][len("Query: "):] for e in examples[:3]]
+    assert all(s in train and s not in test for s in shots)
+
+
+def test_pseudo_log_likelihood_equals_masking_one_token_at_a_time():
+    from transformers import BertConfig, BertForMaskedLM
+
+    from ptft_hf.evaluation.pll import pseudo_log_likelihoods
+    from ptft_hf.models.tokenizers import train_wordpiece
+
+    sentences = ["the cat sat on the mat", "a dog barked", "the cats sits"]
+    tokenizer = train_wordpiece(sentences * 20, 120)
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=64)).eval()
+    expected = []
+    for sentence in sentences:
+        ids = tokenizer(sentence)["input_ids"]
+        total = 0.0
+        for i in range(1, len(ids) - 1):  # [CLS] and [SEP] are not scored
+            masked = ids[:i] + [tokenizer.mask_token_id] + ids[i + 1:]
+            with torch.no_grad():
+                total += torch.log_softmax(model(torch.tensor([masked])).logits[0, i], -1)[ids[i]].item()
+        expected.append(total)
+    assert pseudo_log_likelihoods(model, tokenizer, sentences, batch_size=4) == pytest.approx(expected, abs=1e-5)
+
+
+def _fake_run(folder: Path, objective: str, tokenizer=None, n_positions: int = 64) -> Path:
+    """A finished run's folder as far as the checks read it: metrics.json, model/ config and tokenizer."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"objective": objective}))
+    (folder / "model" / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": n_positions}))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder / "model")
+    return folder
+
+
+@pytest.mark.parametrize("args, objective, expected", [
+    (["tasks=nope"], "clm", "tasks: unknown task 'nope'; choose from blimp, banking77, chemprot, wikitext2, legal"),
+    (["tasks=legal", "data_root=/nonexistent"], "clm", "tasks: task 'legal' needs /nonexistent/licenses, which does not exist"),
+    (["tasks=banking77"], "mlm", "tasks: task 'banking77' scores left-to-right log-likelihoods, which a masked LM does not "
+                                 "define; score a masked LM on tasks=blimp (pseudo-log-likelihood"),
+    (["tasks=banking77", "num_fewshot=50"], "clm", "num_fewshot: 50 examples of task 'banking77' take about"),
+    (["tasks=blimp", "num_fewshot=2"], "clm", "num_fewshot: task 'blimp' is zero-shot"),
+])
+def test_bad_requests_are_one_line_each_before_any_model_loads(gpt2, data_root, tmp_path, capsys, args, objective, expected):
+    from ptft_hf.evaluation.cli import eval_main
+
+    run = _fake_run(tmp_path / "run", objective, gpt2[1])  # no weights: loading a model would fail
+    if not any(a.startswith("data_root=") for a in args):
+        args = [*args, f"data_root={data_root}"]
+    assert eval_main([str(run), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ptft-hf-eval: error: " + expected), err
+
+
+def test_a_folder_without_a_finished_model_is_one_line(tmp_path, capsys):
+    from ptft_hf.evaluation.cli import eval_main
+
+    assert eval_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ptft-hf-eval: error: path: {tmp_path} holds no finished run (metrics.json is missing); "
+                   "give a finished run or pipeline folder (train it first)"]
+
+
+def test_blimp_summary_averages_paradigms_per_field_beside_the_published_anchors(data_root):
+    from ptft_hf.evaluation.blimp import summarise
+
+    summary = summarise({"blimp_anaphor_gender_agreement": {"acc": 0.5}, "blimp_adjunct_island": {"acc": 0.8},
+                         "blimp_determiner_noun_agreement_2": {"acc": 0.7}}, data_root)
+    assert summary["average"] == pytest.approx(2.0 / 3)
+    assert summary["per_field"] == pytest.approx({"morphology": 0.6, "syntax": 0.8})
+    assert summary["anchors"] == {"ngram": 0.6124, "lstm": 0.6981, "txl": 0.6963, "gpt2": 0.8302}
+
+
+def test_no_eval_block_leaves_the_fingerprint_as_before():
+    from omegaconf import OmegaConf
+
+    from ptft_hf.config.fingerprint import config_fingerprint
+
+    before = OmegaConf.create({"model": {"name": "m"}, "trainer": {}})
+    with_default = OmegaConf.create({"model": {"name": "m"}, "trainer": {}, "eval": {"tasks": [], "batch_size": 64}})
+    asked = OmegaConf.create({"model": {"name": "m"}, "trainer": {}, "eval": {"tasks": ["blimp"], "batch_size": 64}})
+    assert config_fingerprint(with_default) == config_fingerprint(before) != config_fingerprint(asked)
