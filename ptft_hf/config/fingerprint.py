@@ -18,7 +18,7 @@ _NOT_FINGERPRINTED_TRAINER = {"resume_from_checkpoint", "disable_tqdm"}
 _OFF_OPTIONS = {("objective", "rdrop_alpha"): 0.0, ("model", "tokenizer", "add_bos_token"): None,
                 ("model", "tokenizer", "add_eos_token"): None, ("objective", "options"): {},
                 ("data", "validation_path"): None, ("data", "validation_split"): None,
-                ("data", "validation_fraction"): 0.05}
+                ("data", "validation_fraction"): 0.05, ("data", "chat_format"): None, ("data", "fields"): {}}
 
 
 def config_fingerprint(cfg: DictConfig) -> str:

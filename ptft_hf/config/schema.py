@@ -69,6 +69,10 @@ class DataConfig:
     prompt_column: str = "prompt"  # sft: prompt/response pairs ...
     response_column: str = "response"
     messages_column: str = "messages"  # ... or a list of {role, content} (used when present)
+    # sft: messages, alpaca, sharegpt or prompt_response; null sniffs it from the first records (and logs it)
+    chat_format: Optional[str] = None
+    # sft: canonical name -> your column/key, e.g. {instruction: question, output: answer, from: speaker}
+    fields: Dict[str, str] = field(default_factory=dict)
     sample_by: str = "line"  # text files: line, paragraph or document
     eval_fraction: float = 0.05  # test split carved off the training data when no eval data is given
     validation_fraction: float = 0.05  # validation carved off the (remaining) training data when none is given

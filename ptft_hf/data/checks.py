@@ -37,6 +37,21 @@ def _check_sources(data: DictConfig) -> list[Problem]:
         problems.append(Problem("data.sample_by", f"'{data.sample_by}' is not a way to split text", "use line, paragraph or document"))
     for i, extra in enumerate(data.get("extra_train") or []):
         problems += _check_extra_train(f"data.extra_train[{i}]", extra)
+    return problems + _check_chat_format(data)
+
+
+def _check_chat_format(data: DictConfig) -> list[Problem]:
+    """`data.chat_format` is one of the formats; `data.fields` maps only the canonical names."""
+    from ptft_hf.data.chat_formats import CHAT_FORMATS, FIELD_NAMES
+
+    problems = []
+    chat_format = data.get("chat_format")
+    if chat_format is not None and chat_format not in CHAT_FORMATS:
+        problems.append(Problem("data.chat_format", f"'{chat_format}' is not a chat format",
+                                f"use one of {', '.join(CHAT_FORMATS)}, or null to sniff it from the records"))
+    for name in sorted(set(data.get("fields") or {}) - set(FIELD_NAMES)):
+        problems.append(Problem(f"data.fields.{name}", "is not a field of any chat format",
+                                f"map one of: {', '.join(FIELD_NAMES)}"))
     return problems
 
 

@@ -147,18 +147,11 @@ def _labels_as_strings(ds: Dataset, column: str) -> Dataset:
 
 
 def _select_chat(ds: Dataset, cfg: DataConfig, field: str) -> Dataset:
-    """SFT rows: a `messages` column, or `prompt` and `response` columns (renamed from the config's)."""
-    if cfg.messages_column in ds.column_names:
-        return ds.select_columns([cfg.messages_column]).rename_columns(
-            {cfg.messages_column: "messages"} if cfg.messages_column != "messages" else {})
-    for column, key in ((cfg.prompt_column, "data.prompt_column"), (cfg.response_column, "data.response_column")):
-        if column not in ds.column_names:
-            raise UserError.of(key, f"column '{column}' not in {field} (nor a '{cfg.messages_column}' column)",
-                               f"set {key}= (or data.messages_column=) to one of: {', '.join(ds.column_names)}")
-    ds = ds.select_columns([cfg.prompt_column, cfg.response_column])
-    ds = ds.rename_columns({c: new for c, new in ((cfg.prompt_column, "prompt"), (cfg.response_column, "response")) if c != new})
-    return ds.filter(lambda b: [bool(p and r and str(p).strip() and str(r).strip()) for p, r in zip(b["prompt"], b["response"])],
-                     batched=True, desc="dropping empty pairs")
+    """SFT rows in any chat format (`data.chat_format`, `data.fields.*`; `ptft_hf.data.chat_formats`):
+    a `messages` column, or `prompt` and `response` columns."""
+    from ptft_hf.data.chat_formats import select_chat
+
+    return select_chat(ds, cfg, field)
 
 
 def _select_text(ds: Dataset, cfg: DataConfig, field: str, text_column: str | None = None) -> Dataset:
