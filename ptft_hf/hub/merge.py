@@ -3,20 +3,25 @@
 For QLoRA the base is loaded in 4-bit exactly as it was trained and dequantised before merging,
 so the merged full-precision weights are the 4-bit values plus the adapter's delta; merging into
 the 4-bit layers themselves would re-quantise the delta away.
+
+The merged folder keeps what the adapter folder knew: its tokenizer (chat template, special
+tokens) and its `generation_config.json` (SFT's end-of-turn eos ids), so that the merged model
+stops where the adapter model stops. The check reloads the saved folder and compares logits, and
+for causal LMs also greedy answers (through the chat template when there is one), stop included.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import yaml
 from peft import PeftConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig
 from transformers.pytorch_utils import Conv1D
 
 from ptft_hf.errors import UserError
@@ -30,12 +35,17 @@ CHECK_TEXTS = (
 )
 
 
+CHECK_QUESTIONS = ("What colour is a lime?", "What is 2 plus 3?")
+
+
 @dataclass
 class MergeResult:
     output_dir: Path
     max_abs_diff: float
     atol: float
     quantized_base: bool
+    answers: list[str] = field(default_factory=list)  # the merged model's greedy answers to the check prompts
+    eos_token_id: int | list[int] | None = None  # the merged generation_config's stop ids
 
 
 def adapter_folder(path: Path) -> Path:
@@ -100,6 +110,28 @@ def _into_original_architecture(merged: torch.nn.Module, base: str) -> torch.nn.
     return target
 
 
+def check_prompts(tokenizer: Any) -> list[str]:
+    """The greedy check's prompts: questions through the chat template (with the generation
+    prompt) when the tokenizer has one, else the check texts as they are."""
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+                for q in CHECK_QUESTIONS]
+    return list(CHECK_TEXTS[:2])
+
+
+@torch.no_grad()
+def greedy_ids(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy continuation (token ids, through the stop token when one is reached),
+    one prompt at a time (no padding), under the model's own generation_config."""
+    model.eval()
+    out = []
+    for prompt in prompts:
+        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out.append(ids[0, inputs["input_ids"].shape[1]:].tolist())
+    return out
+
+
 @torch.no_grad()
 def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     model.eval()
@@ -108,11 +140,13 @@ def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Te
 
 def merge_adapter(
     path: str | Path, output_dir: str | Path | None = None, atol: float = 1e-3,
-    texts: Sequence[str] = CHECK_TEXTS, overwrite: bool = False,
+    texts: Sequence[str] = CHECK_TEXTS, overwrite: bool = False, max_new_tokens: int = 16,
 ) -> MergeResult:
-    """Merge the adapter under `path` into its base; save to `output_dir` (default `<run>/merged`).
+    """Merge the adapter under `path` into its base; save to `output_dir` (default `<run>/merged`)
+    with the adapter folder's tokenizer and generation_config.
 
-    Raises UserError when the merged logits differ from the adapter model's by more than `atol`.
+    Raises UserError when the merged logits differ from the adapter model's by more than `atol`, or
+    when its greedy answers (up to `max_new_tokens`) differ from the adapter model's.
     """
     adapter_dir = adapter_folder(Path(path))
     output_dir = Path(output_dir) if output_dir else adapter_dir.parent / "merged"
@@ -126,8 +160,14 @@ def merge_adapter(
     inputs = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
     mask = inputs["attention_mask"].bool()
 
+    generation_config = (GenerationConfig.from_pretrained(str(adapter_dir))
+                         if (adapter_dir / "generation_config.json").is_file() else None)
     reference = PeftModel.from_pretrained(_load_base(base, quantization), str(adapter_dir))
+    if generation_config is not None:  # SFT's stop tokens (end of turn), as the run's own API loads it
+        reference.get_base_model().generation_config = generation_config
     expected = _logits(reference, inputs)[mask]
+    prompts = check_prompts(tokenizer)
+    expected_answers = greedy_ids(reference, tokenizer, prompts, max_new_tokens)
     del reference
 
     base_model = _load_base(base, quantization)
@@ -140,15 +180,29 @@ def merge_adapter(
     # Save next to the destination, reload what was saved, and compare: the saved files are checked.
     staging = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    if generation_config is not None:
+        merged.generation_config = generation_config
     merged.save_pretrained(str(staging), safe_serialization=True)
     tokenizer.save_pretrained(str(staging))
-    got = _logits(_safe_causal_lm(str(staging), dtype=torch.float32), inputs)[mask]
+    reloaded = _safe_causal_lm(str(staging), dtype=torch.float32)
+    got = _logits(reloaded, inputs)[mask]
     max_diff = float((expected - got).abs().max())
     log.info("merged vs adapter model: largest logit difference %.3g (tolerance %.3g)", max_diff, atol)
     if not max_diff <= atol:
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError.of("--atol", f"merged logits differ from the adapter model's by {max_diff:.3g}",
                            "nothing was saved; inspect the adapter, or raise --atol if the difference is expected")
+    got_answers = greedy_ids(reloaded, tokenizer, prompts, max_new_tokens)
+    answers = [tokenizer.decode(ids) for ids in got_answers]
+    for prompt, want, have in zip(prompts, expected_answers, got_answers):
+        if want != have:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise UserError.of("merge check", f"the merged model answers {tokenizer.decode(have)!r} where the adapter model "
+                               f"answers {tokenizer.decode(want)!r}", "nothing was saved; inspect the adapter and its "
+                               "generation_config.json")
+    log.info("merged vs adapter model: the same greedy answers %s (stop ids %s)", answers,
+             reloaded.generation_config.eos_token_id)
     shutil.rmtree(output_dir, ignore_errors=True)
     staging.rename(output_dir)
-    return MergeResult(output_dir=output_dir, max_abs_diff=max_diff, atol=atol, quantized_base=bool(quantization))
+    return MergeResult(output_dir=output_dir, max_abs_diff=max_diff, atol=atol, quantized_base=bool(quantization),
+                       answers=answers, eos_token_id=reloaded.generation_config.eos_token_id)
