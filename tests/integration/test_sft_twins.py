@@ -3,14 +3,17 @@ Qwen2 and Llama classes at tiny sizes, tokenizers with Qwen2.5's ChatML and Llam
 A learnable toy task ("What is a plus b?" -> the sum): the model learns to end its turn with the
 family's end-of-turn token, which becomes a stop token of the saved generation config, so that
 generation stops there instead of running on to max_new_tokens; SFT counts the real tokens it
-trained on, and measures forgetting on general text. In-process: the recipe is under test (the CLI layer is covered elsewhere)."""
+trained on, and measures forgetting on general text. LoRA-SFT (the final norm trained in full), then
+merged: the merged folder keeps the end-of-turn eos ids and the chat template, and its greedy answers
+equal the adapter model's and stop at the end of the turn, through `open_run` and through
+`transformers.pipeline`. In-process: the recipe is under test (the CLI layer is covered elsewhere)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig, pipeline
 
 from tests.conftest import shared_data
 
@@ -23,6 +26,7 @@ SUMS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}, {"r
 @pytest.mark.parametrize("family, end_of_turn", [("qwen2", "<|im_end|>"), ("llama3", "<|eot_id|>")])
 def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg, tmp_path, family, end_of_turn):
     from ptft_hf.api import open_run
+    from ptft_hf.hub.merge import merge_adapter
     from ptft_hf.config.schema import DataConfig
     from ptft_hf.data.chat import IGNORE_INDEX, encode_conversation
     from ptft_hf.models.twins import build_twin
@@ -40,7 +44,8 @@ def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg,
         "objective=sft", "model=pretrained", f"model.name_or_path={twin}", "data=text_files", f"data.path={data}",
         f"data.eval_path={evals}", f"data.validation_path={evals}",  # no validation carve: all 50 train, counts exact
         "objective.exact_match=true", "objective.max_new_tokens=12", "objective.max_length=128",
-        "trainer.per_device_train_batch_size=10", "trainer.max_steps=60", "trainer.learning_rate=3e-3",
+        "strategy=lora", "strategy.gradient_checkpointing=false", "strategy.lora.modules_to_save=[norm]",
+        "trainer.per_device_train_batch_size=10", "trainer.max_steps=60", "trainer.learning_rate=3e-2",
         "trainer.warmup_steps=0", "trainer.eval_steps=60", "trainer.save_steps=60", "samples.prompts=[What is 1 plus 2?]"),
         tmp_path / "run", references={"wikitext": DataConfig(name="wikitext", path=str(wiki), max_eval_samples=40)})
 
@@ -73,3 +78,26 @@ def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg,
     reply = open_run(tmp_path / "run").generate(tokenizer.apply_chat_template(SUMS[7]["messages"][:1], tokenize=False,
                                                                         add_generation_prompt=True), max_new_tokens=12)
     assert reply.count(end_of_turn) == 0
+
+    # merged: the adapter folder's stop ids and chat template kept, the same greedy answers, stopped at the end of turn
+    merged = merge_adapter(tmp_path / "run", atol=1e-4)
+    assert GenerationConfig.from_pretrained(merged.output_dir).eos_token_id == merged.eos_token_id == [eot, tokenizer.eos_token_id]
+    assert AutoTokenizer.from_pretrained(merged.output_dir).chat_template == tokenizer.chat_template
+    assert all(answer.endswith(end_of_turn) for answer in merged.answers), merged.answers
+    adapter_run, merged_run = open_run(tmp_path / "run", device="cpu"), open_run(tmp_path / "run", device="cpu", merged=True)
+    chats = [{"role": "user", "content": f"What is {a} plus {b}?"} for a, b in ((1, 2), (4, 3), (0, 0))]
+    replies = [adapter_run.generate(messages=[chat], max_new_tokens=12) for chat in chats]
+    assert [merged_run.generate(messages=[chat], max_new_tokens=12) for chat in chats] == replies
+    merged_model, _ = merged_run.load()
+    for chat, reply in zip(chats, replies):  # the turn ended: the end-of-turn token right after the reply
+        ids = tokenizer(merged_run.chat_prompt([chat]), return_tensors="pt", add_special_tokens=False)
+        out = merged_model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)[0]
+        assert out[-1] == eot and tokenizer.decode(out[ids["input_ids"].shape[1]:-1]) == reply
+    # transformers.pipeline: the merged folder as it is; the adapter folder loads its base's generation
+    # config (transformers reads only the base's), so its own is passed
+    generator = pipeline("text-generation", model=str(merged.output_dir), device="cpu")
+    assert [generator([chat], max_new_tokens=12, do_sample=False)[0]["generated_text"][-1]["content"] for chat in chats] == replies
+    generator = pipeline("text-generation", model=str(tmp_path / "run" / "model"), device="cpu")
+    stops = GenerationConfig.from_pretrained(tmp_path / "run" / "model")
+    assert [generator([chat], max_new_tokens=12, do_sample=False, generation_config=stops)[0]["generated_text"][-1]["content"]
+            for chat in chats] == replies
