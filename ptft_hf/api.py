@@ -196,7 +196,13 @@ class RunResult:
         if (self.model_dir / "adapter_config.json").is_file():
             import peft
 
-            model = getattr(peft, auto_name.replace("AutoModel", "AutoPeftModel")).from_pretrained(str(self.model_dir), dtype=dtype)
+            from ptft_hf.training.saving import read_label_maps
+
+            # the base in the objective's class (a classifier's head built with the folder's label maps), then the adapter
+            head = read_label_maps(self.model_dir)
+            base_path = peft.PeftConfig.from_pretrained(str(self.model_dir)).base_model_name_or_path
+            base = getattr(transformers, auto_name).from_pretrained(base_path, dtype=dtype, **head)
+            model = peft.PeftModel.from_pretrained(base, str(self.model_dir))
             if (self.model_dir / "generation_config.json").exists():  # SFT's stop tokens (end of turn)
                 model.get_base_model().generation_config = transformers.GenerationConfig.from_pretrained(str(self.model_dir))
         else:

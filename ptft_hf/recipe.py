@@ -75,7 +75,7 @@ def run(cfg: DictConfig, run_dir: str | Path, references: Mapping[str, DataConfi
     evaluation.validation = evaluate_validation(trainer, setup.prepared)
     evaluation.after.update(evaluate_objective(trainer, setup))
     metrics = measure(setup, trainer, result, train_wall, evaluation, dict(lineage or {}))
-    save_model(trainer, setup.tokenizer, setup.run_dir / "model")
+    save_model(trainer, setup.tokenizer, setup.run_dir / "model", head_config=setup.objective.classifies)
     samples = generate_after(trainer, setup)
     report(setup, trainer, metrics, samples, started)
     publish(setup, trainer)

@@ -45,7 +45,7 @@ def hub_problems(hub: Any, strategy: Any, objective: Any, name: Callable[[str], 
         problems.append(Problem(name("merged"), f"strategy={strategy.name} saves a full model, there is no adapter to merge",
                                 f"drop {name('merged')}"))
     elif hub.merged and objective is not None and not objective.merges:
-        problems.append(Problem(name("merged"), f"merging supports causal-LM adapters, not objective={objective.name}",
+        problems.append(Problem(name("merged"), f"objective={objective.name} does not merge its adapters",
                                 f"drop {name('merged')} and publish the adapter"))
     if not hub.atol > 0:
         problems.append(Problem(name("atol"), f"{hub.atol} is not a positive tolerance", f"use {name('atol')}=1e-4"))

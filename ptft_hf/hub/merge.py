@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 import yaml
 from peft import PeftConfig, PeftModel
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig
 from transformers.pytorch_utils import Conv1D
 
@@ -70,13 +71,41 @@ def _run_quantization(adapter_dir: Path) -> dict[str, Any] | None:
     return strategy.get("quantization") if quantizes else None
 
 
-def _safe_causal_lm(name: str, **kwargs: Any) -> torch.nn.Module:
-    """`AutoModelForCausalLM.from_pretrained` from safetensors only: a base with only pickle
-    weights (pytorch_model.bin, which can run code when loaded) is refused in one line."""
+def _model_class(adapter_dir: Path) -> Any:
+    """The auto class of the run's objective (`auto_class` in the objective registry), from the run's
+    config.yaml; causal LM for an adapter folder outside a run. An objective whose adapters cannot
+    be merged is refused in one line."""
+    config_path = adapter_dir.parent / "config.yaml"
+    name = ((yaml.safe_load(config_path.read_text()) or {}).get("objective") or {}).get("name") if config_path.is_file() else None
+    if name is None:
+        return AutoModelForCausalLM
+    from ptft_hf.objectives import get_objective
+
+    objective = get_objective(str(name))
+    if not objective.merges:
+        raise UserError.of("run_dir", f"adapters of objective={name} cannot be merged here", "publish the adapter as it is")
+    return getattr(transformers, objective.auto_class)
+
+
+def _head_config(adapter_dir: Path, auto_class: Any) -> dict[str, Any]:
+    """A classifier adapter's label count and names (`label_maps.json` beside it), as
+    `from_pretrained` keyword arguments."""
+    from ptft_hf.training.saving import LABEL_MAPS, read_label_maps
+
+    head = read_label_maps(adapter_dir)
+    if not head and auto_class is transformers.AutoModelForSequenceClassification:
+        raise UserError.of("run_dir", f"the classifier adapter in '{adapter_dir}' has no {LABEL_MAPS}, so its label count and "
+                           "names are unknown (saved by an older ptft_hf)", "train it again with this version to merge it")
+    return head
+
+
+def _safe_causal_lm(name: str, auto_class: Any = AutoModelForCausalLM, **kwargs: Any) -> torch.nn.Module:
+    """`auto_class.from_pretrained` from safetensors only: a base with only pickle weights
+    (pytorch_model.bin, which can run code when loaded) is refused in one line."""
     from ptft_hf.models.loading import pickle_refused
 
     try:
-        return AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, **kwargs)
+        return auto_class.from_pretrained(name, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as err:
         refused = pickle_refused(name, err)
         if refused is None:
@@ -84,24 +113,26 @@ def _safe_causal_lm(name: str, **kwargs: Any) -> torch.nn.Module:
         raise UserError.of("base model", refused.problems[0].what, "convert the base's weights to safetensors") from err
 
 
-def _load_base(base: str, quantization: dict[str, Any] | None) -> torch.nn.Module:
+def _load_base(base: str, quantization: dict[str, Any] | None, auto_class: Any = AutoModelForCausalLM,
+               **head: Any) -> torch.nn.Module:
     if quantization:
         from ptft_hf.strategies.qlora import keep_cpu_weights_trainable
 
         # the same 4-bit code path the adapter was trained with
-        return keep_cpu_weights_trainable(_safe_causal_lm(base, quantization_config=BitsAndBytesConfig(**quantization),
-                                                          device_map={"": "cpu"}))
-    return _safe_causal_lm(base, dtype=torch.float32)
+        return keep_cpu_weights_trainable(_safe_causal_lm(base, auto_class, quantization_config=BitsAndBytesConfig(**quantization),
+                                                          device_map={"": "cpu"}, **head))
+    return _safe_causal_lm(base, auto_class, dtype=torch.float32, **head)
 
 
 @torch.no_grad()
-def _into_original_architecture(merged: torch.nn.Module, base: str) -> torch.nn.Module:
+def _into_original_architecture(merged: torch.nn.Module, base: str, auto_class: Any = AutoModelForCausalLM,
+                                **head: Any) -> torch.nn.Module:
     """Copy dequantised, merged weights into a fresh float32 model of the base's own classes.
 
     Quantisation swaps layers for `Linear4bit` and dequantisation gives back `nn.Linear`, which
     for GPT-2's `Conv1D` layers holds the weight transposed; saved as is, it would not load.
     """
-    target = _safe_causal_lm(base, dtype=torch.float32)
+    target = _safe_causal_lm(base, auto_class, dtype=torch.float32, **head)
     source = merged.state_dict()
     conv1d_weights = {f"{name}.weight" for name, module in target.named_modules() if isinstance(module, Conv1D)}
     for name, tensor in target.state_dict().items():
@@ -132,6 +163,11 @@ def greedy_ids(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], m
     return out
 
 
+def _positions(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token logits at the real (unpadded) positions; a classifier's per-text logits as they are."""
+    return logits[mask] if logits.dim() == 3 else logits
+
+
 @torch.no_grad()
 def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     model.eval()
@@ -143,7 +179,8 @@ def merge_adapter(
     texts: Sequence[str] = CHECK_TEXTS, overwrite: bool = False, max_new_tokens: int = 16,
 ) -> MergeResult:
     """Merge the adapter under `path` into its base; save to `output_dir` (default `<run>/merged`)
-    with the adapter folder's tokenizer and generation_config.
+    with the adapter folder's tokenizer and generation_config. Causal LMs, masked LMs and classifiers
+    (heads, trained in full beside the adapter, and label maps kept) are merged alike.
 
     Raises UserError when the merged logits differ from the adapter model's by more than `atol`, or
     when its greedy answers (up to `max_new_tokens`) differ from the adapter model's.
@@ -157,25 +194,29 @@ def merge_adapter(
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     if tokenizer.pad_token is None:  # Llama 3 ships none; the check texts are padded to one batch
         tokenizer.pad_token = tokenizer.eos_token
-    inputs = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    auto_class = _model_class(adapter_dir)
+    head = _head_config(adapter_dir, auto_class)
+    generates = auto_class is AutoModelForCausalLM
+    # causal LMs continue raw text; encoders read texts as they were trained, with [CLS] ... [SEP]
+    inputs = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=not generates)
     mask = inputs["attention_mask"].bool()
 
     generation_config = (GenerationConfig.from_pretrained(str(adapter_dir))
                          if (adapter_dir / "generation_config.json").is_file() else None)
-    reference = PeftModel.from_pretrained(_load_base(base, quantization), str(adapter_dir))
+    reference = PeftModel.from_pretrained(_load_base(base, quantization, auto_class, **head), str(adapter_dir))
     if generation_config is not None:  # SFT's stop tokens (end of turn), as the run's own API loads it
         reference.get_base_model().generation_config = generation_config
-    expected = _logits(reference, inputs)[mask]
-    prompts = check_prompts(tokenizer)
+    expected = _positions(_logits(reference, inputs), mask)
+    prompts = check_prompts(tokenizer) if generates else []
     expected_answers = greedy_ids(reference, tokenizer, prompts, max_new_tokens)
     del reference
 
-    base_model = _load_base(base, quantization)
+    base_model = _load_base(base, quantization, auto_class, **head)
     if quantization:
         base_model = base_model.dequantize()  # 4-bit values -> float32, then merge in full precision
     merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
     if quantization:
-        merged = _into_original_architecture(merged, base)
+        merged = _into_original_architecture(merged, base, auto_class, **head)
 
     # Save next to the destination, reload what was saved, and compare: the saved files are checked.
     staging = output_dir.with_name(output_dir.name + ".partial")
@@ -184,8 +225,8 @@ def merge_adapter(
         merged.generation_config = generation_config
     merged.save_pretrained(str(staging), safe_serialization=True)
     tokenizer.save_pretrained(str(staging))
-    reloaded = _safe_causal_lm(str(staging), dtype=torch.float32)
-    got = _logits(reloaded, inputs)[mask]
+    reloaded = _safe_causal_lm(str(staging), auto_class, dtype=torch.float32)
+    got = _positions(_logits(reloaded, inputs), mask)
     max_diff = float((expected - got).abs().max())
     log.info("merged vs adapter model: largest logit difference %.3g (tolerance %.3g)", max_diff, atol)
     if not max_diff <= atol:
@@ -200,9 +241,11 @@ def merge_adapter(
             raise UserError.of("merge check", f"the merged model answers {tokenizer.decode(have)!r} where the adapter model "
                                f"answers {tokenizer.decode(want)!r}", "nothing was saved; inspect the adapter and its "
                                "generation_config.json")
-    log.info("merged vs adapter model: the same greedy answers %s (stop ids %s)", answers,
-             reloaded.generation_config.eos_token_id)
+    if generates:
+        log.info("merged vs adapter model: the same greedy answers %s (stop ids %s)", answers,
+                 reloaded.generation_config.eos_token_id)
     shutil.rmtree(output_dir, ignore_errors=True)
     staging.rename(output_dir)
+    stops = reloaded.generation_config.eos_token_id if generates else None
     return MergeResult(output_dir=output_dir, max_abs_diff=max_diff, atol=atol, quantized_base=bool(quantization),
-                       answers=answers, eos_token_id=reloaded.generation_config.eos_token_id)
+                       answers=answers, eos_token_id=stops)

@@ -145,7 +145,7 @@ class SequenceClassification(Objective):
     task_type = "SEQ_CLS"
     pipeline_tag = "text-classification"
     description = "sequence classifier"
-    classifies = True
+    classifies = merges = True
     settings = ("max_length", "group_by_length", "length_megabatch", "metrics", "f1_average", "rdrop_alpha")
     exclusive_settings = {"rdrop_alpha": (0.0, "R-Drop is for objective=classification, not objective={objective}",
                                           "drop objective.rdrop_alpha, or set objective=classification")}

@@ -61,7 +61,7 @@ class MaskedLM(Objective):
     pipeline_tag = "fill-mask"
     description = "masked language model"
     predicts = " (masked token)"
-    language_modelling = True
+    language_modelling = merges = True
     settings = ("block_size", "add_eos", "mlm_probability", "whole_word_mask", "eval_mask_seed", "predict_masked_only",
                 "line_by_line", "length_megabatch")
     exclusive_settings = {"line_by_line": (False, "only masked-LM rows can be line by line, not objective={objective}",

@@ -20,8 +20,8 @@ def test_objective_traits_are_what_the_code_used_to_spell_out_by_name():
     table = {name: tuple(getattr(get_objective(name), t) for t in TRAITS) for name in objective_names()}
     assert table == {
         "clm": ("AutoModelForCausalLM", "CAUSAL_LM", "text-generation", True, True, False, True, False, True),
-        "mlm": ("AutoModelForMaskedLM", None, "fill-mask", True, False, False, False, False, False),
-        "classification": ("AutoModelForSequenceClassification", "SEQ_CLS", "text-classification", False, False, True, False,
+        "mlm": ("AutoModelForMaskedLM", None, "fill-mask", True, False, False, True, False, False),
+        "classification": ("AutoModelForSequenceClassification", "SEQ_CLS", "text-classification", False, False, True, True,
                            False, False),
         "sft": ("AutoModelForCausalLM", "CAUSAL_LM", "text-generation", False, True, False, True, True, False),
     }
