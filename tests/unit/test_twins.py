@@ -221,6 +221,9 @@ def test_each_encoder_family_trains_a_classification_head(other_twins, family, s
     trained = _train_and_reload(model, rows, DataCollatorWithPadding(tokenizer), tmp_path, load_base, inputs)
     if strategy_name == "full":
         return
+    if strategy_name == "lora":  # merged: the head and its label names kept, the adapter model's logits, the same pipeline labels
+        _merge_and_compare(model, tokenizer, tmp_path, "classification", AutoModelForSequenceClassification, inputs,
+                           "text-classification", texts[:3])
     assert all("lora_" in n or "modules_to_save" in n for n in trained)
     assert any("modules_to_save" in n for n in trained)  # the new head trains whole
     four_bit = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -259,6 +262,43 @@ def test_each_encoder_family_trains_its_masked_lm_head(other_twins, family, stra
     trained = _train_and_reload(model, rows, collator, tmp_path, load_base, inputs)
     if strategy_name == "lora":
         assert all("lora_" in n for n in trained)
+        _merge_and_compare(model, tokenizer, tmp_path, "mlm", AutoModelForMaskedLM, inputs, "fill-mask",
+                           [f"Return the number of {tokenizer.mask_token} in the container."])
+
+
+def _merge_and_compare(model, tokenizer, tmp_path, objective, auto_class, inputs, task, texts):
+    """`ptft-hf-merge`'s code on the saved adapter (a run folder: config.yaml names the objective, a
+    classifier's label maps beside the adapter): the merged folder loads as a plain model with the
+    adapter model's logits and label names, and `transformers.pipeline` gives the same answers for both."""
+    import yaml
+    from transformers import pipeline
+
+    from ptft_hf.hub.merge import merge_adapter
+    from ptft_hf.training.saving import read_label_maps, save_label_maps
+
+    base = model.get_base_model()
+    base.config.id2label, base.config.label2id = ({0: "card", 1: "top_up", 2: "arrival"}, {"card": 0, "top_up": 1, "arrival": 2}) \
+        if objective == "classification" else (base.config.id2label, base.config.label2id)
+    tokenizer.save_pretrained(tmp_path / "model")
+    if objective == "classification":
+        save_label_maps(base.config, tmp_path / "model")
+        assert read_label_maps(tmp_path / "model")["id2label"] == {0: "card", 1: "top_up", 2: "arrival"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"objective": {"name": objective}}))
+    merged = merge_adapter(tmp_path, atol=1e-4)
+    plain = auto_class.from_pretrained(merged.output_dir, dtype=torch.float32).eval()
+    assert type(plain).__name__ == type(base).__name__ and plain.config.id2label == base.config.id2label
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**inputs).logits, model.eval()(**inputs).logits, rtol=1e-4, atol=1e-4)
+    if objective == "classification":
+        expected = [base.config.id2label[int(i)] for i in model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.argmax(-1)]
+        adapter = auto_class.from_pretrained(tmp_path / "model", **read_label_maps(tmp_path / "model"))
+        for loaded in (str(merged.output_dir), adapter):
+            got = pipeline(task, model=loaded, tokenizer=str(tmp_path / "model"), device="cpu")(texts)
+            assert [r["label"] for r in got] == expected
+    else:
+        for loaded in (str(merged.output_dir), str(tmp_path / "model")):
+            got = pipeline(task, model=loaded, device="cpu")(texts[0])
+            assert [r["token"] for r in got] == [r["token"] for r in pipeline(task, model=plain, tokenizer=tokenizer, device="cpu")(texts[0])]
 
 
 def test_the_gpt2_twin_is_the_preset_architecture(other_twins):
