@@ -68,6 +68,17 @@ def test_mlm_run_learns_with_fixed_eval_masks(mlm_run):
     # the same positions are predicted at every evaluation of a split: validation during training, test before and after
     assert sorted(split for split, _ in counts) == ["test", "validation"]
     assert AutoTokenizer.from_pretrained(mlm_run / "model").mask_token == "[MASK]"
+    # transformers.pipeline("fill-mask") on the saved folder: the model `open_run` loads, its best guesses
+    import torch
+    from transformers import pipeline
+
+    model, tokenizer = ptft_hf.open_run(mlm_run, device="cpu").load()
+    text = "I want to [MASK] my card"
+    with torch.no_grad():
+        inputs = tokenizer(text, return_tensors="pt")
+        logits = model(**inputs).logits[0, inputs["input_ids"][0].tolist().index(tokenizer.mask_token_id)]
+    filled = pipeline("fill-mask", model=str(mlm_run / "model"), device="cpu")(text, top_k=3)
+    assert [r["token"] for r in filled] == logits.topk(3).indices.tolist()
     assert not (mlm_run / "samples.jsonl").exists()
 
 
@@ -160,6 +171,15 @@ def test_predict_agrees_with_the_runs_eval_metrics(classification_run):
     long = [t for t, ids in zip(texts, tokenizer(texts)["input_ids"]) if len(ids) > metrics["max_length"]]
     assert len(long) == metrics["truncated"]["eval"]
     assert result.predict([t + " what is my balance" * 200 for t in long]) == result.predict(long)
+
+    # transformers.pipeline on the saved folder, cut and run in the same precision, predicts the same labels
+    import torch
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=str(result.model_dir), device="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=metrics.get("precision") == "bf16"):
+        piped = classifier(texts[:100], batch_size=48, truncation=True, max_length=metrics["max_length"])
+    assert [r["label"] for r in piped] == predictions[:100]
 
 
 def test_unseen_eval_labels_fail_with_one_problem_and_no_run_folder(compose_cfg, tmp_path):

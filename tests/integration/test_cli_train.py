@@ -92,6 +92,17 @@ def test_saved_model_reloads_and_generates(trained_run):
     assert generate_samples(model, tokenizer, SamplesConfig(**config["samples"])) == final
     assert any(s["completion"].strip() for s in final)  # the model says something
 
+    # transformers.pipeline on the saved folder continues as the Python API does (greedy, 5 new tokens)
+    from transformers import pipeline
+
+    import ptft_hf
+
+    api = ptft_hf.open_run(run_dir, device="cpu")
+    generator = pipeline("text-generation", model=str(run_dir / "model"), device="cpu")
+    for prompt in prompts:
+        want = api.generate(prompt, max_new_tokens=5, min_new_tokens=5)
+        assert generator(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False)[0]["generated_text"] == want
+
 
 def test_local_folder_loads_through_from_pretrained(trained_run, compose_cfg, tmp_path):
     """Continued pretraining from a saved folder (in-process: the recipe, not the CLI, is under
