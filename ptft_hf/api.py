@@ -271,12 +271,12 @@ def open_run(run_dir: str | Path, device: str | None = None, dtype: Any = None, 
     cuda:N, mps; None: CUDA, else MPS, else CPU) in `dtype` (float32, bfloat16, float16; None or auto:
     bf16 where the device has it, else float32). `merged`: the adapter merged by `ptft-hf-merge`
     (`<run>/merged`) instead of `model/`. A device that is not there is a UserError."""
+    device = pick_device(device)  # checked before anything is read
+    dtype = pick_dtype(dtype, device)
     run_dir = Path(run_dir)
     marker = run_dir / FINISHED_MARKER
     if not marker.is_file():
         raise FileNotFoundError(f"{run_dir} holds no finished run ({FINISHED_MARKER} is missing)")
-    device = pick_device(device)
-    dtype = pick_dtype(dtype, device)
     if merged and not (run_dir / "merged" / "config.json").is_file():
         from ptft_hf.errors import UserError
 
