@@ -138,7 +138,7 @@ def select_chat(ds: Dataset, cfg: Any, where: str) -> Dataset:
     if fmt == "alpaca":
         rows = [_alpaca(r, cfg) for r in ds]
     elif fmt == "sharegpt":
-        rows = [_sharegpt(r, cfg, i, where) for i, r in enumerate(ds)]
+        rows = [_sharegpt(r, cfg, i, where) for i, r in enumerate(ds, start=1)]  # counted from 1, as lines are
     else:
         rows = [_messages(r, cfg) for r in ds]
     return Dataset.from_dict({"messages": rows})

@@ -47,7 +47,8 @@ def _files(tmp: Path, finished: Path) -> dict[str, Path]:
     """The bad inputs, written into `tmp`."""
     files = {"empty": tmp / "empty.txt", "latin1": tmp / "latin1.txt", "locked": tmp / "locked.txt",
              "columns_csv": tmp / "columns.csv", "columns_jsonl": tmp / "columns.jsonl",
-             "train_csv": tmp / "train.csv", "eval_csv": tmp / "eval.csv", "pickle_model": tmp / "pickle_model"}
+             "train_csv": tmp / "train.csv", "eval_csv": tmp / "eval.csv", "pickle_model": tmp / "pickle_model",
+             "no_chat_format": tmp / "qa.jsonl", "sharegpt_tool": tmp / "sharegpt.jsonl"}
     files["empty"].write_text("")
     files["latin1"].write_bytes("first line\n".encode() + b"caf\xe9 cr\xe8me br\xfbl\xe9e\n\xff\xfe odd bytes\n")
     files["locked"].write_text("some text\n")  # reading it raises PermissionError (simulated: root reads anything)
@@ -56,6 +57,9 @@ def _files(tmp: Path, finished: Path) -> dict[str, Path]:
     rows = [f"the {w} is here and there,{'ab'[i % 2]}" for i, w in enumerate(["cat", "dog", "sun", "sea"] * 8)]
     files["train_csv"].write_text("text,label\n" + "\n".join(rows) + "\n")
     files["eval_csv"].write_text("text,label\nthe cat is here,a\nthe moon is here,c\nthe star is there,d\n")
+    files["no_chat_format"].write_text('{"question": "hi", "reply": "hello"}\n' * 4)
+    turns = '[{"from": "human", "value": "weather?"}, {"from": "tool", "value": "sunny"}, {"from": "gpt", "value": "Sunny."}]'
+    files["sharegpt_tool"].write_text(f'{{"conversations": {turns}}}\n' * 4)
     # a model folder holding only a pickle checkpoint (pytorch_model.bin), next to a real tokenizer
     shutil.copytree(finished / "model", files["pickle_model"])
     weights = files["pickle_model"] / "model.safetensors"
@@ -94,6 +98,16 @@ CASES = {
     "block-size-over-positions": (lambda f, m: [*GPT, "objective.block_size=128"],
                                   "objective.block_size: 128 is longer than the model's 64 positions; "
                                   "lower objective.block_size or raise model.config.n_positions"),
+    "chat-records-match-no-format": (lambda f, m: [*PRETRAINED, f"model.name_or_path={m}", "objective=sft", "data=text_files",
+                                                   f"data.path={f['no_chat_format']}"],
+                                     "data.chat_format: the records of the training data match no chat format (keys found: "
+                                     "question, reply); set data.chat_format= to one of messages, alpaca, sharegpt, "
+                                     "prompt_response and map its columns with data.fields.NAME=COLUMN"),
+    "sharegpt-role-the-template-cannot-render": (
+        lambda f, m: [*PRETRAINED, f"model.name_or_path={m}", "objective=sft", "data=text_files", f"data.path={f['sharegpt_tool']}"],
+        "data.fields.from: record 1 of the training data has a turn from 'tool', which the chat template cannot render (it "
+        "renders system, user and assistant turns); drop or rewrite those turns; the roles read are: assistant, bard, bing, "
+        "chatgpt, gpt, human, model, system, user"),
     "unknown-key": (lambda f, m: [*GPT, "objective.block_sise=64"],
                     "objective.block_sise: unknown key; valid keys: " + ", ".join(f.name for f in fields(ObjectiveConfig))),
     "unknown-option": (lambda f, m: [*GPT, "strategy=lroa"], "strategy=lroa: no such option in group 'strategy'; choose one of: dora, full, lora, qlora"),

@@ -127,7 +127,7 @@ def test_bad_records_are_one_line_each():
     with pytest.raises(UserError) as err:
         select_chat(Dataset.from_list(FORMATS["sharegpt"][:2] + tool), DataConfig(), "the training data")
     assert [str(p) for p in err.value.problems] == [
-        "data.fields.from: record 2 of the training data has a turn from 'function_call', which the chat template cannot "
+        "data.fields.from: record 3 of the training data has a turn from 'function_call', which the chat template cannot "
         "render (it renders system, user and assistant turns); drop or rewrite those turns; the roles read are: "
         "assistant, bard, bing, chatgpt, gpt, human, model, system, user"]
     with pytest.raises(UserError) as err:
