@@ -14,8 +14,9 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 def merge_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ptft-hf-merge",
-        description="Merge a LoRA/DoRA/QLoRA run's adapter into its base (QLoRA: dequantised first) and "
-                    "check that the merged model's logits equal the adapter model's.",
+        description="Merge a LoRA/DoRA/QLoRA run's adapter into its base (QLoRA: dequantised first), keeping its "
+                    "tokenizer, generation_config (end-of-turn stop ids) and a classifier's labels, and check that the "
+                    "saved model's logits, and a causal LM's greedy answers, equal the adapter model's.",
     )
     parser.add_argument("run_dir", help="a run folder (with model/) or an adapter folder")
     parser.add_argument("--output", help="where to save the merged model (default: RUN_DIR/merged)")
@@ -35,7 +36,8 @@ def merge_main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"ptft-hf-merge: error: {problem}\n")
         return 2
     print(f"merged model saved to {result.output_dir}; largest logit difference {result.max_abs_diff:.3g} "
-          f"(tolerance {result.atol:g}){' after dequantising the 4-bit base' if result.quantized_base else ''}")
+          f"(tolerance {result.atol:g}){' after dequantising the 4-bit base' if result.quantized_base else ''}"
+          + (f"; the same greedy answers {result.answers} (stop ids {result.eos_token_id})" if result.answers else ""))
     return 0
 
 
