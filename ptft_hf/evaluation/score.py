@@ -80,7 +80,7 @@ def score_run(path: str | Path, request: EvalRequest) -> dict[Path, dict[str, An
     for folder in folders:
         from ptft_hf.api import open_run
 
-        result = open_run(folder)
+        result = open_run(folder, device="cpu", dtype="float32")  # as saved: score_model moves and casts it (request.dtype)
         model, tokenizer = result.load()
         written[folder / EVAL_FILE] = score_model(model, tokenizer, request, folder,
                                                   masked=_auto_class(result.metrics) == MASKED)

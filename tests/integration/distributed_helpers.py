@@ -67,7 +67,7 @@ def reloaded_sample(run_dir) -> dict[str, str]:
     from ptft_hf.config.schema import SamplesConfig
     from ptft_hf.training.callbacks import generate_samples
 
-    model, tokenizer = open_run(run_dir).load()
+    model, tokenizer = open_run(run_dir, device="cpu", dtype="float32").load()
     samples = yaml.safe_load((run_dir / "config.yaml").read_text())["samples"]
     return generate_samples(model, tokenizer, SamplesConfig(**samples))[0]
 
