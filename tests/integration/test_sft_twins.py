@@ -82,7 +82,9 @@ def test_chat_sft_learns_to_end_its_turn_and_generation_stops_there(compose_cfg,
     # merged: the adapter folder's stop ids and chat template kept, the same greedy answers, stopped at the end of turn
     merged = merge_adapter(tmp_path / "run", atol=1e-4)
     assert GenerationConfig.from_pretrained(merged.output_dir).eos_token_id == merged.eos_token_id == [eot, tokenizer.eos_token_id]
-    assert AutoTokenizer.from_pretrained(merged.output_dir).chat_template == tokenizer.chat_template
+    merged_tokenizer = AutoTokenizer.from_pretrained(merged.output_dir)
+    assert merged_tokenizer.chat_template == tokenizer.chat_template
+    assert merged_tokenizer.all_special_tokens == tokenizer.all_special_tokens and end_of_turn in merged_tokenizer.all_special_tokens
     assert all(answer.endswith(end_of_turn) for answer in merged.answers), merged.answers
     adapter_run, merged_run = open_run(tmp_path / "run", device="cpu"), open_run(tmp_path / "run", device="cpu", merged=True)
     chats = [{"role": "user", "content": f"What is {a} plus {b}?"} for a, b in ((1, 2), (4, 3), (0, 0))]
