@@ -212,6 +212,26 @@ class EvalConfig:
 
 
 @dataclass
+class MatrixConfig:
+    """A pipeline's evaluation matrix, scored after every stage finished: each node (the random-
+    initialised model of the first stage's architecture, every stage, the controls) on the general
+    benchmark (`tasks`) and on every stage's own task (from its data), plus zero- and k-shot controls
+    (each specialist's starting model on the specialist's task). Writes `eval_matrix.json` and puts a
+    table and a heatmap at the top of the pipeline's report.md. Left out of every stage's fingerprint."""
+
+    enabled: bool = False
+    tasks: List[str] = field(default_factory=lambda: ["blimp"])  # the general benchmark, scored for every node
+    # per task: the first N documents (BLiMP: N pairs per paradigm) in every cell but the general model's
+    # general benchmark, which is always scored in full; a task left out: all documents
+    limit: Dict[str, int] = field(default_factory=dict)
+    fewshot: Optional[int] = None  # k of the k-shot controls; null: as many examples as the model's context holds
+    fewshot_limit: Dict[str, int] = field(default_factory=dict)  # per task: documents of the k-shot controls (null: `limit`'s)
+    batch_size: int = 256
+    data_root: Optional[str] = None  # the shared data folder; null: $PTFT_HF_SHARED_DATA or ../shared/data
+    dtype: str = "float32"  # float32 or bfloat16
+
+
+@dataclass
 class PtftConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -222,6 +242,7 @@ class PtftConfig:
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    matrix: MatrixConfig = field(default_factory=MatrixConfig)  # pipelines: the evaluation matrix after the stages
     stages: Dict[str, StageConfig] = field(default_factory=dict)  # non-empty: run as a pipeline
     seed: int = 42
     overwrite: bool = False  # allow writing into a folder that holds a finished run

@@ -189,14 +189,19 @@ def _recipe_difference(control: Any, stage: Any) -> str:
     return f"; its own recipe: {', '.join(differ)}" if differ else ""
 
 
-def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any]) -> Path:
-    """The seed's comparison first (pretraining against each fine-tuning: purpose, data, cost and
-    parameters updated, one column per stage), then the value of pretraining, then each stage."""
+def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any],
+                          matrix: dict[str, Any] | None = None) -> Path:
+    """The evaluation matrix when there is one (`matrix:`), then the seed's comparison (pretraining
+    against each fine-tuning: purpose, data, cost and parameters updated, one column per stage), then
+    the value of pretraining, then each stage."""
+    from ptft_hf.evaluation.matrix_report import matrix_lines
+
     order = summary.get("stage_order") or list(summary["stages"])
     summary = {**summary, "stages": {name: summary["stages"][name] for name in order}}
     lines = [
         f"# Pipeline report: {run_dir.name}", "",
         _timing_line(summary), "",
+        *(matrix_lines(matrix) if matrix else []),
         "## Pretraining vs fine-tuning", "",
         *_seed_table(summary["stages"], stages),
     ]
