@@ -82,8 +82,9 @@ def matrix_tasks(nodes: list[Node], general_tasks: list[str]) -> list[str]:
     return tasks
 
 
-def settings_problems(matrix: Any, field_name: str = "matrix") -> list[Problem]:
-    """What a pipeline can check in its `matrix:` block before any stage runs."""
+def settings_problems(matrix: Any, data_names: list[str] | None = None, field_name: str = "matrix") -> list[Problem]:
+    """What a pipeline can check in its `matrix:` block before any stage runs (`data_names`: its
+    stages' `data.name`, which give the tree's tasks; None: the limits are checked at scoring time)."""
     if not matrix.enabled:
         return []
     root = Path(matrix.data_root) if matrix.data_root else default_data_root()
@@ -98,7 +99,16 @@ def settings_problems(matrix: Any, field_name: str = "matrix") -> list[Problem]:
         problems.append(Problem(f"{field_name}.fewshot", f"{matrix.fewshot} is negative", "give 0 or more, or null"))
     if matrix.batch_size < 1:
         problems.append(Problem(f"{field_name}.batch_size", f"{matrix.batch_size} is not a batch", "give 1 or more"))
+    if data_names is not None:
+        tasks = list(dict.fromkeys([*matrix.tasks, *(DATA_TASKS[d] for d in data_names if d in DATA_TASKS)]))
+        problems += task_problems(tasks[len(matrix.tasks):], root, f"{field_name} (the stages' own tasks)")
+        problems += _unknown_limits(matrix, tasks)
     return problems
+
+
+def _unknown_limits(matrix: Any, tasks: list[str]) -> list[Problem]:
+    return [Problem(f"matrix.{key}.{t}", f"'{t}' is not a task of this matrix ({', '.join(tasks)})", "name one of them or drop it")
+            for key in ("limit", "fewshot_limit") for t in dict(getattr(matrix, key) or {}) if t not in tasks]
 
 
 def _tokenizer_and_positions(node: Node, general: Node | None) -> tuple[Any, int | None]:
@@ -247,9 +257,7 @@ def build_matrix(run_dir: str | Path, stage_metrics: dict[str, dict[str, Any]], 
     problems = task_problems(tasks, root, "matrix (the stages' own tasks)")
     limits = {t: dict(matrix.limit or {}).get(t) for t in tasks}
     fewshot_limits = {t: dict(matrix.fewshot_limit or {}).get(t, limits.get(t)) for t in tasks}
-    unknown = [t for key in ("limit", "fewshot_limit") for t in dict(getattr(matrix, key) or {}) if t not in tasks]
-    problems += [Problem(f"matrix.limit.{t}", f"'{t}' is not a task of this matrix ({', '.join(tasks)})",
-                         "name one of them or drop it") for t in unknown]
+    problems += _unknown_limits(matrix, tasks)
     controls, fewshot = control_plan(nodes, matrix, root)
     problems += fewshot
     if problems:

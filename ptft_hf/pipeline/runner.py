@@ -38,7 +38,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     if matrix_settings is not None and matrix_settings.enabled:  # the matrix's own settings, before any stage trains
         from ptft_hf.evaluation.matrix import settings_problems
 
-        problems = settings_problems(matrix_settings)
+        problems = settings_problems(matrix_settings, [str(c.data.name) for c in composed.values()])
         if problems:
             raise UserError(problems)
     stages: dict[str, StageConfig] = OmegaConf.to_object(cfg.stages)

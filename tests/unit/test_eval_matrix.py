@@ -169,3 +169,16 @@ def test_a_k_too_large_for_the_context_is_one_line_before_any_model_loads(pipeli
     assert str(err.value.problems[1]).startswith("matrix.fewshot: 50 examples of task 'banking77' take about")
     assert "stage 'general' reads 128; use matrix.fewshot=" in str(err.value.problems[1])
     assert not (tmp_path / "eval_matrix.json").exists()
+
+
+def test_the_matrix_settings_are_checked_before_any_stage_trains(data_root):
+    from ptft_hf.evaluation.matrix import settings_problems
+
+    settings = _matrix_settings(data_root, tasks=["blimp", "nope"], dtype="float16", limit={"chemprot": 0, "legal": 5})
+    problems = [str(p) for p in settings_problems(settings, ["wikitext2", "licenses", "medical_abstracts"])]
+    assert problems[0].startswith("matrix.tasks: unknown task 'nope'")
+    assert problems[1].startswith("matrix.dtype: 'float16' is not supported")
+    assert problems[2].startswith("matrix.limit.chemprot: 0 documents score nothing")
+    assert problems[3].startswith("matrix.limit.chemprot: 'chemprot' is not a task of this matrix (blimp, nope, wikitext2, legal)")
+    assert len(problems) == 4  # legal is the licences stage's own task: its limit is fine
+    assert settings_problems(_matrix_settings(data_root, enabled=False, tasks=["nope"])) == []
