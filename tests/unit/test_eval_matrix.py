@@ -152,22 +152,25 @@ def test_a_k_shot_prompt_holds_exactly_k_examples_none_from_the_scored_split(dat
             assert all(s in train and s not in test for s in shots)
 
 
-def test_a_k_too_large_for_the_context_is_one_line_before_any_model_loads(pipeline, data_root, tmp_path):
+def test_a_k_too_large_for_the_context_is_one_line_before_any_model_loads(pipeline, data_root, tmp_path, capsys):
+    """Through `ptft-hf-eval PIPELINE matrix=true`, over a finished pipeline's folder whose weights are gone."""
     import shutil
 
-    from ptft_hf.errors import UserError
-    from ptft_hf.evaluation.matrix import build_matrix
+    from ptft_hf.evaluation.cli import eval_main
 
     run_dir, metrics = pipeline
     for name in metrics:  # configs and tokenizers only: loading any model would fail
         shutil.copytree(run_dir / name, tmp_path / name, ignore=shutil.ignore_patterns("*.safetensors"))
-    with pytest.raises(UserError) as err:
-        build_matrix(tmp_path, metrics, _matrix_settings(data_root, fewshot=50, limit={"nope": 3}), seed=42)
-    lines = str(err.value).splitlines()
-    assert len(err.value.problems) == 2, lines
-    assert err.value.problems[0].field == "matrix.limit.nope"
-    assert str(err.value.problems[1]).startswith("matrix.fewshot: 50 examples of task 'banking77' take about")
-    assert "stage 'general' reads 128; use matrix.fewshot=" in str(err.value.problems[1])
+    (tmp_path / "metrics.json").write_text(json.dumps({"stages": metrics, "stage_order": list(metrics)}))
+    args = [str(tmp_path), "matrix=true", f"matrix.data_root={data_root}", f"matrix.tasks=[{PARADIGM}]",
+            "matrix.fewshot=50", "matrix.limit.nope=3"]
+    assert eval_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2, err
+    assert err[0] == ("ptft-hf-eval: error: matrix.limit.nope: 'nope' is not a task of this matrix "
+                      f"({PARADIGM}, wikitext2, legal, banking77); name one of them or drop it")
+    assert err[1].startswith("ptft-hf-eval: error: matrix.fewshot: 50 examples of task 'banking77' take about")
+    assert "stage 'general' reads 128; use matrix.fewshot=" in err[1]
     assert not (tmp_path / "eval_matrix.json").exists()
 
 
@@ -182,3 +185,11 @@ def test_the_matrix_settings_are_checked_before_any_stage_trains(data_root):
     assert problems[3].startswith("matrix.limit.chemprot: 'chemprot' is not a task of this matrix (blimp, nope, wikitext2, legal)")
     assert len(problems) == 4  # legal is the licences stage's own task: its limit is fine
     assert settings_problems(_matrix_settings(data_root, enabled=False, tasks=["nope"])) == []
+
+
+def test_the_matrix_block_leaves_every_stage_fingerprint_as_before():
+    from ptft_hf.config.fingerprint import config_fingerprint
+
+    before = OmegaConf.create({"model": {"name": "m"}, "trainer": {}})
+    with_matrix = OmegaConf.create({"model": {"name": "m"}, "trainer": {}, "matrix": {"enabled": True, "tasks": ["blimp"]}})
+    assert config_fingerprint(with_matrix) == config_fingerprint(before)  # turning it on retrains no finished stage
