@@ -256,7 +256,7 @@ def build_matrix(run_dir: str | Path, stage_metrics: dict[str, dict[str, Any]], 
     tasks = matrix_tasks(nodes, list(matrix.tasks))
     problems = task_problems(tasks, root, "matrix (the stages' own tasks)")
     limits = {t: dict(matrix.limit or {}).get(t) for t in tasks}
-    fewshot_limits = {t: dict(matrix.fewshot_limit or {}).get(t, limits.get(t)) for t in tasks}
+    fewshot_limits = {t: dict(matrix.fewshot_limit or {}).get(t, limits.get(t)) for t in tasks if task_family(t) in FEWSHOT_EXAMPLES}
     problems += _unknown_limits(matrix, tasks)
     controls, fewshot = control_plan(nodes, matrix, root)
     problems += fewshot
@@ -344,8 +344,8 @@ def _versions() -> dict[str, str | None]:
 
 
 def margin(control: dict[str, Any]) -> dict[str, Any] | None:
-    """The specialist's score against its best control (0-shot or k-shot): a difference in points for
-    accuracies, a ratio for perplexities; None where a score is missing."""
+    """The specialist's score against its best control (0-shot or k-shot): the difference (accuracy, or
+    bits per byte, where lower is better); None where a score is missing."""
     own = control["specialist_score"].get("value")
     candidates = [(label, cell["value"]) for label, cell in (("0-shot", control["zero_shot"]), (f"{control['k']}-shot", control.get("k_shot") or {}))
                   if isinstance(cell, dict) and cell.get("value") is not None]
@@ -353,9 +353,7 @@ def margin(control: dict[str, Any]) -> dict[str, Any] | None:
         return None
     _, higher = TASK_METRICS[task_family(control["task"])]
     best_label, best = (max if higher else min)(candidates, key=lambda c: c[1])
-    if higher:
-        return {"best_control": best_label, "best_value": best, "difference": own - best}
-    return {"best_control": best_label, "best_value": best, "ratio": own / best}
+    return {"best_control": best_label, "best_value": best, "difference": own - best, "higher_is_better": higher}
 
 
 def anchor_rows(tasks: list[str], root: Path) -> dict[str, dict[str, Any]]:
@@ -384,7 +382,7 @@ def anchor_rows(tasks: list[str], root: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_heatmap(record: dict[str, Any], path: Path) -> Path | None:
-    """The matrix as a heatmap: each column coloured from its worst to its best row (perplexities
+    """The matrix as a heatmap: each column coloured from its worst to its best row (bits per byte
     inverted), the values written in the cells; rows are the nodes, then the anchors."""
     import math
 
@@ -402,19 +400,19 @@ def write_heatmap(record: dict[str, Any], path: Path) -> Path | None:
         if not column:
             continue
         higher = record["metrics"][task]["higher_is_better"]
-        lo, hi = (min(column), max(column)) if higher else (math.log(max(column)), math.log(min(column)))
+        lo, hi = (min(column), max(column)) if higher else (max(column), min(column))
         for i, v in enumerate(values):
             if v[j] is not None:
-                x = v[j] if higher else math.log(v[j])
-                shade[i][j] = 0.5 if hi == lo else (x - lo) / (hi - lo)
+                shade[i][j] = 0.5 if hi == lo else (v[j] - lo) / (hi - lo)
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(tasks), 0.9 + 0.38 * len(rows)))
     ax.imshow(shade, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    for i, row in enumerate(values):
+    for i, (row, (_, cells)) in enumerate(zip(values, rows)):
         for j, v in enumerate(row):
-            ax.text(j, i, "n/a" if v is None else f"{v:.3f}" if v < 10 else f"{v:.0f}", ha="center", va="center", fontsize=8)
+            text = "" if tasks[j] not in cells else "n/a" if v is None else f"{v:.3f}"  # anchors: blank where they have none
+            ax.text(j, i, text, ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(tasks)), [f"{t}\n{record['metrics'][t]['metric']}" for t in tasks], fontsize=8)
     ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
-    ax.set_title("evaluation matrix (each column: red worst, green best)", fontsize=9)
+    ax.set_title("evaluation matrix\n(each column: red worst, green best)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -61,10 +61,10 @@ def controls_table(record: dict[str, Any]) -> list[str]:
         m = c.get("margin")
         if m is None:
             words = "–"
-        elif "difference" in m:
+        elif m["higher_is_better"]:
             words = f"{_points(c['specialist_score']['value'], m['best_value'])} over {m['best_control']}"
         else:
-            words = f"perplexity x{m['ratio']:.3f} of {m['best_control']} ({100 * (m['ratio'] - 1):+.1f}%)"
+            words = f"{m['difference']:+.3f} bits per byte against {m['best_control']} (lower is better)"
         kshot = _value(c.get("k_shot")) if c.get("k_shot") else "–"
         limit = (c.get("k_shot") or {}).get("limit")
         kshot += f" (first {limit})" if c.get("k_shot") and limit else ""
@@ -141,8 +141,8 @@ def matrix_lines(record: dict[str, Any]) -> list[str]:
     if record.get("not_held_out"):
         notes.append(f"{', '.join(f'`{n}`' for n in record['not_held_out'])} trained on the texts its own task scores: "
                      "that cell is not a held-out score")
-    notes.append("perplexities are word perplexities of whole held-out documents (rolling windows); a difference "
-                 "smaller than about two standard errors is not a difference")
+    notes.append("wikitext2 and legal: bits per byte of whole held-out documents (rolling windows; lower is better, "
+                 "the same for any tokenizer); a difference smaller than about two standard errors is not a difference")
     lines += [f"- {n}" for n in notes]
     blimp = blimp_lines(record)
     if blimp:
