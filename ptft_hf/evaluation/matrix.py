@@ -108,7 +108,8 @@ def settings_problems(matrix: Any, data_names: list[str] | None = None, field_na
 
 def _unknown_limits(matrix: Any, tasks: list[str]) -> list[Problem]:
     return [Problem(f"matrix.{key}.{t}", f"'{t}' is not a task of this matrix ({', '.join(tasks)})", "name one of them or drop it")
-            for key in ("limit", "fewshot_limit") for t in dict(getattr(matrix, key) or {}) if t not in tasks]
+            for key in ("limit", "fewshot_limit") for t in dict(getattr(matrix, key) or {})
+            if t not in tasks and t not in {task_family(name) for name in tasks}]
 
 
 def _tokenizer_and_positions(node: Node, general: Node | None) -> tuple[Any, int | None]:
@@ -255,7 +256,8 @@ def build_matrix(run_dir: str | Path, stage_metrics: dict[str, dict[str, Any]], 
         raise UserError(problems)
     tasks = matrix_tasks(nodes, list(matrix.tasks))
     problems = task_problems(tasks, root, "matrix (the stages' own tasks)")
-    limits = {t: dict(matrix.limit or {}).get(t) for t in tasks}
+    given = dict(matrix.limit or {})
+    limits = {t: given.get(t, given.get(task_family(t))) for t in tasks}  # `blimp` also limits a blimp_<paradigm> task
     fewshot_limits = {t: dict(matrix.fewshot_limit or {}).get(t, limits.get(t)) for t in tasks if task_family(t) in FEWSHOT_EXAMPLES}
     problems += _unknown_limits(matrix, tasks)
     controls, fewshot = control_plan(nodes, matrix, root)
