@@ -228,7 +228,7 @@ class MatrixConfig:
     fewshot_limit: Dict[str, int] = field(default_factory=dict)  # per task: documents of the k-shot controls (null: `limit`'s)
     batch_size: int = 256
     data_root: Optional[str] = None  # the shared data folder; null: $PTFT_HF_SHARED_DATA or ../shared/data
-    dtype: str = "float32"  # float32 or bfloat16
+    dtype: str = "auto"  # auto (bfloat16 where the CPU/GPU runs it fast, else float32), float32 or bfloat16
 
 
 @dataclass

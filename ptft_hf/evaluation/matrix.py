@@ -89,8 +89,8 @@ def settings_problems(matrix: Any, data_names: list[str] | None = None, field_na
         return []
     root = Path(matrix.data_root) if matrix.data_root else default_data_root()
     problems = task_problems(list(matrix.tasks), root, f"{field_name}.tasks")
-    if matrix.dtype not in ("float32", "bfloat16"):
-        problems.append(Problem(f"{field_name}.dtype", f"'{matrix.dtype}' is not supported", "use float32 or bfloat16"))
+    if matrix.dtype not in ("auto", "float32", "bfloat16"):
+        problems.append(Problem(f"{field_name}.dtype", f"'{matrix.dtype}' is not supported", "use auto, float32 or bfloat16"))
     for key in ("limit", "fewshot_limit"):
         for task, value in dict(getattr(matrix, key) or {}).items():
             if value is not None and value < 1:
@@ -266,7 +266,8 @@ def build_matrix(run_dir: str | Path, stage_metrics: dict[str, dict[str, Any]], 
         raise UserError(problems)
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, matrix.dtype)
+    dtype_name = resolve_dtype(matrix.dtype, device)
+    dtype = getattr(torch, dtype_name)
     rows: dict[str, dict[str, Any]] = {}
     wanted_kshot = {(c["base"], c["task"], c["k"]) for c in controls if c["k"]}
     kshot: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -311,7 +312,7 @@ def build_matrix(run_dir: str | Path, stage_metrics: dict[str, dict[str, Any]], 
         c["specialist_score"] = rows[c["specialist"]]["cells"].get(c["task"], {})
         c["margin"] = margin(c)
     record = {"tasks": tasks, "general_tasks": list(matrix.tasks), "metrics": {t: _metric_info(t) for t in tasks},
-              "limit": limits, "fewshot_limit": fewshot_limits, "batch_size": matrix.batch_size, "dtype": matrix.dtype,
+              "limit": limits, "fewshot_limit": fewshot_limits, "batch_size": matrix.batch_size, "dtype": dtype_name,
               "device": device, "data_root": str(root.resolve()), "general": general.name, "rows": rows,
               "controls": controls, "anchors": anchor_rows(tasks, root),
               "not_held_out": sorted({n.name for n in nodes if str(n.metrics.get("data")) in NOT_HELD_OUT}),
@@ -320,6 +321,23 @@ def build_matrix(run_dir: str | Path, stage_metrics: dict[str, dict[str, Any]], 
     write_heatmap(record, run_dir / HEATMAP_FILE)
     log.info("%s written (%.0f s)", run_dir / MATRIX_FILE, record["seconds"])
     return record
+
+
+def resolve_dtype(setting: str, device: str) -> str:
+    """`auto`: bfloat16 on a GPU that has it and on CPUs with AVX-512 BF16 or AMX (measured 1.3-1.9x
+    faster than float32 for BLiMP on a 4x256 GPT-2), else float32 (AVX2-only CPUs run bfloat16 matmuls
+    about 100x slower). Log-softmax stays in float32 either way (`runner.evaluate_model`)."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
 def _replay(metrics: dict[str, Any]) -> float:
