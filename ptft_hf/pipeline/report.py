@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ptft_hf.data.mixture import replay_share
-from ptft_hf.training.report import TEST_PREDICTIONS, baseline_verdict, beats_baseline
+from ptft_hf.training.report import TEST_PREDICTIONS, baseline_comparison, baseline_verdict, beats_baseline, progress_lines
 from ptft_hf.training.significance import mcnemar
 from ptft_hf.training.run_metrics import reference_perplexities
 
@@ -255,6 +255,12 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
                          f"{_fmt(m['majority_accuracy'])}, F1 {_fmt(m.get('majority_f1'))}")
         if baseline_verdict(m):
             lines.append(f"- **learned nothing useful: {baseline_verdict(m)}**")
+        if m.get("eval_accuracy_ci") or m.get("eval_perplexity_ci"):
+            lines.append(f"- against the baseline: {'; '.join(baseline_comparison(m))}")
+        progress = progress_lines(m)
+        if progress:
+            lines.append(f"- training: {progress[0]}")
+            lines += [f"- {warning}" for warning in progress[1:]]
         if "eval_perplexity" in m and m.get("eval_perplexity_before"):
             change = 100.0 * (m["eval_perplexity"] / m["eval_perplexity_before"] - 1.0)
             lines.append(f"- eval perplexity change: {change:+.1f}%")

@@ -39,19 +39,22 @@ class TokenLossAccumulator:
     block_tokens: list[int] = field(default_factory=list)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, shift: bool = True, chunk_rows: int = 2048,
-               head: torch.nn.Module | None = None) -> None:
+               head: torch.nn.Module | None = None, row_of: torch.Tensor | None = None, rows: int | None = None) -> None:
         """Add one batch. The labels are shifted (not the logits), so the model's logits are only
         viewed, never copied; the loss runs over `chunk_rows` positions at a time, so the extra
         memory is one chunk's log-softmax, not a batch's (a batch of 32x256 positions over an 8k
         vocabulary is 262 MB of fp32 logits per copy). With `head`, `logits` are the last hidden
-        states and each chunk is projected here: no batch of logits exists at all."""
+        states and each chunk is projected here: no batch of logits exists at all. `row_of` and
+        `rows`: the eval row of each label where the caller flattened the labelled positions of a
+        batch (masked LM), so the per-row sums still follow the rows."""
         if shift:  # causal LM: position t predicts token t+1; the last position predicts nothing
             labels = F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
-        rows = labels.shape[0] if labels.dim() > 1 else 1
+        if row_of is None:
+            rows = labels.shape[0] if labels.dim() > 1 else 1
+            row_of = torch.div(torch.arange(labels.numel()), max(labels.numel() // rows, 1), rounding_mode="floor")
         logits = logits.reshape(-1, logits.shape[-1])
         labels = labels.reshape(-1).to(logits.device)
-        row_of = torch.div(torch.arange(labels.numel(), device=logits.device), max(labels.numel() // rows, 1),
-                           rounding_mode="floor")
+        row_of = row_of.reshape(-1).to(logits.device)
         if head is not None:  # only labelled positions are projected
             selected = labels != IGNORE_INDEX
             logits, labels, row_of = logits[selected], labels[selected], row_of[selected]

@@ -48,11 +48,14 @@ def bootstrap_interval(statistic, *samples: np.ndarray, confidence: float = CONF
                        seed: int = SEED) -> tuple[float, float]:
     """A percentile bootstrap interval of `statistic(*samples)`, the samples resampled together
     (paired: one index draw per resample), by `scipy.stats.bootstrap` with a fixed seed."""
+    import inspect
+
     from scipy.stats import bootstrap
 
+    # scipy 1.15 names the generator `rng` (SPEC 7); `random_state` before it
+    generator = {"rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state": np.random.default_rng(seed)}
     result = bootstrap(tuple(np.asarray(s) for s in samples), statistic, paired=True, vectorized=False,
-                       n_resamples=resamples, confidence_level=confidence, method="percentile",
-                       random_state=np.random.default_rng(seed))
+                       n_resamples=resamples, confidence_level=confidence, method="percentile", **generator)
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 

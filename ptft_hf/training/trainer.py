@@ -358,14 +358,17 @@ class PtftTrainer(Trainer):
                 with self.compute_loss_context_manager(), self._head_scope(model, labels), \
                         hidden_states_as_logits(head) if head is not None else contextlib.nullcontext():
                     outputs = model(**batch)
-                if self.labelled_positions_only:
-                    labels = labels[labels != IGNORE_INDEX].unsqueeze(0)
+                rows = {}
+                if self.labelled_positions_only:  # the eval row of each labelled position: per-row sums
+                    labelled = labels != IGNORE_INDEX
+                    rows = {"row_of": labelled.nonzero()[:, 0], "rows": labels.shape[0]}
+                    labels = labels[labelled].unsqueeze(0)
                 if head is not None:  # hidden states in, projected a chunk at a time
                     with self.accelerator.autocast():
                         totals.update(outputs.logits, labels, shift=self.shift_labels, head=head,
-                                      chunk_rows=chunk_rows(head))
+                                      chunk_rows=chunk_rows(head), **rows)
                 else:
-                    totals.update(outputs.logits, labels, shift=self.shift_labels)
+                    totals.update(outputs.logits, labels, shift=self.shift_labels, **rows)
                 batches += 1
         if self.args.world_size > 1:
             reduced = self.accelerator.reduce(totals.as_tensor().to(self.args.device), reduction="sum")

@@ -78,6 +78,10 @@ def test_accumulator_keeps_a_loss_sum_and_token_count_per_eval_row():
     with torch.no_grad():  # as in evaluation
         projected.update(torch.randn(2, 4, 3), labels, head=head, chunk_rows=2)
     assert projected.block_tokens == [3, 1] and projected.block_loss == pytest.approx(acc.block_loss)
+    # a masked LM's labelled positions, flattened by the caller, with the row each came from
+    flattened = TokenLossAccumulator()
+    flattened.update(torch.zeros(1, 4, 4), torch.tensor([[1, 2, 3, 2]]), shift=False, row_of=torch.tensor([0, 0, 0, 1]), rows=3)
+    assert flattened.block_tokens == [3, 1, 0] and flattened.block_loss == pytest.approx([3 * math.log(4), math.log(4), 0.0])
 
 
 def test_accumulator_tensor_round_trip_for_distributed_reduce():
