@@ -4,7 +4,8 @@ and from a uniform guess, and whether it was still falling when it stopped.
 Read from the Trainer's log history (`loss` every `logging_steps`) when a run ends. Two cases get
 one warning each, with the fix: a loss that never left the uniform guess (ln of the number of
 classes, or of the vocabulary for an LM), and a run that covered less than one epoch while its
-loss was still falling. The slope over the last 20% of the logged steps is a least-squares line
+loss was still falling (not said of a loss still at the uniform guess: the first warning's fix
+names the steps too). The slope over the last 20% of the logged steps is a least-squares line
 (`scipy.stats.linregress`); it counts as falling when it is below zero by more than two of its
 standard errors (the noise of the loss around the line).
 """
@@ -44,7 +45,7 @@ class Progress:
         if self.first_loss is not None and self.last_loss is not None:
             parts.append(f"training loss {self.first_loss:.4g} -> {self.last_loss:.4g} ({self.last_loss - self.first_loss:+.4g})")
         if self.uniform_loss is not None and self.last_loss is not None:
-            parts.append(f"{self.uniform_loss - self.last_loss:+.4g} below the uniform guess's {self.uniform_loss:.4g}")
+            parts.append(f"{self.last_loss - self.uniform_loss:+.4g} from the uniform guess's {self.uniform_loss:.4g}")
         if self.slope_per_100_steps is not None:
             state = "still falling" if self.still_falling else "not falling beyond its noise"
             parts.append(f"slope over the last 20% of logged steps {self.slope_per_100_steps:+.3g} per 100 steps "
@@ -92,5 +93,6 @@ def training_progress(losses: list[tuple[int, float]], epochs: float, uniform_lo
         falling = bool(slope + 2.0 * stderr < 0.0)
     margin = max(UNIFORM_MARGIN * uniform_loss, 2.0 * (noise or 0.0)) if uniform_loss else 0.0
     learned_nothing = uniform_loss is not None and last >= uniform_loss - margin
+    # a loss still at the uniform guess gets that warning alone (its fix names the steps too)
     return Progress(epochs, losses[0][1], last, uniform_loss, slope, stderr, noise, falling, learned_nothing,
-                    bool(falling) and epochs < 1.0)
+                    bool(falling) and epochs < 1.0 and not learned_nothing)

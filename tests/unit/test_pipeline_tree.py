@@ -178,7 +178,8 @@ def test_the_report_weighs_each_base_a_control_and_the_domain_stage(tmp_path):
     assert "majority class: accuracy 0.362 (**not beaten** beyond chance: 95% interval 0.353-0.386)" in report
     assert ("- against the baseline: accuracy 0.37 (95% interval 0.353-0.386, Wilson) vs majority 0.362: not beaten beyond "
             "chance") in report
-    assert "- training: training covered 0.50 epochs; training loss 2.6 -> 2.55 (-0.05)" in report
+    assert ("- training: training covered 0.50 epochs; training loss 2.6 -> 2.55 (-0.05); -0.015 from the uniform "
+            "guess's 2.565") in report
     assert "- **Warning: the training loss never left the uniform guess: 2.55 at the end against 2.565" in report
     assert "| est. training FLOPs (x `general`) | 4e+09 | 1e+09 (0.25x) |" in report
 

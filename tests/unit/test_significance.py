@@ -92,6 +92,10 @@ def test_a_loss_that_stays_at_the_uniform_guess_learned_nothing():
     losses = [(step, uniform + wiggle[i % 6]) for i, step in enumerate(range(10, 301, 10))]
     progress = training_progress(losses, epochs=0.32, uniform_loss=uniform)
     assert progress.learned_nothing and not progress.still_falling and not progress.stopped_early
+    # drifting down a little, still at the guess (shuffled labels: the label frequencies): that warning alone
+    drifting = training_progress([(s, uniform + 0.01 - 0.0001 * s) for s in range(10, 301, 10)], 0.32, uniform)
+    assert drifting.learned_nothing and drifting.still_falling and not drifting.stopped_early
+    assert len(drifting.warnings()) == 1
     assert progress.first_loss == pytest.approx(uniform + 0.02)
     [warning] = progress.warnings(learning_rate=3e-4)
     assert warning.startswith("the training loss never left the uniform guess: ")
