@@ -125,7 +125,8 @@ def paired_words(stage_dir: Path, control_dir: Path) -> str:
         return ""
     test = mcnemar(ours, theirs)
     verdict = "**significant**" if test.significant else "within noise"
-    return (f"; {verdict} (McNemar's exact test, p = {test.p_value:.3g}: {test.only_a} test examples right only "
+    p = f"p = {test.p_value:.3g}" if test.p_value > 0 else "p < 1e-300"  # below a double's range: printed as a bound
+    return (f"; {verdict} (McNemar's exact test, {p}: {test.only_a} test examples right only "
             f"with pretraining, {test.only_b} only without)")
 
 

@@ -141,3 +141,6 @@ def test_the_pipeline_report_marks_a_margin_significant_or_within_noise(tmp_path
     assert paired_words(tmp_path / "far", tmp_path / "control") == (
         "; **significant** (McNemar's exact test, p = 0.00195: 10 test examples right only with pretraining, 0 only without)")
     assert paired_words(tmp_path / "far", tmp_path / "missing") == ""  # an older stage: no predictions saved
+    stage("all", [True] * 2200)
+    stage("none", [False] * 2200)  # 2 * 0.5^2200 underflows a double: the report prints a bound
+    assert "(McNemar's exact test, p < 1e-300: 2200 test examples" in paired_words(tmp_path / "all", tmp_path / "none")
