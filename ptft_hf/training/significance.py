@@ -36,9 +36,10 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
     "macro")`, a class with no true or predicted example scoring 0)."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     classes = np.union1d(labels, predictions)
-    tp = np.array([np.sum((labels == c) & (predictions == c)) for c in classes], dtype=np.float64)
-    support = np.array([np.sum(labels == c) for c in classes], dtype=np.float64)
-    predicted = np.array([np.sum(predictions == c) for c in classes], dtype=np.float64)
+    y, p = np.searchsorted(classes, labels), np.searchsorted(classes, predictions)
+    tp = np.bincount(y[y == p], minlength=len(classes)).astype(np.float64)
+    support = np.bincount(y, minlength=len(classes)).astype(np.float64)
+    predicted = np.bincount(p, minlength=len(classes)).astype(np.float64)
     denominator = support + predicted
     f1 = np.divide(2.0 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
     return float(f1.mean())
