@@ -52,6 +52,8 @@ class TokenLossAccumulator:
         if row_of is None:
             rows = labels.shape[0] if labels.dim() > 1 else 1
             row_of = torch.div(torch.arange(labels.numel()), max(labels.numel() // rows, 1), rounding_mode="floor")
+        elif rows is None:
+            rows = int(row_of.max()) + 1 if row_of.numel() else 1
         logits = logits.reshape(-1, logits.shape[-1])
         labels = labels.reshape(-1).to(logits.device)
         row_of = row_of.reshape(-1).to(logits.device)
