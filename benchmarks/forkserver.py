@@ -79,7 +79,10 @@ def _run_module(module: str, argv: list[str], env: dict[str, str]) -> int:
     for folder in added:  # what site.py does at start-up: the first sitecustomize on the path runs
         hook = Path(folder) / "sitecustomize.py"
         if hook.is_file():
-            runpy.run_path(str(hook), run_name="sitecustomize")
+            try:
+                runpy.run_path(str(hook), run_name="sitecustomize")
+            except Exception as err:  # noqa: BLE001  (site.py reports a failing hook and starts anyway)
+                sys.stderr.write(f"Error in sitecustomize; set PYTHONVERBOSE for traceback:\n{type(err).__name__}: {err}\n")
             break
     if env.get("OMP_NUM_THREADS", "").isdigit() and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(env["OMP_NUM_THREADS"]))

@@ -182,48 +182,88 @@ def cache_env() -> dict[str, str]:
     return dict(os.environ)
 
 
-# What the CLI's forked processes find imported (benchmarks/forkserver.py): the libraries a run uses.
+# What the CLI's forked processes find imported (tests/forked_processes.py): the libraries a run uses.
 CLI_PRELOAD = ("numpy", "torch", "datasets", "transformers", "transformers.trainer", "peft", "accelerate", "bitsandbytes",
-               "omegaconf", "hydra", "matplotlib.figure", "ptft_hf.cli", "ptft_hf.recipe", "ptft_hf.api", "ptft_hf.pipeline")
-_cli_server = None
+               "omegaconf", "hydra", "matplotlib.figure", "ptft_hf.cli", "ptft_hf.recipe", "ptft_hf.api", "ptft_hf.pipeline",
+               "torch.distributed.fsdp", "benchmarks.forkserver")
+STAND_IN = REPO_ROOT / "tests" / "forked_processes.py"
+_fork_server: tuple[subprocess.Popen, str] | None = None
 
 
-def _forked_cli():
-    """This worker's fork server for `python -m ptft_hf`, started on first use in the session's
-    environment (see pytest_configure) and closed when the worker ends."""
-    global _cli_server
-    if _cli_server is None:
+def _exec_every_process() -> bool:
+    return os.environ.get("PTFT_TEST_CLI") == "exec"
+
+
+def fork_server() -> str:
+    """The socket of this worker's fork server (tests/forked_processes.py), started on first use in
+    the session's environment (see pytest_configure) and stopped when the worker ends."""
+    global _fork_server
+    if _fork_server is None:
         import atexit
         import tempfile
 
-        from benchmarks.forkserver import ForkServer
+        folder = tempfile.mkdtemp(prefix="ptft-fork-")  # short: a Unix socket's path is at most 107 bytes
+        path = os.path.join(folder, "socket")
+        server = subprocess.Popen([sys.executable, "-m", "tests.forked_processes", "serve", path, *CLI_PRELOAD],
+                                  cwd=REPO_ROOT, env=dict(os.environ), stdout=subprocess.PIPE, text=True)
+        if server.stdout.readline().strip() != "ready":
+            server.kill()
+            raise RuntimeError("the tests' fork server did not start (tests/forked_processes.py)")
 
-        log = Path(tempfile.mkdtemp(prefix="ptft-cli-server-", dir=os.environ.get("PTFT_HF_CACHE"))) / "server.log"
-        _cli_server = ForkServer(dict(os.environ), REPO_ROOT, log, preload=CLI_PRELOAD)
-        atexit.register(_cli_server.close)
-    return _cli_server
+        def stop() -> None:
+            server.kill()
+            server.wait()
+            shutil.rmtree(folder, ignore_errors=True)
+
+        atexit.register(stop)
+        _fork_server = (server, path)
+    return _fork_server[1]
+
+
+def launched(env: dict[str, str], module: str = "ptft_hf") -> tuple[list[str], dict[str, str]]:
+    """What torchrun or `accelerate launch` starts per rank, and the environment to launch with:
+    a stand-in forked from the worker's server (`--no-python python -I tests/forked_processes.py
+    MODULE`), or `-m MODULE` afresh with PTFT_TEST_CLI=exec."""
+    if _exec_every_process():
+        return ["-m", module], env
+    from tests.forked_processes import SOCKET_ENV
+
+    return ["--no-python", sys.executable, "-I", str(STAND_IN), module], dict(env, **{SOCKET_ENV: fork_server()})
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m ptft_hf <args>` in a process of its own, as subprocess.run would report it.
 
     The process is forked from a server that imported the libraries once per worker
-    (benchmarks/forkserver.py: the start-up a CLI test would otherwise pay, ~8 s of CPU, paid once):
+    (tests/forked_processes.py: the start-up a CLI test would otherwise pay, ~8 s of CPU, paid once):
     the same module run as __main__ with the given environment, folder and PYTHONPATH hooks.
     PTFT_TEST_CLI=exec starts every one afresh with `sys.executable -m ptft_hf` instead."""
-    if os.environ.get("PTFT_TEST_CLI") == "exec":
+    if _exec_every_process():
         return subprocess.run([sys.executable, "-m", "ptft_hf", *args], env=env, cwd=cwd, capture_output=True, text=True,
                               timeout=timeout)
+    import socket
     import tempfile
-    import time
 
-    with tempfile.TemporaryDirectory(prefix="ptft-cli-") as captured:
-        out, err = Path(captured) / "stdout", Path(captured) / "stderr"
-        started = time.monotonic()
-        code = _forked_cli().run(args, dict(env), err, timeout, module="ptft_hf", cwd=str(cwd), stdout=str(out),
-                                 stderr=str(err))
-        stdout, stderr = (p.read_text(errors="replace") if p.exists() else "" for p in (out, err))
-    if code == -9 and time.monotonic() - started >= timeout:
+    from tests.forked_processes import forward_signal, read_replies, send_request
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as nothing, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(fork_server())
+        send_request(sock, {"module": "ptft_hf", "argv": list(args), "env": dict(env), "cwd": str(cwd)},
+                     [nothing.fileno(), out.fileno(), err.fileno()])
+        sock.settimeout(timeout)
+        code, timed_out = None, False
+        while code is None:
+            try:
+                code = next((r["returncode"] for r in read_replies(sock) if "returncode" in r), None)
+                if code is None:
+                    raise RuntimeError("the tests' fork server ended during a run (tests/forked_processes.py)")
+            except TimeoutError:  # past its time: the process and whatever it started, then its status
+                timed_out = True
+                sock.settimeout(None)
+                forward_signal(sock, 9)
+        stdout, stderr = (f.seek(0) or f.read().decode(errors="replace") for f in (out, err))
+    if timed_out:
         raise subprocess.TimeoutExpired(["ptft_hf", *args], timeout, stdout, stderr)
     return subprocess.CompletedProcess(["ptft_hf", *args], code, stdout, stderr)
 

@@ -19,6 +19,8 @@ _OFF_OPTIONS = {("objective", "rdrop_alpha"): 0.0, ("model", "tokenizer", "add_b
                 ("model", "tokenizer", "add_eos_token"): None, ("objective", "options"): {},
                 ("data", "validation_path"): None, ("data", "validation_split"): None,
                 ("data", "validation_fraction"): 0.05}
+# defaults another field carries: `objective.max_steps` only supplies trainer.max_steps, which is fingerprinted
+_ECHOED = (("objective", "max_steps"),)
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
@@ -32,6 +34,12 @@ def config_fingerprint(cfg: DictConfig) -> str:
                            if v is not None and v != MASK and k not in _NOT_FINGERPRINTED_TRAINER}
     if not (resolved.get("eval") or {}).get("tasks"):  # no evaluation asked: runs from before `eval` existed
         resolved.pop("eval", None)
+    for *parents, key in _ECHOED:
+        section = resolved
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(key, None)
     for (*parents, key), off in _OFF_OPTIONS.items():
         section = resolved
         for parent in parents:

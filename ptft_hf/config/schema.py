@@ -99,6 +99,9 @@ class ObjectiveConfig:
     num_proc: Optional[int] = None  # datasets.map workers
     # the CPU trainer's default learning rate for this objective (trainer.learning_rate, set, wins)
     learning_rate: float = 1.0e-3
+    # the trainer's default trainer.max_steps for this objective; None: the trainer group's (300 on CPU),
+    # classification -1: whole epochs (trainer.num_train_epochs). trainer.max_steps, set, wins
+    max_steps: Optional[int] = None
     mlm_probability: float = 0.15  # mlm: share of tokens (or words) to predict
     whole_word_mask: bool = False  # mlm: mask all tokens of a chosen word together
     eval_mask_seed: int = 1234  # mlm: eval masks depend only on this seed and the text
@@ -250,6 +253,13 @@ class PtftConfig:
 
 
 SCHEMA_NAME = "ptft_schema"
+OR_RESOLVER = "ptft_hf_or"  # ${ptft_hf_or:${objective.max_steps},300}: the first value that is not null
+
+
+def first_set(*values: Any) -> Any:
+    """The first of `values` that is not None (the resolver behind `${ptft_hf_or:a,b}`)."""
+    return next((v for v in values if v is not None), None)
+
 
 
 def register_schemas() -> None:
@@ -257,6 +267,7 @@ def register_schemas() -> None:
     the DeepSpeed presets name their shipped JSON with."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=PtftConfig)
     OmegaConf.register_new_resolver(RESOLVER, engine_file, replace=True)
+    OmegaConf.register_new_resolver(OR_RESOLVER, first_set, replace=True)
 
 
 register_schemas()

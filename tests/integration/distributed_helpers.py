@@ -14,14 +14,17 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import DISTRIBUTED_RUN
+from tests.conftest import DISTRIBUTED_RUN, launched
 
 RUN = DISTRIBUTED_RUN
 
 
 def torchrun(args: list[str], env: dict[str, str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node N -m ptft_hf <args>`; each rank forked from the
+    worker's pre-imported server unless PTFT_TEST_CLI=exec (tests/forked_processes.py)."""
+    worker, env = launched(env)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                           "-m", "ptft_hf", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+                           *worker, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def run_in_process(compose_cfg, args: list[str], run_dir: Path) -> dict:
@@ -86,10 +89,11 @@ def on_save(self, args, state, control):
 
         dist.barrier()
         if dist.get_rank() == 0:
-            agent = os.getppid()
+            started = int(os.environ.get("PTFT_FORKED_FOR", os.getpid()))  # the process torchrun started
+            agent = int(open(f"/proc/{started}/stat").read().rsplit(")", 1)[1].split()[1])
             workers = open(f"/proc/{agent}/task/{agent}/children").read().split()
             os.kill(agent, signal.SIGKILL)
-            for pid in map(int, workers):
+            for pid in map(int, workers):  # a forked rank's stand-in killed: its server kills the rank
                 if pid != os.getpid():
                     os.kill(pid, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ptft_hf.paths import conf_dir
-from tests.conftest import PLANTED_TOKEN, QUICKSTART_RUN
+from tests.conftest import PLANTED_TOKEN, QUICKSTART_RUN, launched
 from tests.integration.distributed_helpers import (KILL_JOB_AT_SAVE, RUN, assert_same_training, free_port, reloaded_sample,
                                                    torchrun)
 
@@ -77,10 +77,10 @@ def test_a_sweep_over_two_nodes_runs_every_job_on_both_and_trains_like_one_proce
     what one process with the global batch trains."""
     rate = yaml.safe_load((single_process_run / "config.yaml").read_text())["trainer"]["learning_rate"]
     endpoint = f"127.0.0.1:{free_port()}"
-    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_MULTIRUN=str(tmp_path / "multirun"))
+    worker, env = launched(dict(cache_env, OMP_NUM_THREADS="1", PTFT_HF_MULTIRUN=str(tmp_path / "multirun")))
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                "--node_rank", str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
-                               "--rdzv_id", "ptft-test", "-m", "ptft_hf", "-m", f"trainer.learning_rate={rate},3e-4", *RUN,
+                               "--rdzv_id", "ptft-test", *worker, "-m", f"trainer.learning_rate={rate},3e-4", *RUN,
                                "trainer.per_device_train_batch_size=4"],
                               env=env, cwd=tmp_path, stdout=(tmp_path / f"node{rank}.out").open("w"), stderr=subprocess.STDOUT)
              for rank in (0, 1)]

@@ -20,6 +20,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.conftest import launched
 from tests.integration.distributed_helpers import (KILL_JOB_AT_SAVE, RUN, assert_same_training, reloaded_sample,
                                                    run_in_process, torchrun)
 
@@ -61,12 +62,12 @@ def test_accelerate_launch_runs_two_processes_whose_padding_counts_are_the_whole
            "data.max_train_samples=300", "data.max_eval_samples=40", "trainer.max_steps=6", "trainer.eval_steps=6",
            "trainer.save_steps=6", "model.config.num_hidden_layers=1", "model.config.hidden_size=32",
            "model.config.num_attention_heads=2", "model.config.intermediate_size=64", "model.tokenizer.vocab_size=512"]
-    env = dict(cache_env, OMP_NUM_THREADS="1")
+    worker, env = launched(dict(cache_env, OMP_NUM_THREADS="1"))
     run_in_process(compose_cfg, [*mlm, "trainer.per_device_train_batch_size=8"], tmp_path / "single")  # the reference
     run_dir = tmp_path / "two"
     two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "-m", "ptft_hf", *mlm, *TWO_BY_FOUR, f"hydra.run.dir={run_dir}"],
+                          *(w.replace("--no-python", "--no_python") for w in worker), *mlm, *TWO_BY_FOUR, f"hydra.run.dir={run_dir}"],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert sorted(p.name for p in run_dir.glob("cli*.log")) == ["cli.log", "cli.rank1.log"]

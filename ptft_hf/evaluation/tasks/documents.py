@@ -1,4 +1,5 @@
-"""Document builders for the perplexity tasks (lm-eval `process_docs`, copied beside the rendered YAMLs)."""
+"""Document builders for the perplexity tasks (lm-eval `process_docs`) and BLiMP's prompt and choices,
+copied beside the rendered YAMLs."""
 
 from __future__ import annotations
 
@@ -27,3 +28,13 @@ def licence_texts(dataset: Dataset) -> Dataset:
         parts = text.split("---\n", 2)
         texts.append((parts[2] if text.startswith("---") and len(parts) == 3 else text).strip())
     return Dataset.from_dict({"text": texts})
+
+
+def no_prompt(doc: dict) -> str:
+    """BLiMP scores each whole sentence: no context before it."""
+    return ""
+
+
+def blimp_pair(doc: dict) -> list[str]:
+    """The acceptable sentence first (the target, 0), then the unacceptable one."""
+    return [doc["sentence_good"], doc["sentence_bad"]]
