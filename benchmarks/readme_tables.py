@@ -196,7 +196,25 @@ def pretraining_margins(names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def eval_matrix(names: list[str]) -> str:
+    """The pipeline's evaluation matrix (every node on BLiMP and every stage's task, the anchors),
+    then the zero/k-shot controls and the BLiMP lines, as report.md gives them."""
+    from ptft_hf.evaluation.matrix_report import blimp_lines, controls_table, matrix_table
+
+    [name] = names
+    record = load(name)["eval_matrix"]
+    limits = ", ".join(f"{task} {n}" for task, n in record["limit"].items() if n)
+    lines = [*matrix_table(record), ""]
+    if limits:
+        lines += [f"Limits (the first N documents; BLiMP: N pairs per paradigm) in every cell but the general model's "
+                  f"BLiMP, scored in full: {limits}. {record['seconds'] / 60:.1f} minutes on {record['device']} "
+                  f"({record['dtype']}).", ""]
+    lines += [*controls_table(record), "", *blimp_lines(record)]
+    return "\n".join(line.rstrip() for line in lines).strip("\n")
+
+
 RENDERERS: dict[str, Callable[[list[str]], str]] = {
+    "eval_matrix": eval_matrix,
     "pipeline_table": pipeline_table,
     "pretraining_margins": pretraining_margins,
 }
