@@ -72,12 +72,31 @@ def collect(folder: Path, name: str, command: str) -> Path:
     record: dict[str, Any] = {"name": name, "command": command, "date": date.today().isoformat(), "machine": _machine(),
                               "kind": "pipeline" if "stages" in metrics else "run",
                               "metrics": _without_machine_paths(metrics, folder.resolve())}
+    if record["kind"] == "pipeline":
+        record["paired"] = _paired_tests(folder, metrics["stages"])
     matrix = folder / "eval_matrix.json"
     if matrix.is_file():
         record["eval_matrix"] = _without_machine_paths(json.loads(matrix.read_text()), folder.resolve())
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return out
+
+
+def _paired_tests(folder: Path, stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """McNemar's exact test of each classifier stage against each of its random-weights controls,
+    on their per-example test correctness (`test_predictions.jsonl`), kept as `"stage vs control"`."""
+    from ptft_hf.pipeline.report import read_correctness
+    from ptft_hf.training.significance import mcnemar
+
+    paired = {}
+    for stage in stages:
+        for control in _controls(stages, stage):
+            ours, theirs = read_correctness(folder / stage), read_correctness(folder / control)
+            if ours is not None and theirs is not None and len(ours) == len(theirs):
+                test = mcnemar(ours, theirs)
+                paired[f"{stage} vs {control}"] = {"only_stage": test.only_a, "only_control": test.only_b,
+                                                   "p_value": test.p_value}
+    return paired
 
 
 def load(name: str) -> dict[str, Any]:
@@ -137,8 +156,11 @@ def pipeline_table(names: list[str]) -> str:
 
 
 def _controls(stages: dict[str, dict[str, Any]], stage: str) -> list[str]:
-    """The random-weights stages trained on the same data with the same objective as `stage`."""
+    """The random-weights stages trained on the same data with the same objective as `stage` (none
+    for a control itself or a stage trained from its config)."""
     m = stages[stage]
+    if m.get("random_init") or not (m.get("lineage") or {}).get("init_from_stage"):
+        return []
     return [n for n, c in stages.items() if c.get("random_init") and c.get("data") == m.get("data")
             and c.get("objective") == m.get("objective")]
 
@@ -151,8 +173,6 @@ def pretraining_margins(names: list[str]) -> str:
     lines = ["| specialist | control | metric | " + " | ".join(f"`{n}`" for n in names) + " |",
              "|---|---|---|" + "---|" * len(names)]
     for stage, m in first.items():
-        if m.get("random_init") or not (m.get("lineage") or {}).get("init_from_stage"):
-            continue
         found = _own_metric(m)
         for control in _controls(first, stage):
             if not found:
@@ -165,13 +185,36 @@ def pretraining_margins(names: list[str]) -> str:
                     cells.append("–")
                     continue
                 ours, theirs = stages[stage][f"eval_{metric}"], stages[control][f"eval_{metric}"]
-                cells.append(f"{_g(ours)} vs {_g(theirs)} ({ours - theirs:+.4g})")
+                test = result.get("paired", {}).get(f"{stage} vs {control}")
+                paired = ""
+                if test:
+                    p = f"p = {test['p_value']:.2g}" if test["p_value"] > 0 else "p < 1e-300"
+                    paired = f"; McNemar {p}, {test['only_stage']}/{test['only_control']} discordant"
+                cells.append(f"{_g(ours)} vs {_g(theirs)} ({ours - theirs:+.4g}{paired})")
             lines.append(f"| `{stage}` | `{control}` | {metric} ({'higher' if higher else 'lower'} is better) | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def eval_matrix(names: list[str]) -> str:
+    """The pipeline's evaluation matrix (every node on BLiMP and every stage's task, the anchors),
+    then the zero/k-shot controls and the BLiMP lines, as report.md gives them."""
+    from ptft_hf.evaluation.matrix_report import blimp_lines, controls_table, matrix_table
+
+    [name] = names
+    record = load(name)["eval_matrix"]
+    limits = ", ".join(f"{task} {n}" for task, n in record["limit"].items() if n)
+    lines = [*matrix_table(record), ""]
+    if limits:
+        lines += [f"Limits (the first N documents; BLiMP: N pairs per paradigm) in every cell but the general model's "
+                  f"BLiMP, scored in full: {limits}. {record['seconds'] / 60:.1f} minutes on {record['device']} "
+                  f"({record['dtype']}).", ""]
+    lines += [*controls_table(record), "", *blimp_lines(record)]
+    return "\n".join(line.rstrip() for line in lines).strip("\n")
+
+
 RENDERERS: dict[str, Callable[[list[str]], str]] = {
+    "eval_matrix": eval_matrix,
     "pipeline_table": pipeline_table,
     "pretraining_margins": pretraining_margins,
 }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +46,13 @@ from ptft_hf.strategies import get_strategy
 from ptft_hf.training.build import build_trainer, prompt_formatter
 from ptft_hf.training.callbacks import SampleCallback, evaluating_split, generate_samples
 from ptft_hf.training.cost import reset_peak_memory
-from ptft_hf.training.report import baseline_verdict, beats_baseline, plot_loss, write_report
+from ptft_hf.training.progress import Progress, logged_losses, training_progress
+from ptft_hf.training.report import (TEST_PREDICTIONS, baseline_comparison, baseline_verdict, beats_baseline, plot_loss,
+                                     write_report)
 from ptft_hf.training.run_metrics import Evaluation, Throughput, run_metrics, train_tokens
 from ptft_hf.training.safety import Interrupted, NonFiniteLoss, StopOnSignal
 from ptft_hf.training.saving import save_model
+from ptft_hf.training.significance import EvalOutcome
 from ptft_hf.training.trainer import PtftTrainer
 
 log = logging.getLogger(__name__)
@@ -68,16 +72,16 @@ def run(cfg: DictConfig, run_dir: str | Path, references: Mapping[str, DataConfi
     setup = set_up(cfg, Path(run_dir), dict(references or {}))
     trainer = build_trainer(setup.conf, setup.run_dir, setup.tokenizer, setup.prepared, [setup.stop],
                             resuming=setup.resume_from is not None, resume_from=setup.resume_from)
-    before, references_before = evaluate(trainer, setup.prepared)
+    before, references_before, _ = evaluate(trainer, setup.prepared)
     evaluation = Evaluation(before, references_before=references_before, reference_names=list(setup.prepared.references))
     result, train_wall = train(trainer, setup)
-    evaluation.after, evaluation.references_after = evaluate(trainer, setup.prepared)
+    evaluation.after, evaluation.references_after, outcome = evaluate(trainer, setup.prepared)
     evaluation.validation = evaluate_validation(trainer, setup.prepared)
     evaluation.after.update(evaluate_objective(trainer, setup))
-    metrics = measure(setup, trainer, result, train_wall, evaluation, dict(lineage or {}))
+    metrics = measure(setup, trainer, result, train_wall, evaluation, dict(lineage or {}), outcome)
     save_model(trainer, setup.tokenizer, setup.run_dir / "model", head_config=setup.objective.classifies)
     samples = generate_after(trainer, setup)
-    report(setup, trainer, metrics, samples, started)
+    report(setup, trainer, metrics, samples, started, outcome)
     publish(setup, trainer)
     evaluate_tasks(setup, trainer)  # after publish: a bfloat16 evaluation casts the model in memory
     wait_for_everyone()  # several processes: the folder is complete before any rank reads it (a next stage)
@@ -158,10 +162,23 @@ def _resolved_config(resolved: dict[str, Any]) -> dict[str, Any]:
     return redact(resolved, secret_values(resolved))
 
 
-def evaluate(trainer: PtftTrainer, prepared: Prepared) -> tuple[dict[str, float], dict[str, float]]:
-    """The run's test split (data.eval_*; `eval_*` figures), and the reference sets (e.g. general text)."""
+def evaluate(trainer: PtftTrainer, prepared: Prepared) -> tuple[dict[str, float], dict[str, float], EvalOutcome]:
+    """The run's test split (data.eval_*; `eval_*` figures), and the reference sets (e.g. general text);
+    what the test evaluation left per example (a classifier's predictions, an LM's per-block losses)."""
     with evaluating_split(trainer, "test"):
-        return trainer.evaluate(prepared.eval_dataset), trainer.evaluate(prepared.references) if prepared.references else {}
+        test = trainer.evaluate(prepared.eval_dataset)
+        outcome = test_outcome(trainer, prepared)  # before the reference sets' evaluation replaces it
+        return test, trainer.evaluate(prepared.references) if prepared.references else {}, outcome
+
+
+def test_outcome(trainer: PtftTrainer, prepared: Prepared) -> EvalOutcome:
+    """The last evaluation's per-example record: the labels and predictions the classification
+    metrics kept, or the per-block losses of the token-metrics loop."""
+    last = getattr(prepared.compute_metrics, "last", None)
+    if last is not None:
+        return EvalOutcome(labels=last[0], predictions=last[1])
+    blocks = getattr(trainer, "last_eval_blocks", None)
+    return EvalOutcome(block_loss=blocks[0], block_tokens=blocks[1]) if blocks else EvalOutcome()
 
 
 def evaluate_validation(trainer: PtftTrainer, prepared: Prepared) -> dict[str, float]:
@@ -211,8 +228,9 @@ def evaluate_objective(trainer: PtftTrainer, run: RunSetup) -> dict[str, Any]:
 
 
 def measure(run: RunSetup, trainer: PtftTrainer, result: Any, train_wall: float, evaluation: Evaluation,
-            lineage: dict[str, Any]) -> dict[str, Any]:
-    """The run's metrics record (see `training.run_metrics`), with the verdict against its baseline."""
+            lineage: dict[str, Any], outcome: EvalOutcome | None = None) -> dict[str, Any]:
+    """The run's metrics record (see `training.run_metrics`), with the test figures' intervals, the
+    verdict against its baseline (beyond chance: the interval clear of it) and how far training got."""
     conf, prepared, args, steps = run.conf, run.prepared, trainer.args, result.global_step
     tokens = train_tokens(prepared, args, steps)
     if isinstance(prepared.train_dataset, MixedStream):  # the shares of what was trained (every rank mixes alike)
@@ -229,11 +247,27 @@ def measure(run: RunSetup, trainer: PtftTrainer, result: Any, train_wall: float,
     extra = {"config_fingerprint": config_fingerprint(run.cfg), "vocab_size": len(run.tokenizer), "lineage": lineage}
     metrics = run_metrics(identity, evaluation, throughput, run.params, prepared.metrics,
                           passes=2 if trainer.rdrop_alpha else 1, extra=extra)
+    metrics.update(outcome.intervals() if outcome is not None else {})
     metrics["beats_baseline"] = beats_baseline(metrics)  # None: no floor to compare with
+    log.info("test figures against the baseline: %s", "; ".join(baseline_comparison(metrics)) or "no baseline")
     verdict = baseline_verdict(metrics)
     if verdict:
         log.warning("%s: check the learning rate, the steps and the data (metrics.json beats_baseline=false)", verdict)
+    progress = run_progress(run, trainer, metrics)
+    metrics["training_progress"] = progress.as_metrics()
+    log.info("%s", progress.summary())
+    for warning in progress.warnings(args.learning_rate):
+        log.warning("%s", warning)
     return metrics
+
+
+def run_progress(run: RunSetup, trainer: PtftTrainer, metrics: Mapping[str, Any]) -> Progress:
+    """Epochs covered and the training loss's course against a uniform guess: ln(classes) for a
+    classifier, ln(vocabulary) for a language model."""
+    classes = metrics.get("num_labels") if run.objective.classifies else None
+    outcomes = classes or (metrics.get("vocab_size") if run.objective.language_modelling else None)
+    uniform = math.log(outcomes) if outcomes and outcomes > 1 else None
+    return training_progress(logged_losses(trainer.state.log_history), float(trainer.state.epoch or 0.0), uniform)
 
 
 def generate_after(trainer: PtftTrainer, run: RunSetup) -> list[dict[str, str]]:
@@ -243,10 +277,16 @@ def generate_after(trainer: PtftTrainer, run: RunSetup) -> list[dict[str, str]]:
     return generate_samples(run.prepared.model, run.tokenizer, run.conf.samples, prompt_formatter(run.prepared, run.tokenizer))
 
 
-def report(run: RunSetup, trainer: PtftTrainer, metrics: dict[str, Any], samples: list[dict[str, str]], started: float) -> None:
-    """Rank 0 writes the plot, report.md, the model card and, last, metrics.json (a finished run)."""
+def report(run: RunSetup, trainer: PtftTrainer, metrics: dict[str, Any], samples: list[dict[str, str]], started: float,
+           outcome: EvalOutcome | None = None) -> None:
+    """Rank 0 writes the plot, report.md, the model card, a classifier's per-example test
+    predictions (`test_predictions.jsonl`, which the pipeline report pairs for McNemar's test) and,
+    last, metrics.json (a finished run)."""
     run_dir, conf, model_dir = run.run_dir, run.conf, run.run_dir / "model"
     if trainer.is_world_process_zero():
+        rows = outcome.prediction_rows() if outcome is not None else []
+        if rows:
+            (run_dir / TEST_PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         metrics["saved_bytes"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
         metrics["sample"] = samples[0] if samples else None
         metrics["wall_time_s"] = round(time.time() - started, 2)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptft_hf.config.redact import MASK, redact
 
 # switches that change how a run is carried out or published, not what it computes
-NOT_FINGERPRINTED = {"overwrite", "verbose", "hub"}
+NOT_FINGERPRINTED = {"overwrite", "verbose", "hub", "matrix"}  # matrix: the pipeline scores its stages after them
 _NOT_FINGERPRINTED_TRAINER = {"resume_from_checkpoint", "disable_tqdm"}
 # options added after runs were finished, left out at their "off" value: the run computes what it did
 # before they existed, so a finished stage keeps its fingerprint
@@ -19,6 +19,8 @@ _OFF_OPTIONS = {("objective", "rdrop_alpha"): 0.0, ("model", "tokenizer", "add_b
                 ("model", "tokenizer", "add_eos_token"): None, ("objective", "options"): {},
                 ("data", "validation_path"): None, ("data", "validation_split"): None,
                 ("data", "validation_fraction"): 0.05, ("data", "chat_format"): None, ("data", "fields"): {}}
+# defaults another field carries: `objective.max_steps` only supplies trainer.max_steps, which is fingerprinted
+_ECHOED = (("objective", "max_steps"),)
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
@@ -32,6 +34,12 @@ def config_fingerprint(cfg: DictConfig) -> str:
                            if v is not None and v != MASK and k not in _NOT_FINGERPRINTED_TRAINER}
     if not (resolved.get("eval") or {}).get("tasks"):  # no evaluation asked: runs from before `eval` existed
         resolved.pop("eval", None)
+    for *parents, key in _ECHOED:
+        section = resolved
+        for parent in parents:
+            section = section.get(parent) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(key, None)
     for (*parents, key), off in _OFF_OPTIONS.items():
         section = resolved
         for parent in parents:

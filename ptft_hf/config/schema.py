@@ -103,6 +103,9 @@ class ObjectiveConfig:
     num_proc: Optional[int] = None  # datasets.map workers
     # the CPU trainer's default learning rate for this objective (trainer.learning_rate, set, wins)
     learning_rate: float = 1.0e-3
+    # the trainer's default trainer.max_steps for this objective; None: the trainer group's (300 on CPU),
+    # classification -1: whole epochs (trainer.num_train_epochs). trainer.max_steps, set, wins
+    max_steps: Optional[int] = None
     mlm_probability: float = 0.15  # mlm: share of tokens (or words) to predict
     whole_word_mask: bool = False  # mlm: mask all tokens of a chosen word together
     eval_mask_seed: int = 1234  # mlm: eval masks depend only on this seed and the text
@@ -216,6 +219,26 @@ class EvalConfig:
 
 
 @dataclass
+class MatrixConfig:
+    """A pipeline's evaluation matrix, scored after every stage finished: each node (the random-
+    initialised model of the first stage's architecture, every stage, the controls) on the general
+    benchmark (`tasks`) and on every stage's own task (from its data), plus zero- and k-shot controls
+    (each specialist's starting model on the specialist's task). Writes `eval_matrix.json` and puts a
+    table and a heatmap at the top of the pipeline's report.md. Left out of every stage's fingerprint."""
+
+    enabled: bool = False
+    tasks: List[str] = field(default_factory=lambda: ["blimp"])  # the general benchmark, scored for every node
+    # per task: the first N documents (BLiMP: N pairs per paradigm) in every cell but the general model's
+    # general benchmark, which is always scored in full; a task left out: all documents
+    limit: Dict[str, int] = field(default_factory=dict)
+    fewshot: Optional[int] = None  # k of the k-shot controls; null: as many examples as the model's context holds
+    fewshot_limit: Dict[str, int] = field(default_factory=dict)  # per task: documents of the k-shot controls (null: `limit`'s)
+    batch_size: int = 256
+    data_root: Optional[str] = None  # the shared data folder; null: $PTFT_HF_SHARED_DATA or ../shared/data
+    dtype: str = "auto"  # auto (bfloat16 where the CPU/GPU runs it fast, else float32), float32 or bfloat16
+
+
+@dataclass
 class PtftConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -226,6 +249,7 @@ class PtftConfig:
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    matrix: MatrixConfig = field(default_factory=MatrixConfig)  # pipelines: the evaluation matrix after the stages
     stages: Dict[str, StageConfig] = field(default_factory=dict)  # non-empty: run as a pipeline
     seed: int = 42
     overwrite: bool = False  # allow writing into a folder that holds a finished run
@@ -233,6 +257,13 @@ class PtftConfig:
 
 
 SCHEMA_NAME = "ptft_schema"
+OR_RESOLVER = "ptft_hf_or"  # ${ptft_hf_or:${objective.max_steps},300}: the first value that is not null
+
+
+def first_set(*values: Any) -> Any:
+    """The first of `values` that is not None (the resolver behind `${ptft_hf_or:a,b}`)."""
+    return next((v for v in values if v is not None), None)
+
 
 
 def register_schemas() -> None:
@@ -240,6 +271,7 @@ def register_schemas() -> None:
     the DeepSpeed presets name their shipped JSON with."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=PtftConfig)
     OmegaConf.register_new_resolver(RESOLVER, engine_file, replace=True)
+    OmegaConf.register_new_resolver(OR_RESOLVER, first_set, replace=True)
 
 
 register_schemas()

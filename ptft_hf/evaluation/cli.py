@@ -1,6 +1,8 @@
 """`ptft-hf-eval PATH [tasks=blimp,banking77] [num_fewshot=N] [limit=N] [batch_size=N] [data_root=DIR]
 [dtype=float32|bfloat16] [device=cpu|cuda]`: score a finished run (or every stage of a pipeline
-folder) with lm-evaluation-harness and write eval.json beside each model."""
+folder) with lm-evaluation-harness and write eval.json beside each model.
+`ptft-hf-eval PIPELINE matrix=true [matrix.limit.blimp=20 ...]`: the pipeline's evaluation matrix
+(eval_matrix.json, report.md written again with it at the top), its stages as they are."""
 
 from __future__ import annotations
 
@@ -33,9 +35,13 @@ def parse_arguments(argv: list[str]) -> tuple[str, dict]:
                 problems.append(Problem(key, f"'{value}' is not a whole number", f"give e.g. {key}=5"))
         elif key in _STRINGS:
             options[key] = value
+        elif key == "matrix":
+            options["matrix"] = value.lower() in ("true", "1", "yes")
+        elif key.startswith("matrix."):
+            options.setdefault("matrix_settings", []).append(f"{key}={value}")
         elif key != "verbose":
             problems.append(Problem(key, "is not an option of ptft-hf-eval",
-                                    f"use one of tasks, {', '.join(_INTS + _STRINGS)}"))
+                                    f"use one of tasks, {', '.join(_INTS + _STRINGS)}, matrix, matrix.<key>"))
     if problems:
         raise UserError(problems)
     return paths[0], options
@@ -49,6 +55,12 @@ def eval_main(argv: list[str] | None = None) -> int:
         from ptft_hf.evaluation.score import EvalRequest, score_run
 
         path, options = parse_arguments(argv)
+        if options.pop("matrix", False) or options.get("matrix_settings"):
+            from ptft_hf.pipeline.rescore import rescore_matrix  # an entry point: the pipeline's report is rewritten
+
+            rescore_matrix(path, options.get("matrix_settings", []))
+            sys.stdout.write(f"{path}/eval_matrix.json and {path}/report.md written\n")
+            return 0
         written = score_run(path, EvalRequest(**options))
     except UserError as err:
         if verbose:

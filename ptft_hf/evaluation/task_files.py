@@ -28,6 +28,18 @@ DATA_FILES: dict[str, tuple[str, ...]] = {
     "legal": ("licenses",),
 }
 KNOWN_TASKS = tuple(DATA_FILES)
+# a stage's `data.name` -> the shipped task that scores its held-out part: the stage's own task in the
+# evaluation matrix (data with no task here, e.g. builtin_docs or medical_abstracts, gives its stage none)
+DATA_TASKS: dict[str, str] = {"wikitext2": "wikitext2", "licenses": "legal", "builtin_licenses": "legal",
+                              "banking77": "banking77", "chemprot": "chemprot"}
+# data that trains on the very texts its task scores (the shipped corpus holds all 47 licences)
+NOT_HELD_OUT = ("builtin_licenses",)
+# task family -> the metric the matrix shows and whether higher is better; the perplexity tasks in bits
+# per byte: readable, and comparable across tokenizers (word perplexity runs to 1e7 for a weak model)
+TASK_METRICS: dict[str, tuple[str, bool]] = {"blimp": ("acc", True), "banking77": ("acc", True), "chemprot": ("acc", True),
+                                             "wikitext2": ("bits_per_byte", False), "legal": ("bits_per_byte", False)}
+# multiple choice over a classifier's label names: a classifier's own task is its head's test accuracy
+LABEL_TASKS = ("banking77", "chemprot")
 BLIMP_PREFIX = "blimp_"
 
 

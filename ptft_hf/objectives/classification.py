@@ -67,21 +67,31 @@ def tokenize_labelled(ds: Dataset, tokenizer: Any, label2id: dict[str, int], max
                   fn_kwargs={"tokenizer": tokenizer, "label2id": label2id, "max_length": max_length})
 
 
-def metrics_fn(names: list[str], f1_average: str):
-    """compute_metrics for the Trainer through `evaluate` (local modules for accuracy and f1)."""
-    loaded = {name: load_metric(name) for name in names}
+class ClassificationMetrics:
+    """compute_metrics for the Trainer through `evaluate` (local modules for accuracy and f1). It
+    keeps the labels and predictions of its last call (`last`): the recipe reads them right after
+    the test evaluation for the intervals and the per-example predictions (`test_predictions.jsonl`)."""
 
-    def compute(eval_pred) -> dict[str, float]:
+    def __init__(self, names: list[str], f1_average: str) -> None:
+        self.loaded = {name: load_metric(name) for name in names}
+        self.f1_average = f1_average
+        self.last: tuple[np.ndarray, np.ndarray] | None = None  # (labels, predictions)
+
+    def __call__(self, eval_pred: Any) -> dict[str, float]:
         logits, labels = eval_pred.predictions, eval_pred.label_ids
         logits = logits[0] if isinstance(logits, tuple) else logits
         predictions = np.argmax(logits, axis=-1)
+        self.last = (np.asarray(labels), predictions)
         results: dict[str, float] = {}
-        for name, metric in loaded.items():
-            kwargs = {"average": f1_average} if name in ("f1", "precision", "recall") else {}
+        for name, metric in self.loaded.items():
+            kwargs = {"average": self.f1_average} if name in ("f1", "precision", "recall") else {}
             results.update(metric.compute(predictions=predictions, references=labels, **kwargs))
         return results
 
-    return compute
+
+def metrics_fn(names: list[str], f1_average: str) -> ClassificationMetrics:
+    """compute_metrics for the Trainer (see `ClassificationMetrics`)."""
+    return ClassificationMetrics(names, f1_average)
 
 
 def majority_baseline(train_labels: Sequence[int], eval_labels: Sequence[int], num_labels: int,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ptft_hf.objectives.base import Prepared
 
 # objective.* fields every objective reads (the rest belong to the objectives that list them)
-COMMON_SETTINGS = ("name", "learning_rate", "num_proc")
+COMMON_SETTINGS = ("name", "learning_rate", "max_steps", "num_proc")
 
 
 class Objective:

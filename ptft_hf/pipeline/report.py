@@ -4,11 +4,13 @@ weights controls, replay against forgetting, then each stage."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from ptft_hf.data.mixture import replay_share
-from ptft_hf.training.report import baseline_verdict, beats_baseline
+from ptft_hf.training.report import TEST_PREDICTIONS, baseline_comparison, baseline_verdict, beats_baseline, progress_lines
+from ptft_hf.training.significance import mcnemar
 from ptft_hf.training.run_metrics import reference_perplexities
 
 
@@ -95,11 +97,37 @@ def _seed_table(stages: dict[str, dict[str, Any]], configs: dict[str, Any]) -> l
 
 def _baseline_words(m: dict[str, Any]) -> str:
     verdict = {True: "beaten", False: "**not beaten**", None: "not compared"}[beats_baseline(m)]
+    key = "eval_accuracy" if "majority_accuracy" in m else "eval_perplexity"
+    ci = m.get(f"{key}_ci")
+    if ci:  # the verdict is the interval's: beyond chance
+        verdict += f" beyond chance: 95% interval {_fmt(ci[0])}-{_fmt(ci[1])}"
     if "majority_accuracy" in m:
         return f"majority class: accuracy {_fmt(m['majority_accuracy'])} ({verdict})"
     if "unigram_perplexity" in m:
         return f"unigram perplexity {_fmt(m['unigram_perplexity'])} ({verdict})"
     return "–"
+
+
+def read_correctness(stage_dir: Path) -> list[bool] | None:
+    """A classifier stage's per-example correctness on its test set (`test_predictions.jsonl`);
+    None for stages that wrote none (LMs, run folders written before the file existed)."""
+    path = stage_dir / TEST_PREDICTIONS
+    if not path.exists():
+        return None
+    return [bool(json.loads(line)["correct"]) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def paired_words(stage_dir: Path, control_dir: Path) -> str:
+    """`; significant|within noise (McNemar's exact test, p = ...; ...)` for a stage against its
+    control on the same test examples; '' where either lacks per-example predictions."""
+    ours, theirs = read_correctness(stage_dir), read_correctness(control_dir)
+    if ours is None or theirs is None or len(ours) != len(theirs):
+        return ""
+    test = mcnemar(ours, theirs)
+    verdict = "**significant**" if test.significant else "within noise"
+    p = f"p = {test.p_value:.3g}" if test.p_value > 0 else "p < 1e-300"  # below a double's range: printed as a bound
+    return (f"; {verdict} (McNemar's exact test, {p}: {test.only_a} test examples right only "
+            f"with pretraining, {test.only_b} only without)")
 
 
 def _same_task_other_base(stages: dict[str, dict[str, Any]]) -> list[str]:
@@ -189,14 +217,19 @@ def _recipe_difference(control: Any, stage: Any) -> str:
     return f"; its own recipe: {', '.join(differ)}" if differ else ""
 
 
-def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any]) -> Path:
-    """The seed's comparison first (pretraining against each fine-tuning: purpose, data, cost and
-    parameters updated, one column per stage), then the value of pretraining, then each stage."""
+def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[str, Any],
+                          matrix: dict[str, Any] | None = None) -> Path:
+    """The evaluation matrix when there is one (`matrix:`), then the seed's comparison (pretraining
+    against each fine-tuning: purpose, data, cost and parameters updated, one column per stage), then
+    the value of pretraining, then each stage."""
+    from ptft_hf.evaluation.matrix_report import matrix_lines
+
     order = summary.get("stage_order") or list(summary["stages"])
     summary = {**summary, "stages": {name: summary["stages"][name] for name in order}}
     lines = [
         f"# Pipeline report: {run_dir.name}", "",
         _timing_line(summary), "",
+        *(matrix_lines(matrix) if matrix else []),
         "## Pretraining vs fine-tuning", "",
         *_seed_table(summary["stages"], stages),
     ]
@@ -214,7 +247,8 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
                     recipe = _recipe_difference(stages.get(control_name), stages.get(name))
                     lines.append(f"- value of pretraining, {metric} ({better} is better): `{name}` {_fmt(m[key])} vs "
                                  f"`{control_name}` (same data from random weights{recipe}) {_fmt(control[key])}: "
-                                 f"{m[key] - control[key]:+.4f}")
+                                 f"{m[key] - control[key]:+.4f}"
+                                 + (paired_words(run_dir / name, run_dir / control_name) if metric == "accuracy" else ""))
     lines += _same_task_other_base(summary["stages"])
     lines += _with_and_without_replay(summary["stages"])
     lines.append("")
@@ -227,6 +261,12 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
                          f"{_fmt(m['majority_accuracy'])}, F1 {_fmt(m.get('majority_f1'))}")
         if baseline_verdict(m):
             lines.append(f"- **learned nothing useful: {baseline_verdict(m)}**")
+        if m.get("eval_accuracy_ci") or m.get("eval_perplexity_ci"):
+            lines.append(f"- against the baseline: {'; '.join(baseline_comparison(m))}")
+        progress = progress_lines(m)
+        if progress:
+            lines.append(f"- training: {progress[0]}")
+            lines += [f"- {warning}" for warning in progress[1:]]
         if "eval_perplexity" in m and m.get("eval_perplexity_before"):
             change = 100.0 * (m["eval_perplexity"] / m["eval_perplexity_before"] - 1.0)
             lines.append(f"- eval perplexity change: {change:+.1f}%")

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptft_hf.config.fingerprint import config_fingerprint
 from ptft_hf.config.schema import StageConfig
 from ptft_hf.distributed import is_main_process, wait_for_everyone
-from ptft_hf.errors import Problem
+from ptft_hf.errors import Problem, UserError
 from ptft_hf.pipeline.stages import compose_stages, plan_stages
 from ptft_hf.run_dir import FINISHED_MARKER, discard_aside, guard_run_dir, is_finished, mark_started, set_aside
 
@@ -34,6 +34,13 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     overwrite = bool(cfg.overwrite)
     guard_run_dir(run_dir, overwrite, pipeline=True)  # a finished single run; a pipeline's stages are compared below
     composed = compose_stages(cfg, run_dir, shared)
+    matrix_settings = cfg.get("matrix")
+    if matrix_settings is not None and matrix_settings.enabled:  # the matrix's own settings, before any stage trains
+        from ptft_hf.evaluation.matrix import settings_problems
+
+        problems = settings_problems(matrix_settings, [str(c.data.name) for c in composed.values()])
+        if problems:
+            raise UserError(problems)
     stages: dict[str, StageConfig] = OmegaConf.to_object(cfg.stages)
     plan = plan_stages(composed, stages, run_dir, overwrite)
     for name in plan.kept:
@@ -78,7 +85,13 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     summary = {"stages": results, "wall_time_s": round(time.time() - started, 2),
                "stage_order": list(composed), "stages_kept": list(plan.kept), "stages_trained": list(plan.run)}
     if is_main_process():
-        write_pipeline_report(run_dir, summary, stages)
+        matrix = None
+        if matrix_settings is not None and matrix_settings.enabled:  # every node on every task, after all stages
+            from ptft_hf.evaluation.matrix import build_matrix
+
+            matrix = build_matrix(run_dir, {name: results[name] for name in composed}, matrix_settings, int(cfg.seed))
+            summary["eval_matrix_s"] = matrix["seconds"]
+        write_pipeline_report(run_dir, summary, stages, matrix=matrix)
         (run_dir / FINISHED_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
         discard_aside(run_dir)
     if publish_problems:

@@ -27,7 +27,7 @@ GROUPS = ("model", "data", "objective", "strategy", "trainer")
 
 # Command-line overrides that belong to the pipeline itself rather than to every stage.
 # `hub.*` publishes the pipeline's product: it goes to the last stage only (see `_with_pipeline_hub`).
-_PIPELINE_ONLY = ("experiment=", "stages.", "+stages.", "~stages", "hydra.", "seed=", "overwrite=", "verbose=", "hub.")
+_PIPELINE_ONLY = ("experiment=", "stages.", "+stages.", "~stages", "hydra.", "seed=", "overwrite=", "verbose=", "hub.", "matrix.")
 
 
 def shared_overrides(task_overrides: list[str]) -> list[str]:

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
@@ -42,44 +41,98 @@ def plot_loss(log_path: str | Path, out_path: str | Path, title: str = "") -> Pa
     return Path(out_path)
 
 
+TEST_PREDICTIONS = "test_predictions.jsonl"  # a classifier's per-example test predictions, in test-set order
+
+# (our figure, the floor's, lower is better, how the interval was made)
+_FLOORS = (("eval_accuracy", "majority_accuracy", False, "Wilson"), ("eval_f1", "majority_f1", False, "bootstrap"),
+           ("eval_perplexity", "unigram_perplexity", True, "bootstrap over eval blocks"))
+
+
+def _beats(metrics: dict[str, Any], ours: str, floor: str, lower_is_better: bool) -> bool:
+    """Beyond chance: the 95% interval's bound on the floor's side clears it. Run folders written
+    before intervals existed (no `<figure>_ci`) compare the bare figure."""
+    ci = metrics.get(f"{ours}_ci")
+    value = (ci[1] if lower_is_better else ci[0]) if ci else metrics[ours]
+    return value < metrics[floor] if lower_is_better else value > metrics[floor]
+
+
 def beats_baseline(metrics: dict[str, Any]) -> bool | None:
-    """Whether the trained model beats the floor a model that learned nothing reaches: the
-    majority-class baseline (on accuracy, else F1) or the unigram perplexity; None when the run
-    has no such figure to compare."""
-    for ours, floor, lower_is_better in (("eval_accuracy", "majority_accuracy", False), ("eval_f1", "majority_f1", False),
-                                         ("eval_perplexity", "unigram_perplexity", True)):
+    """Whether the trained model beats, beyond chance, the floor a model that learned nothing
+    reaches: the majority-class baseline (on accuracy, else F1) or the unigram perplexity, by the
+    95% interval of its test figure (its lower bound above the floor; a perplexity's upper bound
+    below it); None when the run has no such figure to compare."""
+    for ours, floor, lower_is_better, _ in _FLOORS:
         if ours in metrics and floor in metrics:
-            return metrics[ours] < metrics[floor] if lower_is_better else metrics[ours] > metrics[floor]
+            return _beats(metrics, ours, floor, lower_is_better)
     return None
 
 
+def _interval(metrics: dict[str, Any], key: str, how: str) -> str:
+    ci = metrics.get(f"{key}_ci")
+    return f" (95% interval {ci[0]:.4g}-{ci[1]:.4g}, {how})" if ci else ""
+
+
+def baseline_comparison(metrics: dict[str, Any]) -> list[str]:
+    """Each test figure with its interval against its floor, and whether the interval clears it."""
+    lines = []
+    for ours, floor, lower_is_better, how in _FLOORS:
+        if ours in metrics and floor in metrics:
+            state = "beaten beyond chance" if _beats(metrics, ours, floor, lower_is_better) else "not beaten beyond chance"
+            lines.append(f"{ours[len('eval_'):]} {metrics[ours]:.4g}{_interval(metrics, ours, how)} vs "
+                         f"{floor.split('_')[0]} {metrics[floor]:.4g}: {state}")
+    return lines
+
+
 def baseline_verdict(metrics: dict[str, Any]) -> str | None:
-    """One line when the trained model does not beat its floor (see `beats_baseline`)."""
+    """One line when the trained model does not beat its floor beyond chance (see `beats_baseline`)."""
     if beats_baseline(metrics) is not False:
         return None
     if "majority_accuracy" in metrics:
         metric = "accuracy" if "eval_accuracy" in metrics else "f1"
-        return (f"the model does not beat the majority-class baseline: {metric} {metrics[f'eval_{metric}']:.4f} vs "
+        how = "Wilson" if metric == "accuracy" else "bootstrap"
+        return (f"the model does not beat the majority-class baseline beyond chance: {metric} "
+                f"{metrics[f'eval_{metric}']:.4f}{_interval(metrics, f'eval_{metric}', how)} vs "
                 f"{metrics[f'majority_{metric}']:.4f} for always answering '{metrics.get('majority_label')}'")
-    return (f"the model does not beat the unigram floor: perplexity {metrics['eval_perplexity']:.4g} vs "
+    return (f"the model does not beat the unigram floor beyond chance: perplexity {metrics['eval_perplexity']:.4g}"
+            f"{_interval(metrics, 'eval_perplexity', 'bootstrap over eval blocks')} vs "
             f"{metrics['unigram_perplexity']:.4g} for token frequencies alone")
+
+
+def progress_lines(metrics: dict[str, Any]) -> list[str]:
+    """How far training got (epochs, the loss's course, the tail's slope) and its warnings, from
+    `training_progress` (absent in run folders written before it existed)."""
+    record = metrics.get("training_progress")
+    if not record:
+        return []
+    from ptft_hf.training.progress import Progress
+
+    progress = Progress(**record)
+    return [progress.summary()] + [f"**Warning: {w}.**" for w in progress.warnings()]
 
 
 def write_report(run_dir: Path, metrics: dict[str, Any], samples: list[dict[str, str]]) -> Path:
     """A short markdown summary of the run beside `metrics.json`."""
     keys = [
-        "eval_perplexity_before", "eval_perplexity", "unigram_perplexity", "eval_accuracy_before", "eval_accuracy",
-        "majority_accuracy", "eval_f1_before", "eval_f1", "majority_f1", "train_loss", "train_tokens_per_second", "parameters", "trainable_parameters",
-        "wall_time_s",
+        "eval_perplexity_before", "eval_perplexity", "eval_perplexity_ci", "unigram_perplexity", "eval_accuracy_before",
+        "eval_accuracy", "eval_accuracy_ci", "majority_accuracy", "eval_f1_before", "eval_f1", "eval_f1_ci", "majority_f1",
+        "train_loss", "train_tokens_per_second", "parameters", "trainable_parameters", "wall_time_s",
     ]
     lines = [f"# Run report: {metrics.get('run_name', run_dir.name)}", ""]
     verdict = baseline_verdict(metrics)
     if verdict:
         lines += [f"**Learned nothing useful: {verdict}.**", ""]
+    comparison = baseline_comparison(metrics)
+    if comparison:
+        lines += ["Against the baseline: " + "; ".join(comparison) + ".", ""]
+    progress = progress_lines(metrics)
+    if progress:
+        lines += ["Training: " + progress[0] + ".", "", *(line for w in progress[1:] for line in (w, ""))]
     lines += ["| metric | value |", "|---|---|"]
     for key in keys:
         if key in metrics:
             value = metrics[key]
+            if isinstance(value, list):
+                value = " – ".join(f"{v:.4g}" for v in value)
             lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
     if metrics.get("padding"):
         lines.append(f"| padded share of training tokens | {metrics['padding']['padded_share']:.2%} |")

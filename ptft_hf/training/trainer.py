@@ -71,6 +71,8 @@ class PtftTrainer(Trainer):
         self.length_megabatch = length_megabatch
         self.chunked_loss = chunked_loss and shift_labels and not labelled_positions_only
         self.rdrop_alpha = rdrop_alpha
+        # the last token-metrics evaluation's per-row loss sums and token counts (this process's rows)
+        self.last_eval_blocks: tuple[list[float], list[int]] | None = None
         if rdrop_alpha and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules()):
             log.warning("objective.rdrop_alpha=%s has no effect: the model has no dropout (both samples agree); "
                         "set its dropout (e.g. +model.config.hidden_dropout_prob=0.1) or rdrop_alpha=0", rdrop_alpha)
@@ -356,20 +358,24 @@ class PtftTrainer(Trainer):
                 with self.compute_loss_context_manager(), self._head_scope(model, labels), \
                         hidden_states_as_logits(head) if head is not None else contextlib.nullcontext():
                     outputs = model(**batch)
-                if self.labelled_positions_only:
-                    labels = labels[labels != IGNORE_INDEX].unsqueeze(0)
+                rows = {}
+                if self.labelled_positions_only:  # the eval row of each labelled position: per-row sums
+                    labelled = labels != IGNORE_INDEX
+                    rows = {"row_of": labelled.nonzero()[:, 0], "rows": labels.shape[0]}
+                    labels = labels[labelled].unsqueeze(0)
                 if head is not None:  # hidden states in, projected a chunk at a time
                     with self.accelerator.autocast():
                         totals.update(outputs.logits, labels, shift=self.shift_labels, head=head,
-                                      chunk_rows=chunk_rows(head))
+                                      chunk_rows=chunk_rows(head), **rows)
                 else:
-                    totals.update(outputs.logits, labels, shift=self.shift_labels)
+                    totals.update(outputs.logits, labels, shift=self.shift_labels, **rows)
                 batches += 1
         if self.args.world_size > 1:
             reduced = self.accelerator.reduce(totals.as_tensor().to(self.args.device), reduction="sum")
-            totals = TokenLossAccumulator.from_tensor(reduced.cpu())
+            totals = totals.with_totals(reduced.cpu())
         if was_training:
             model.train()
+        self.last_eval_blocks = (totals.block_loss, totals.block_tokens)  # the perplexity's interval (recipe)
         metrics = totals.metrics(metric_key_prefix)
         metrics.update(speed_metrics(metric_key_prefix, start, num_samples=None, num_steps=batches, num_tokens=totals.tokens))
         self.log(metrics)

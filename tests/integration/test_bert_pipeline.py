@@ -20,6 +20,7 @@ from ptft_hf.config.schema import DataConfig
 from ptft_hf.data.sources import load_text_splits
 from ptft_hf.errors import UserError
 from ptft_hf.recipe import run
+from ptft_hf.training.significance import wilson_interval
 from tests.conftest import read_json, shared_data, shared_run
 
 pytestmark = pytest.mark.integration
@@ -120,6 +121,15 @@ def test_classification_from_the_mlm_stage(classification_run):
     assert metrics["padding"]["padded_share"] < 0.25 and metrics["data_train"]["documents"] == 10003 - 501
     assert metrics["data_validation"]["documents"] == 400 and metrics["data_splits"]["validation"] == 400
     assert metrics["data_eval"]["documents"] == 400 and metrics["max_length"] == 40
+    # per-example test predictions, in test order, agree with the accuracy; its Wilson interval decides the verdict
+    rows = [json.loads(line) for line in (classification_run / "test_predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(400))
+    right = sum(r["correct"] for r in rows)
+    assert right / 400 == pytest.approx(metrics["eval_accuracy"])
+    assert metrics["eval_accuracy_ci"] == pytest.approx(list(wilson_interval(right, 400)))
+    assert metrics["beats_baseline"] is (metrics["eval_accuracy_ci"][0] > metrics["majority_accuracy"])
+    assert metrics["eval_f1_ci"][0] < metrics["eval_f1"] < metrics["eval_f1_ci"][1]
+    assert metrics["training_progress"]["epochs"] == pytest.approx(400 * 32 / (10003 - 501), rel=0.01)
 
     # label ids: the training labels in sorted order (BANKING77's categories.json lists them unsorted)
     categories = json.loads((banking / "categories.json").read_text())

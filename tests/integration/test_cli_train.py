@@ -4,6 +4,7 @@ saved model loads back and generates, and a saved folder loads through the same 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -35,6 +36,13 @@ def test_run_folder_is_complete(trained_run):
     for key in ["eval_loss", "eval_perplexity", "eval_perplexity_before", "unigram_perplexity", "train_loss",
                 "train_tokens_per_second", "parameters", "wall_time_s", "data_train", "data_eval"]:
         assert key in metrics, key
+    # the perplexity's interval: a bootstrap over the eval blocks, around the figure; the training's course
+    low, high = metrics["eval_perplexity_ci"]
+    assert low < metrics["eval_perplexity"] < high
+    assert metrics["beats_baseline"] is (high < metrics["unigram_perplexity"])
+    progress = metrics["training_progress"]
+    assert progress["epochs"] > 0 and progress["uniform_loss"] == pytest.approx(math.log(metrics["vocab_size"]))
+    assert progress["last_loss"] < progress["first_loss"] and progress["learned_nothing"] is False
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["trainer"]["max_steps"] == 60 and "${" not in (run_dir / "config.yaml").read_text()
 

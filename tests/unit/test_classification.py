@@ -44,14 +44,25 @@ def test_the_majority_baseline_always_answers_the_most_frequent_training_label()
 
 @pytest.mark.parametrize("metrics,verdict", [
     ({"eval_accuracy": 0.013, "majority_accuracy": 0.013, "majority_label": "card_arrival"},
-     "the model does not beat the majority-class baseline: accuracy 0.0130 vs 0.0130 for always answering 'card_arrival'"),
+     "the model does not beat the majority-class baseline beyond chance: accuracy 0.0130 vs 0.0130 for always answering "
+     "'card_arrival'"),
+    # the 150-class run: 36 of 4,500 right against the majority class's 30, a bare `>` said it beat it
+    ({"eval_accuracy": 0.008, "eval_accuracy_ci": [0.005784, 0.011055], "majority_accuracy": 30 / 4500, "majority_label": "x"},
+     "the model does not beat the majority-class baseline beyond chance: accuracy 0.0080 (95% interval 0.005784-0.01106, "
+     "Wilson) vs 0.0067 for always answering 'x'"),
+    ({"eval_accuracy": 0.193, "eval_accuracy_ci": [0.1795, 0.2073], "majority_accuracy": 0.013}, None),
     ({"eval_accuracy": 0.2, "majority_accuracy": 0.013}, None),
     ({"eval_perplexity": 900.0, "unigram_perplexity": 850.0},
-     "the model does not beat the unigram floor: perplexity 900 vs 850 for token frequencies alone"),
+     "the model does not beat the unigram floor beyond chance: perplexity 900 vs 850 for token frequencies alone"),
     ({"eval_perplexity": 90.0, "unigram_perplexity": 850.0}, None),
+    # a hair under the floor, with an interval that reaches above it: not beaten
+    ({"eval_perplexity": 845.0, "eval_perplexity_ci": [820.0, 871.0], "unigram_perplexity": 850.0},
+     "the model does not beat the unigram floor beyond chance: perplexity 845 (95% interval 820-871, bootstrap over eval "
+     "blocks) vs 850 for token frequencies alone"),
+    ({"eval_perplexity": 845.0, "eval_perplexity_ci": [842.0, 848.0], "unigram_perplexity": 850.0}, None),
     ({"eval_loss": 1.0}, None),
     ({"eval_f1": 0.05, "majority_f1": 0.05, "majority_accuracy": 0.3, "majority_label": "x"},  # metrics=[f1]: F1 decides
-     "the model does not beat the majority-class baseline: f1 0.0500 vs 0.0500 for always answering 'x'"),
+     "the model does not beat the majority-class baseline beyond chance: f1 0.0500 vs 0.0500 for always answering 'x'"),
 ])
 def test_a_run_that_does_not_beat_its_floor_says_so(metrics, verdict, tmp_path):
     assert baseline_verdict(metrics) == verdict
@@ -60,6 +71,12 @@ def test_a_run_that_does_not_beat_its_floor_says_so(metrics, verdict, tmp_path):
 
 
 @pytest.mark.parametrize("metrics,beats", [({"eval_accuracy": 0.5, "majority_accuracy": 0.5}, False),
+                                           # older run folders (no interval): the bare figure
+                                           ({"eval_accuracy": 0.008, "majority_accuracy": 30 / 4500}, True),
+                                           ({"eval_accuracy": 0.008, "eval_accuracy_ci": [0.0058, 0.011],
+                                             "majority_accuracy": 30 / 4500}, False),
+                                           ({"eval_f1": 0.3, "eval_f1_ci": [0.05, 0.5], "majority_f1": 0.1}, False),
+                                           ({"eval_f1": 0.3, "eval_f1_ci": [0.2, 0.4], "majority_f1": 0.1}, True),
                                            ({"eval_f1": 0.3, "majority_accuracy": 0.5, "majority_f1": 0.1}, True),
                                            ({"majority_accuracy": 0.5}, None), ({"eval_perplexity": 3.0}, None)])
 def test_beats_baseline_is_none_when_there_is_nothing_to_compare(metrics, beats):

@@ -138,6 +138,15 @@ def test_the_cpu_trainers_learning_rate_is_the_objectives_unless_set(compose_cfg
     assert compose_cfg(*overrides).trainer.learning_rate == learning_rate
 
 
+@pytest.mark.parametrize("overrides,max_steps", [
+    ([], 300), (["objective=classification"], -1), (["objective=classification", "trainer.max_steps=300"], 300),
+    (["objective=mlm", "model=tiny_bert"], 300), (["objective=classification", "trainer=gpu"], -1), (["trainer=gpu"], 2000)])
+def test_classification_trains_whole_epochs_unless_the_steps_are_set(compose_cfg, overrides, max_steps):
+    """`objective.max_steps` supplies trainer.max_steps: classification -1 (trainer.num_train_epochs),
+    the others the trainer group's own steps."""
+    assert compose_cfg(*overrides).trainer.max_steps == max_steps
+
+
 @pytest.mark.parametrize("option", _options("experiment"))
 def test_every_pipeline_stage_composes_and_validates(compose_cfg, option, tmp_path):
     """A stage's overrides are composed only when the pipeline starts: a bad one (a glob that

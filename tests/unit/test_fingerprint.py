@@ -61,3 +61,15 @@ def test_objective_options_count_only_when_set(compose_cfg):
     del older["objective"]["options"]
     assert config_fingerprint(OmegaConf.create(older)) == config_fingerprint(cfg)
     assert config_fingerprint(compose_cfg("objective=clm", "+objective.options.k=1")) != config_fingerprint(cfg)
+
+
+def test_the_objectives_default_steps_count_only_through_trainer_max_steps(compose_cfg):
+    """`objective.max_steps` (added later) only supplies trainer.max_steps: a classification stage
+    finished before it existed, with its steps set, keeps its fingerprint; the steps still count."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("objective=classification", "trainer.max_steps=300")
+    older = OmegaConf.to_container(cfg, resolve=True)
+    del older["objective"]["max_steps"]
+    assert config_fingerprint(OmegaConf.create(older)) == config_fingerprint(cfg)
+    assert config_fingerprint(compose_cfg("objective=classification")) != config_fingerprint(cfg)  # -1 against 300

@@ -57,8 +57,35 @@ def test_accumulator_chunks_give_the_same_sums_as_one_pass(chunk_rows):
     assert chunked.loss_sum == pytest.approx(whole.loss_sum, rel=1e-6)  # fp32 sums in another order
     expected = F.cross_entropy(logits.reshape(-1, 13), labels.reshape(-1), ignore_index=-100, reduction="sum").item()
     assert whole.loss_sum == pytest.approx(expected, rel=1e-6)
+    assert chunked.block_tokens == whole.block_tokens == [6, 2, 6]  # row 1 lost 4 targets to -100
+    rows = F.cross_entropy(logits.reshape(-1, 13), labels.reshape(-1), ignore_index=-100, reduction="none").reshape(3, 6).sum(1)
+    assert chunked.block_loss == pytest.approx(rows.tolist(), rel=1e-6)
+
+
+def test_accumulator_keeps_a_loss_sum_and_token_count_per_eval_row():
+    """Uniform logits over 4 tokens: every target costs ln 4, so a row's sum is ln 4 times its targets
+    (after the causal shift: the last position predicts nothing); the head-projected path agrees."""
+    import math
+
+    labels = torch.tensor([[1, 2, 3, 0], [1, -100, -100, 2]])
+    acc = TokenLossAccumulator()
+    acc.update(torch.zeros(2, 4, 4), labels)
+    assert acc.block_tokens == [3, 1]
+    assert acc.block_loss == pytest.approx([3 * math.log(4), math.log(4)])
+    head = torch.nn.Linear(3, 4, bias=False)
+    torch.nn.init.zeros_(head.weight)
+    projected = TokenLossAccumulator()
+    with torch.no_grad():  # as in evaluation
+        projected.update(torch.randn(2, 4, 3), labels, head=head, chunk_rows=2)
+    assert projected.block_tokens == [3, 1] and projected.block_loss == pytest.approx(acc.block_loss)
+    # a masked LM's labelled positions, flattened by the caller, with the row each came from
+    flattened = TokenLossAccumulator()
+    flattened.update(torch.zeros(1, 4, 4), torch.tensor([[1, 2, 3, 2]]), shift=False, row_of=torch.tensor([0, 0, 0, 1]), rows=3)
+    assert flattened.block_tokens == [3, 1, 0] and flattened.block_loss == pytest.approx([3 * math.log(4), math.log(4), 0.0])
 
 
 def test_accumulator_tensor_round_trip_for_distributed_reduce():
     acc = TokenLossAccumulator(loss_sum=12.5, tokens=10, correct=3)
     assert TokenLossAccumulator.from_tensor(acc.as_tensor() * 2) == TokenLossAccumulator(25.0, 20, 6)
+    acc = TokenLossAccumulator(12.5, 10, 3, [12.5], [10])  # the summed totals, this process's rows kept
+    assert acc.with_totals(acc.as_tensor() * 2) == TokenLossAccumulator(25.0, 20, 6, [12.5], [10])

@@ -170,6 +170,17 @@ def test_the_report_weighs_each_base_a_control_and_the_domain_stage(tmp_path):
             "`chemprot_general` (from `general`) 0.58: +0.0300") in report
     assert "| purpose | pretraining | continued pretraining | fine-tuning | fine-tuning | control (random weights) |" in report
     assert "majority class: accuracy 0.362 (**not beaten**)" in report  # the control did not beat it
+    # a stage with its interval and its training's course: the interval decides, the warnings are repeated
+    stages["chemprot_control"].update(eval_accuracy=0.37, eval_accuracy_ci=[0.353, 0.386], training_progress={
+        "epochs": 0.5, "first_loss": 2.6, "last_loss": 2.55, "uniform_loss": 2.565, "slope_per_100_steps": -0.01,
+        "slope_stderr": 0.02, "noise": 0.05, "still_falling": False, "learned_nothing": True, "stopped_early": False})
+    report = write_pipeline_report(tmp_path, {"stages": stages, "wall_time_s": 10.0}, {}).read_text()
+    assert "majority class: accuracy 0.362 (**not beaten** beyond chance: 95% interval 0.353-0.386)" in report
+    assert ("- against the baseline: accuracy 0.37 (95% interval 0.353-0.386, Wilson) vs majority 0.362: not beaten beyond "
+            "chance") in report
+    assert ("- training: training covered 0.50 epochs; training loss 2.6 -> 2.55 (-0.05); -0.015 from the uniform "
+            "guess's 2.565") in report
+    assert "- **Warning: the training loss never left the uniform guess: 2.55 at the end against 2.565" in report
     assert "| est. training FLOPs (x `general`) | 4e+09 | 1e+09 (0.25x) |" in report
 
 

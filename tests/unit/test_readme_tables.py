@@ -39,3 +39,23 @@ def test_collect_keeps_the_figures_and_leaves_the_machines_paths_out(tmp_path, m
 def test_an_unknown_renderer_is_one_line():
     with pytest.raises(SystemExit, match="unknown renderer 'nope'.*pipeline_table"):
         readme_tables.render("<!-- results: nope x -->\n<!-- /results -->")
+
+
+def test_collect_pairs_each_classifier_with_its_control_by_mcnemar(tmp_path, monkeypatch):
+    folder = tmp_path / "p2"
+    stages = {"support": {"data": "banking77", "objective": "classification", "eval_accuracy": 0.75,
+                          "lineage": {"init_from_stage": "general"}},
+              "support_control": {"data": "banking77", "objective": "classification", "eval_accuracy": 0.25,
+                                  "random_init": True, "lineage": {"init_from_stage": "general"}}}
+    for stage, correct in (("support", [1, 1, 1, 0]), ("support_control", [0, 0, 1, 0])):
+        (folder / stage).mkdir(parents=True)
+        (folder / stage / "test_predictions.jsonl").write_text(
+            "".join(json.dumps({"index": i, "correct": bool(c)}) + "\n" for i, c in enumerate(correct)))
+    (folder / "metrics.json").write_text(json.dumps({"stages": stages, "stage_order": list(stages)}))
+    monkeypatch.setattr(readme_tables, "RESULTS", tmp_path)
+    record = json.loads(readme_tables.collect(folder, "p2", "").read_text())
+    # 2 examples right only with pretraining, none only without: two-sided exact p = 2 * 0.5**2
+    assert record["paired"] == {"support vs support_control": {"only_stage": 2, "only_control": 0, "p_value": 0.5}}
+    table = readme_tables.pretraining_margins(["p2"])
+    assert "| `support` | `support_control` | accuracy (higher is better) | 0.75 vs 0.25 (+0.5; McNemar p = 0.5, 2/0 discordant) |" \
+        in table

@@ -38,8 +38,8 @@ def test_settings_are_a_typed_view_of_the_objective_group(compose_cfg):
     settings = get_objective("mlm").read_settings(compose_cfg("objective=mlm", "objective.mlm_probability=0.3").objective)
     assert dataclasses.is_dataclass(settings) and settings.mlm_probability == 0.3
     assert [f.name for f in dataclasses.fields(settings)] == [
-        "name", "learning_rate", "num_proc", "block_size", "add_eos", "mlm_probability", "whole_word_mask", "eval_mask_seed",
-        "predict_masked_only", "line_by_line", "length_megabatch"]
+        "name", "learning_rate", "max_steps", "num_proc", "block_size", "add_eos", "mlm_probability", "whole_word_mask",
+        "eval_mask_seed", "predict_masked_only", "line_by_line", "length_megabatch"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.mlm_probability = 0.5
 
