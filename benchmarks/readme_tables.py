@@ -66,23 +66,31 @@ def _machine() -> dict[str, Any]:
             "versions": versions}
 
 
-def collect(folder: Path, name: str, command: str) -> Path:
-    """benchmarks/results/NAME.json from a finished pipeline or run folder."""
-    metrics = json.loads((folder / "metrics.json").read_text())
+def collect(folder: Path | None, name: str, command: str, runs: dict[str, Path] | None = None) -> Path:
+    """benchmarks/results/NAME.json from a finished pipeline or run folder, or from separate run
+    folders kept side by side as stages (`runs`: stage name -> folder; e.g. a specialist and its
+    control trained outside a pipeline)."""
+    if runs:
+        stages = {stage: json.loads((path / "metrics.json").read_text()) for stage, path in runs.items()}
+        metrics, kind = {"stages": stages, "stage_order": list(runs)}, "runs"
+        common = next(iter(runs.values())).resolve().parent
+    else:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        kind, common = ("pipeline" if "stages" in metrics else "run"), folder.resolve()
     record: dict[str, Any] = {"name": name, "command": command, "date": date.today().isoformat(), "machine": _machine(),
-                              "kind": "pipeline" if "stages" in metrics else "run",
-                              "metrics": _without_machine_paths(metrics, folder.resolve())}
-    if record["kind"] == "pipeline":
-        record["paired"] = _paired_tests(folder, metrics["stages"])
-    matrix = folder / "eval_matrix.json"
-    if matrix.is_file():
+                              "kind": kind, "metrics": _without_machine_paths(metrics, common)}
+    if kind != "run":
+        folders = runs or {stage: folder / stage for stage in metrics["stages"]}
+        record["paired"] = _paired_tests(folders, metrics["stages"])
+    matrix = (folder or Path("/nonexistent")) / "eval_matrix.json"
+    if folder is not None and matrix.is_file():
         record["eval_matrix"] = _without_machine_paths(json.loads(matrix.read_text()), folder.resolve())
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return out
 
 
-def _paired_tests(folder: Path, stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _paired_tests(folders: dict[str, Path], stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """McNemar's exact test of each classifier stage against each of its random-weights controls,
     on their per-example test correctness (`test_predictions.jsonl`), kept as `"stage vs control"`."""
     from ptft_hf.pipeline.report import read_correctness
@@ -91,7 +99,7 @@ def _paired_tests(folder: Path, stages: dict[str, dict[str, Any]]) -> dict[str, 
     paired = {}
     for stage in stages:
         for control in _controls(stages, stage):
-            ours, theirs = read_correctness(folder / stage), read_correctness(folder / control)
+            ours, theirs = read_correctness(folders[stage]), read_correctness(folders[control])
             if ours is not None and theirs is not None and len(ours) == len(theirs):
                 test = mcnemar(ours, theirs)
                 paired[f"{stage} vs {control}"] = {"only_stage": test.only_a, "only_control": test.only_b,
@@ -159,7 +167,7 @@ def _controls(stages: dict[str, dict[str, Any]], stage: str) -> list[str]:
     """The random-weights stages trained on the same data with the same objective as `stage` (none
     for a control itself or a stage trained from its config)."""
     m = stages[stage]
-    if m.get("random_init") or not (m.get("lineage") or {}).get("init_from_stage"):
+    if m.get("random_init") or not ((m.get("lineage") or {}).get("init_from_stage") or m.get("base_model")):
         return []
     return [n for n, c in stages.items() if c.get("random_init") and c.get("data") == m.get("data")
             and c.get("objective") == m.get("objective")]
@@ -235,13 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readme_tables", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="action")
     gather = sub.add_parser("collect", help="keep a finished pipeline's or run's figures in benchmarks/results/NAME.json")
-    gather.add_argument("folder", type=Path)
+    gather.add_argument("folder", type=Path, nargs="?", help="a pipeline or run folder (or --stage ...)")
     gather.add_argument("name")
+    gather.add_argument("--stage", action="append", default=[], metavar="NAME=FOLDER",
+                        help="separate run folders kept as the stages of one record (repeat)")
     gather.add_argument("--command", default="", help="the command that made it, as the README shows it")
     parser.add_argument("--check", action="store_true", help="exit 1 when the README differs from what the results give")
     args = parser.parse_args(argv)
     if args.action == "collect":
-        print(collect(args.folder, args.name, args.command))
+        runs = {k: Path(v) for k, v in (item.split("=", 1) for item in args.stage)}
+        print(collect(args.folder, args.name, args.command, runs or None))
         return 0
     now = README.read_text()
     wanted = render(now)

@@ -59,3 +59,9 @@ def test_collect_pairs_each_classifier_with_its_control_by_mcnemar(tmp_path, mon
     table = readme_tables.pretraining_margins(["p2"])
     assert "| `support` | `support_control` | accuracy (higher is better) | 0.75 vs 0.25 (+0.5; McNemar p = 0.5, 2/0 discordant) |" \
         in table
+    # the same two folders as separate runs (a specialist and its control trained outside a pipeline)
+    for stage in stages:
+        (folder / stage / "metrics.json").write_text(json.dumps(stages[stage]))
+    runs = json.loads(readme_tables.collect(None, "p3", "", {s: folder / s for s in stages}).read_text())
+    assert runs["kind"] == "runs" and runs["paired"] == record["paired"]
+    assert list(runs["metrics"]["stages"]) == ["support", "support_control"]
