@@ -46,6 +46,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NoReturn
 
 # what the arms import (each arm module imports its own heavy libraries lazily, inside the arm)
 PRELOAD = (
@@ -97,11 +98,32 @@ def _run_module(module: str, argv: list[str], env: dict[str, str]) -> int:
     return 0
 
 
-def _child(request: dict) -> None:
-    """In the forked child: become `python -m <module> <argv>` (benchmarks.arms unless the request
-    names another) and never return."""
+def end_as_process(run: Callable[[], int]) -> NoReturn:
+    """In a forked child: `run()`, then end as an interpreter ends a process: exit-time handlers,
+    a traceback and status 1 for an uncaught exception, flushed streams, `os._exit(status)`."""
     code = 1
     try:
+        code = run()
+        import atexit
+
+        atexit._run_exitfuncs()  # what the interpreter runs at exit in a fresh process
+    except BaseException:  # noqa: BLE001  (reported on the child's stderr; the status says it failed)
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code if isinstance(code, int) else 1)
+
+
+def _child(request: dict) -> NoReturn:
+    """In the forked child: become `python -m <module> <argv>` (benchmarks.arms unless the request
+    names another) and never return."""
+    def run() -> int:
         os.setsid()
         os.environ.clear()
         os.environ.update(request["env"])
@@ -118,30 +140,17 @@ def _child(request: dict) -> None:
             os.close(fd)
         sys.stdout = sys.__stdout__  # the server had pointed it at stderr, off the protocol channel
         module = request.get("module", "benchmarks.arms")
-        if module == "benchmarks.arms":
-            sys.argv = [sys.argv[0], *request["argv"]]
-            from benchmarks.arms import main
+        if module != "benchmarks.arms":
+            return _run_module(module, request["argv"], request["env"])
+        sys.argv = [sys.argv[0], *request["argv"]]
+        from benchmarks.arms import main
 
-            try:
-                code = main(request["argv"])
-            except SystemExit as exit_:  # argparse's errors
-                code = exit_.code if isinstance(exit_.code, int) else 1
-        else:
-            code = _run_module(module, request["argv"], request["env"])
-        import atexit
-
-        atexit._run_exitfuncs()  # what the interpreter runs at exit in a fresh process
-    except BaseException:  # noqa: BLE001  (reported in the arm's log; the status says it failed)
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    finally:
         try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code if isinstance(code, int) else 1)
+            return main(request["argv"])
+        except SystemExit as exit_:  # argparse's errors
+            return exit_.code if isinstance(exit_.code, int) else 1
+
+    end_as_process(run)
 
 
 def main() -> int:

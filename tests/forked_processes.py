@@ -83,8 +83,9 @@ def forward_signal(sock: socket.socket, number: int) -> None:
 
 def _become(request: dict, fds: list[int]) -> None:
     """In the forked process: `python -m <module> <argv>` with the caller's streams; never returns."""
-    code = 1
-    try:
+    from benchmarks.forkserver import _run_module, end_as_process
+
+    def run() -> int:
         os.setsid()
         os.environ.clear()
         os.environ.update(request["env"])
@@ -95,23 +96,9 @@ def _become(request: dict, fds: list[int]) -> None:
             if fd > 2:
                 os.close(fd)
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-        from benchmarks.forkserver import _run_module
+        return _run_module(request["module"], request["argv"], request["env"])
 
-        code = _run_module(request["module"], request["argv"], request["env"])
-        import atexit
-
-        atexit._run_exitfuncs()  # what the interpreter runs at exit in a fresh process
-    except BaseException:  # noqa: BLE001  (on the caller's stderr; the status says it failed)
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code if isinstance(code, int) else 1)
+    end_as_process(run)
 
 
 def _kill_session(pid: int, number: int) -> None:
