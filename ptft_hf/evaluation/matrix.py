@@ -311,8 +311,11 @@ def build_matrix(run_dir: str | Path, stage_metrics: dict[str, dict[str, Any]], 
         c["k_shot"] = kshot.get((c["base"], c["task"], c["k"])) if c["k"] else None
         c["specialist_score"] = rows[c["specialist"]]["cells"].get(c["task"], {})
         c["margin"] = margin(c)
+    from ptft_hf.evaluation.tasks.documents import DOCUMENT_ORDER_SEED  # imports datasets: only once scoring is done
+
     record = {"tasks": tasks, "general_tasks": list(matrix.tasks), "metrics": {t: _metric_info(t) for t in tasks},
-              "limit": limits, "fewshot_limit": fewshot_limits, "batch_size": matrix.batch_size, "dtype": dtype_name,
+              "limit": limits, "fewshot_limit": fewshot_limits, "document_order_seed": DOCUMENT_ORDER_SEED,
+              "batch_size": matrix.batch_size, "dtype": dtype_name,
               "device": device, "data_root": str(root.resolve()), "general": general.name, "rows": rows,
               "controls": controls, "anchors": anchor_rows(tasks, root),
               "not_held_out": sorted({n.name for n in nodes if str(n.metrics.get("data")) in NOT_HELD_OUT}),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ptft_hf.evaluation.matrix import HEATMAP_FILE
-from ptft_hf.evaluation.task_files import task_family
+from ptft_hf.evaluation.task_files import LABEL_TASKS, task_family
 
 
 def _value(cell: dict[str, Any] | None, with_stderr: bool = True) -> str:
@@ -24,10 +24,18 @@ def _value(cell: dict[str, Any] | None, with_stderr: bool = True) -> str:
     return text
 
 
-def _note(cell: dict[str, Any], default_limit: Any) -> str:
+def _limited(record: dict[str, Any], task: str, n: int) -> str:
+    """How a limit of n documents was taken: a seeded sample of a labelled task (matrices since the
+    seeded document order; earlier ones took the label-sorted file's first n), else the first n."""
+    if task_family(task) in LABEL_TASKS and record.get("document_order_seed") is not None:
+        return f"{n} sampled"
+    return f"first {n}"
+
+
+def _note(cell: dict[str, Any], default_limit: Any, record: dict[str, Any], task: str) -> str:
     marks = []
     if cell.get("limit") != default_limit and "value" in cell and cell.get("scorer", "").startswith("lm-eval"):
-        marks.append("all" if cell.get("limit") is None else f"first {cell['limit']}")
+        marks.append("all" if cell.get("limit") is None else _limited(record, task, cell["limit"]))
     if str(cell.get("scorer", "")).startswith("its classification head"):
         marks.append("head")
     return f" ({', '.join(marks)})" if marks else ""
@@ -39,7 +47,7 @@ def matrix_table(record: dict[str, Any]) -> list[str]:
     head = "| model | role | " + " | ".join(f"{t} ({record['metrics'][t]['metric']} {arrows[t]})" for t in tasks) + " |"
     lines = [head, "|---|---|" + "---|" * len(tasks)]
     for name, row in record["rows"].items():
-        cells = [_value(row["cells"].get(t)) + _note(row["cells"].get(t) or {}, record["limit"].get(t)) for t in tasks]
+        cells = [_value(row["cells"].get(t)) + _note(row["cells"].get(t) or {}, record["limit"].get(t), record, t) for t in tasks]
         own = row.get("own_task")
         cells = [f"**{c}**" if t == own and c[:1].isdigit() else c for t, c in zip(tasks, cells)]
         lines.append(f"| `{name}` | {row['role']} | " + " | ".join(cells) + " |")
@@ -67,7 +75,7 @@ def controls_table(record: dict[str, Any]) -> list[str]:
             words = f"{m['difference']:+.3f} bits per byte against {m['best_control']} (lower is better)"
         kshot = _value(c.get("k_shot")) if c.get("k_shot") else "–"
         limit = (c.get("k_shot") or {}).get("limit")
-        kshot += f" (first {limit})" if c.get("k_shot") and limit else ""
+        kshot += f" ({_limited(record, c['task'], limit)})" if c.get("k_shot") and limit else ""
         lines.append(f"| `{c['specialist']}` | {c['task']} | {_value(c['specialist_score'])} | `{c['base']}` | "
                      f"{_value(c['zero_shot'])} | {kshot} | {c['k'] if c['k'] is not None else '0 only'} | {words} |")
     lines.append("")
@@ -129,10 +137,13 @@ def matrix_lines(record: dict[str, Any]) -> list[str]:
              *matrix_table(record), ""]
     notes = []
     if limits:
-        notes.append("limits (the first N documents; BLiMP: N pairs per paradigm), in every cell but the general "
+        how = ("N documents: the first N of one seeded shuffle for the labelled tasks, the first N otherwise; "
+               "BLiMP: N pairs per paradigm" if record.get("document_order_seed") is not None
+               else "the first N documents; BLiMP: N pairs per paradigm")
+        notes.append(f"limits ({how}), in every cell but the general "
                      f"model's general benchmark, scored in full: {', '.join(f'{t} {n}' for t, n in limits.items())}")
     if fewshot_limits:
-        notes.append(f"k-shot controls on the first {', '.join(f'{n} ({t})' for t, n in fewshot_limits.items())} documents")
+        notes.append(f"k-shot controls on {', '.join(f'{_limited(record, t, n)} ({t})' for t, n in fewshot_limits.items())} documents")
     classifiers = [n for n, r in record["rows"].items() if r.get("read_as", "") and "classifier" in (r.get("read_as") or "")]
     if classifiers:
         notes.append(f"classifier rows ({', '.join(f'`{n}`' for n in classifiers)}): their own task is their head's test "

@@ -113,9 +113,9 @@ def render_tasks(tasks: list[str], data_root: Path, folder: Path) -> RenderedTas
         if family in choices:
             text = text.replace("@CHOICES@", json.dumps(choices[family]()))
         write(f"{family}.yaml", text)
-    if families & {"wikitext2", "legal", "blimp"}:
-        shutil.copyfile(TEMPLATES / "documents.py", folder / "documents.py")
-        written["documents.py"] = hashlib.sha256((folder / "documents.py").read_bytes()).hexdigest()
+    # the documents' builders (`!function documents.*`): every shipped task uses at least one
+    shutil.copyfile(TEMPLATES / "documents.py", folder / "documents.py")
+    written["documents.py"] = hashlib.sha256((folder / "documents.py").read_bytes()).hexdigest()
     return RenderedTasks(folder, list(tasks), written)
 
 

@@ -8,9 +8,11 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from ptft_hf.evaluation.tasks.documents import DOCUMENT_ORDER_SEED
 from tests.conftest import shared_data
 
 pytest.importorskip("lm_eval", reason="the eval extra (pip install ptft-hf[eval]) is not installed")
@@ -69,7 +71,9 @@ def test_multiple_choice_accuracy_equals_a_hand_computation_over_label_names(gpt
     out = evaluate_model(model, tokenizer, ["banking77"], limit=2, batch_size=64, data_root=data_root)
     labels = json.loads((data_root / "banking77/categories.json").read_text())
     with (data_root / "banking77/test.csv").open(newline="") as f:
-        docs = [row for _, row in zip(range(2), csv.DictReader(f))]
+        rows = list(csv.DictReader(f))
+    # the limit takes the first 2 of the seeded order: numpy's PCG64 permutation of the 3,080 rows
+    docs = [rows[i] for i in np.random.default_rng(DOCUMENT_ORDER_SEED).permutation(len(rows))[:2]]
     correct = 0
     for doc in docs:
         context = f"Query: {doc['text']}\nIntent:"
@@ -77,6 +81,32 @@ def test_multiple_choice_accuracy_equals_a_hand_computation_over_label_names(gpt
         scores = [_logprob(model, tokenizer(context + " " + label)["input_ids"], n) for label in labels]
         correct += labels[max(range(len(labels)), key=scores.__getitem__)] == doc["category"]
     assert out["results"]["banking77"]["acc"] == correct / 2
+
+
+@pytest.mark.parametrize("task, path, column, labels_in_file_head, labels_in_sample", [
+    ("banking77", "banking77/test.csv", "category", 3, 57),  # sorted by intent: 3 of 77 in its first 100 rows
+    ("chemprot", "medical/chemprot/test.csv", "label", 8, 9)])  # grouped by abstract
+def test_a_limit_samples_every_class_in_the_same_order_each_time(data_root, tmp_path, task, path, column,
+                                                                 labels_in_file_head, labels_in_sample):
+    """The labelled test files are scored in one seeded order, the same on every load: the first 100
+    documents (what `limit=100` scores) are a sample of the split, not the file's first block."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from ptft_hf.evaluation.task_files import render_tasks
+
+    with (data_root / path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len({r[column] for r in rows[:100]}) == labels_in_file_head
+    orders = []
+    for attempt in range(2):
+        render_tasks([task], data_root, tmp_path / str(attempt))
+        loaded = get_task_dict([task], TaskManager(include_path=str(tmp_path / str(attempt)), include_defaults=False))[task]
+        orders.append([doc["text"] for doc in loaded.test_docs()])
+    assert orders[0] == orders[1] and sorted(orders[0]) == sorted(r["text"] for r in rows)
+    expected = [rows[i]["text"] for i in np.random.default_rng(DOCUMENT_ORDER_SEED).permutation(len(rows))]
+    assert orders[0] == expected
+    by_text = {r["text"]: r[column] for r in rows}
+    assert len({by_text[t] for t in orders[0][:100]}) == labels_in_sample
 
 
 def test_a_k_shot_prompt_holds_exactly_k_training_examples(data_root, tmp_path):
