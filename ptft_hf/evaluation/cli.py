@@ -1,6 +1,7 @@
 """`ptft-hf-eval PATH [tasks=blimp,banking77] [num_fewshot=N] [limit=N] [batch_size=N] [data_root=DIR]
-[dtype=float32|bfloat16] [device=cpu|cuda]`: score a finished run (or every stage of a pipeline
-folder) with lm-evaluation-harness and write eval.json beside each model.
+[dtype=float32|bfloat16] [device=cpu|cuda] [processes=N]`: score a finished run (or every stage of a pipeline
+folder) with lm-evaluation-harness and write eval.json beside each model (BLiMP's paradigms shared among
+`processes` forked processes on a CPU, one per core by default).
 `ptft-hf-eval PIPELINE matrix=true [matrix.limit.blimp=20 ...]`: the pipeline's evaluation matrix
 (eval_matrix.json, report.md written again with it at the top), its stages as they are."""
 
@@ -14,7 +15,7 @@ from ptft_hf.errors import Problem, UserError
 
 PROG = "ptft-hf-eval"
 EXIT_USER_ERROR = 2
-_INTS = ("num_fewshot", "limit", "batch_size")
+_INTS = ("num_fewshot", "limit", "batch_size", "processes")
 _STRINGS = ("data_root", "dtype", "device")
 
 

@@ -28,6 +28,7 @@ class EvalRequest:
     data_root: str | None = None
     dtype: str = "float32"  # float32 or bfloat16 (faster on CPUs with AVX-512 BF16 and on GPUs)
     device: str | None = None  # null: cuda when available, else cpu
+    processes: int | None = None  # BLiMP's paradigms shared among N forked processes on a CPU; null: one per core
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -52,7 +53,7 @@ def score_model(model: Any, tokenizer: Any, request: EvalRequest, folder: Path, 
         from ptft_hf.evaluation.runner import evaluate_model
 
         out = evaluate_model(model, tokenizer, request.tasks, request.num_fewshot, request.limit, request.batch_size,
-                             request.root)
+                             request.root, processes=request.processes)
         results, task_files = out["results"], out["task_files"]
         engine = {"scorer": "lm-evaluation-harness"}
     record = eval_record(results, request, task_files, engine, device, time.time() - started)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ptft_hf.errors import UserError
+from ptft_hf.evaluation.parallel import BLIMP_GROUP, blimp_group_metrics, paradigm_tasks, process_count, score_shares
 from ptft_hf.evaluation.task_files import default_data_root, render_tasks, task_problems
 
 log = logging.getLogger(__name__)
@@ -29,23 +30,47 @@ def require_lm_eval() -> Any:
 
 def evaluate_model(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: int | None = None,
                    limit: int | float | None = None, batch_size: int = 64, data_root: str | Path | None = None,
-                   seed: int = 1234) -> dict[str, Any]:
+                   seed: int = 1234, processes: int | None = None) -> dict[str, Any]:
     """Score a causal LM in memory on the shipped `tasks` with lm-eval's `simple_evaluate`.
 
     Returns `{"results": {task: {metric: value, metric + "_stderr": value}}, "n_samples": ...,
     "task_files": {file: sha256}, "seconds": ...}`. A PEFT model is scored with its adapters
-    active on the base (nothing is merged in place)."""
-    lm_eval = require_lm_eval()
-    import torch
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
+    active on the base (nothing is merged in place). BLiMP's paradigms are shared among `processes`
+    forked processes on a CPU (None: one per available core; see `parallel.py`), with the same scores."""
+    require_lm_eval()
     root = Path(data_root) if data_root is not None else default_data_root()
     problems = task_problems(tasks, root)
     if problems:
         raise UserError(problems)
     if hasattr(model, "get_base_model"):  # peft: the base model with the adapter layers injected
         model = model.get_base_model()
+    paradigms = paradigm_tasks(tasks, root)
+    count = process_count(processes, len(paradigms), on_cuda=next(model.parameters()).is_cuda)
+    if count == 1:
+        return _evaluate_once(model, tokenizer, tasks, num_fewshot, limit, batch_size, root, seed)
+    started = time.time()
+    shares = score_shares(lambda share: _evaluate_once(model, tokenizer, share, num_fewshot, limit, batch_size, root, seed),
+                          paradigms, count)
+    others = [t for t in tasks if t != BLIMP_GROUP and t not in paradigms]
+    if others:
+        shares.append(_evaluate_once(model, tokenizer, others, num_fewshot, limit, batch_size, root, seed))
+    results = {name: values for share in shares for name, values in share["results"].items()}
+    n_samples = {name: n for share in shares for name, n in share["n_samples"].items()}
+    if BLIMP_GROUP in tasks:
+        results[BLIMP_GROUP] = blimp_group_metrics(results, paradigms, n_samples)
+    with tempfile.TemporaryDirectory(prefix="ptft_hf_tasks_") as folder:  # the hashes one process would record
+        task_files = render_tasks(tasks, root, Path(folder)).file_sha256
+    return {"results": results, "n_samples": n_samples, "task_files": task_files, "seconds": round(time.time() - started, 2)}
+
+
+def _evaluate_once(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: int | None, limit: int | float | None,
+                   batch_size: int, root: Path, seed: int) -> dict[str, Any]:
+    """One `simple_evaluate` over `tasks` in this process."""
+    lm_eval = require_lm_eval()
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="ptft_hf_tasks_") as folder:
         rendered = render_tasks(tasks, root, Path(folder))

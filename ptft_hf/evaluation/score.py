@@ -43,6 +43,9 @@ def request_problems(request: EvalRequest, folders: list[Path]) -> list[Problem]
     problems = task_problems(request.tasks, request.root)
     if request.dtype not in ("float32", "bfloat16"):
         problems.append(Problem("dtype", f"'{request.dtype}' is not supported", "use dtype=float32 or dtype=bfloat16"))
+    if request.processes is not None and request.processes < 1:
+        problems.append(Problem("processes", f"{request.processes} processes score nothing",
+                                "give 1 or more, or leave it out (one per CPU core)"))
     if problems:
         return problems
     for folder in folders:

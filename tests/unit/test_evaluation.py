@@ -64,6 +64,24 @@ def test_blimp_accuracy_equals_a_direct_comparison_of_sentence_log_probabilities
     assert set(out["task_files"]) == {f"{t}.yaml" for t in PARADIGMS} | {"documents.py"}  # only what was scored (and the prompt/choice functions), each with its sha256
 
 
+def test_blimp_in_two_processes_scores_what_one_process_scores(gpt2, data_root, tmp_path):
+    """The paradigms shared between two forked processes give the same per-paradigm results, the
+    same group mean and standard error, and the same task-file hashes as one process."""
+    from ptft_hf.evaluation.runner import evaluate_model
+
+    model, tokenizer = gpt2
+    paradigms = ["anaphor_gender_agreement", "determiner_noun_agreement_2", "regular_plural_subject_verb_agreement_1"]
+    (tmp_path / "eval/blimp/data").mkdir(parents=True)  # a data root whose BLiMP has three paradigms
+    for uid in paradigms:
+        (tmp_path / "eval/blimp/data" / f"{uid}.jsonl").symlink_to(data_root / "eval/blimp/data" / f"{uid}.jsonl")
+    one, two = (evaluate_model(model, tokenizer, ["blimp"], limit=20, batch_size=16, data_root=tmp_path, processes=n)
+                for n in (1, 2))
+    assert two["results"] == one["results"] and two["n_samples"] == one["n_samples"]
+    assert two["task_files"] == one["task_files"]
+    accs = [one["results"][f"blimp_{uid}"]["acc"] for uid in paradigms]
+    assert one["results"]["blimp"]["acc"] == pytest.approx(sum(accs) / 3, abs=1e-12)
+
+
 def test_multiple_choice_accuracy_equals_a_hand_computation_over_label_names(gpt2, data_root):
     from ptft_hf.evaluation.runner import evaluate_model
 
@@ -168,6 +186,7 @@ def _fake_run(folder: Path, objective: str, tokenizer=None, n_positions: int = 6
                                  "define; score a masked LM on tasks=blimp (pseudo-log-likelihood"),
     (["tasks=banking77", "num_fewshot=50"], "clm", "num_fewshot: 50 examples of task 'banking77' take about"),
     (["tasks=blimp", "num_fewshot=2"], "clm", "num_fewshot: task 'blimp' is zero-shot"),
+    (["tasks=blimp", "processes=0"], "clm", "processes: 0 processes score nothing; give 1 or more"),
 ])
 def test_bad_requests_are_one_line_each_before_any_model_loads(gpt2, data_root, tmp_path, capsys, args, objective, expected):
     from ptft_hf.evaluation.cli import eval_main

@@ -1,0 +1,99 @@
+"""BLiMP's paradigms scored in forked processes, a share each, then put together with lm-eval's own
+group functions.
+
+On a CPU, a small model's pass over BLiMP's 134k sentences is bound by lm-eval's per-request loop
+and by small matrix products, neither of which a second intra-op thread speeds up much; a second
+process on the second core does (the model's weights are shared copy-on-write, nothing is copied).
+Each process runs lm-eval's `simple_evaluate` on its paradigms, exactly as one process would run
+them all, so the scores do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from ptft_hf.evaluation.task_files import BLIMP_PREFIX, blimp_paradigms
+
+log = logging.getLogger(__name__)
+BLIMP_GROUP = "blimp"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def paradigm_tasks(tasks: list[str], data_root: Path) -> list[str]:
+    """The BLiMP paradigm tasks among `tasks` (the `blimp` group expanded), in order, once each."""
+    out: list[str] = []
+    for task in tasks:
+        names = [BLIMP_PREFIX + p for p in blimp_paradigms(data_root)] if task == BLIMP_GROUP else \
+            [task] if task.startswith(BLIMP_PREFIX) else []
+        out += [n for n in names if n not in out]
+    return out
+
+
+def process_count(requested: int | None, paradigms: int, on_cuda: bool) -> int:
+    """How many processes score BLiMP: the request, else one per available core; never more than
+    there are paradigms, and one on a GPU or where fork is not safe (only Linux forks here)."""
+    if on_cuda or not sys.platform.startswith("linux") or paradigms < 2:
+        return 1
+    return max(1, min(requested or available_cores(), paradigms))
+
+
+def blimp_group_metrics(per_task: dict[str, dict[str, Any]], paradigms: list[str],
+                        sizes: dict[str, int]) -> dict[str, float]:
+    """The `blimp` group's acc and its standard error from its paradigms, by lm-eval's functions and
+    as `tasks/blimp.yaml` asks (the unweighted mean over paradigms)."""
+    from lm_eval.api.metrics import aggregate_subtask_metrics, unweighted_mean_stderr
+
+    values = [per_task[p]["acc"] for p in paradigms]
+    return {"acc": float(aggregate_subtask_metrics(values, [sizes[p] for p in paradigms], weight_by_size=False)),
+            "acc_stderr": float(unweighted_mean_stderr([per_task[p]["acc_stderr"] for p in paradigms]))}
+
+
+def score_shares(score: Callable[[list[str]], dict[str, Any]], tasks: list[str], processes: int) -> list[dict[str, Any]]:
+    """`score(share)` for `processes` round-robin shares of `tasks`, each in a forked child on
+    an equal part of this process's threads; their JSON results in share order. A child that fails
+    fails the whole call with its error."""
+    import torch
+
+    threads = max(1, torch.get_num_threads() // processes)
+    shares = [tasks[i::processes] for i in range(processes)]
+    with tempfile.TemporaryDirectory(prefix="ptft_hf_shares_") as folder:
+        children = []
+        for index, share in enumerate(shares):
+            out_path = Path(folder) / f"share_{index}.json"
+            pid = os.fork()
+            if pid == 0:  # the child: score its share, write the result, leave without the parent's exit handlers
+                status = 1
+                try:
+                    torch.set_num_threads(threads)
+                    out_path.write_text(json.dumps(score(share)), encoding="utf-8")
+                    status = 0
+                except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+                    out_path.with_suffix(".error").write_text(traceback.format_exc(), encoding="utf-8")
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(status)
+            children.append((pid, out_path))
+        log.info("BLiMP: %d paradigms in %d processes of %d thread(s)", len(tasks), processes, threads)
+        results, failures = [], []
+        for pid, out_path in children:
+            _, status = os.waitpid(pid, 0)
+            if status != 0 or not out_path.is_file():
+                error = out_path.with_suffix(".error")
+                failures.append(error.read_text(encoding="utf-8") if error.is_file() else f"exit status {status}")
+            else:
+                results.append(json.loads(out_path.read_text(encoding="utf-8")))
+    if failures:
+        raise RuntimeError("a BLiMP scoring process failed:\n" + failures[0])
+    return results
