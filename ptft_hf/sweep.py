@@ -44,21 +44,48 @@ def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         rows.append({"job": job_dir.name, "overrides": _job_overrides(job_dir), **{
             k: metrics.get(k) for k in ("strategy", "parameters", "trainable_parameters", "trainable_percent",
                                         "train_loss", "eval_perplexity_before", "eval_perplexity", "eval_accuracy_before",
-                                        "eval_accuracy", "eval_f1_before", "eval_f1", "peak_memory_mb",
+                                        "eval_accuracy", "eval_f1_before", "eval_f1", "validation_accuracy",
+                                        "validation_perplexity", "peak_memory_mb",
                                         "saved_bytes", "wall_time_s") if k in metrics}})
     return rows
 
 
+# the validation figure a sweep's choice reads (higher is better?), in order of preference
+_VALIDATION_METRICS = (("validation_accuracy", True), ("validation_perplexity", False))
+
+
+def _validation(row: dict[str, Any]) -> tuple[str, float, bool] | None:
+    return next(((name, float(row[name]), higher) for name, higher in _VALIDATION_METRICS
+                 if row.get(name) is not None), None)
+
+
+def chosen_on_validation(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The job with the best validation figure (accuracy, else perplexity): the sweep's choice, made
+    without the test split. None when no job has a validation figure."""
+    scored = [(r, v) for r in rows if (v := _validation(r)) is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda rv: rv[1][1] if rv[1][2] else -rv[1][1])[0]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("| job | overrides | strategy | trainable parameters | train loss | eval before → after | "
+    header = ("| job | overrides | strategy | trainable parameters | train loss | validation | eval before → after | "
               "peak memory (MB) | saved (KB) | wall time (s) |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        v = _validation(r)
+        validation = f"{v[0].removeprefix('validation_')} {v[1]:.4g}" if v else "–"
         lines.append(
             f"| {r['job']} | `{r['overrides']}` | {r['strategy']} | {r['trainable_parameters']:,} ({r['trainable_percent']:.2f}%) | "
-            f"{r['train_loss']:.4f} | {quality_summary(r)} | "
+            f"{r['train_loss']:.4f} | {validation} | {quality_summary(r)} | "
             f"{r['peak_memory_mb']} | {(r['saved_bytes'] or 0) / 1024:.0f} | {r['wall_time_s']} |"
         )
+    best = chosen_on_validation(rows)
+    if best is not None and len(rows) > 1:
+        name, value, _ = _validation(best)
+        lines += ["", f"Chosen on validation ({name} {value:.4g}): job {best['job']} (`{best['overrides']}`); "
+                      f"its test figure: {quality_summary(best)}. Read the test column of the others only as a "
+                      "report: choosing by it would make the chosen figure optimistic."]
     return "\n".join(lines)
 
 
