@@ -214,7 +214,10 @@ def eval_matrix(names: list[str]) -> str:
     limits = ", ".join(f"{task} {n}" for task, n in record["limit"].items() if n)
     lines = [*matrix_table(record), ""]
     if limits:
-        lines += [f"Limits (the first N documents; BLiMP: N pairs per paradigm) in every cell but the general model's "
+        how = ("N documents: the first N of one seeded shuffle for the labelled tasks, the first N otherwise; BLiMP: "
+               "N pairs per paradigm" if record.get("document_order_seed") is not None
+               else "the first N documents; BLiMP: N pairs per paradigm")
+        lines += [f"Limits ({how}) in every cell but the general model's "
                   f"BLiMP, scored in full: {limits}. {record['seconds'] / 60:.1f} minutes on {record['device']} "
                   f"({record['dtype']}).", ""]
     lines += [*controls_table(record), "", *blimp_lines(record)]

@@ -212,7 +212,7 @@ class EvalConfig:
 
     tasks: List[str] = field(default_factory=list)  # blimp, banking77, chemprot, wikitext2, legal, blimp_<paradigm>
     num_fewshot: Optional[int] = None  # examples from the task's training split (multiple-choice tasks only)
-    limit: Optional[int] = None  # score the first N documents of each task (a quick check); null: all
+    limit: Optional[int] = None  # score N documents of each task (banking77/chemprot: a seeded sample); null: all
     batch_size: int = 64
     data_root: Optional[str] = None  # the shared data folder; null: $PTFT_HF_SHARED_DATA or ../shared/data
     dtype: str = "float32"  # float32 or bfloat16
@@ -228,7 +228,7 @@ class MatrixConfig:
 
     enabled: bool = False
     tasks: List[str] = field(default_factory=lambda: ["blimp"])  # the general benchmark, scored for every node
-    # per task: the first N documents (BLiMP: N pairs per paradigm) in every cell but the general model's
+    # per task: N documents (a seeded sample of banking77/chemprot; BLiMP: N pairs per paradigm) in every cell but the general model's
     # general benchmark, which is always scored in full; a task left out: all documents
     limit: Dict[str, int] = field(default_factory=dict)
     fewshot: Optional[int] = None  # k of the k-shot controls; null: as many examples as the model's context holds
