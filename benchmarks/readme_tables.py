@@ -224,8 +224,29 @@ def eval_matrix(names: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines).strip("\n")
 
 
+def recipe_choice(names: list[str]) -> str:
+    """Candidate recipes (one results file's stages, e.g. a learning-rate sweep at one seed) by their
+    validation figure; the chosen one is the sweep's choice (`ptft_hf.sweep.chosen_on_validation`),
+    the others' test figures are reported, not used."""
+    from ptft_hf.sweep import chosen_on_validation
+
+    [name] = names
+    result = load(name)
+    stages = result["metrics"]["stages"]
+    order = result["metrics"].get("stage_order", list(stages))
+    chosen = chosen_on_validation([{"job": stage, **stages[stage]} for stage in order])
+    lines = ["| candidate | validation accuracy | test accuracy (reported, not used to choose) |", "|---|---|---|"]
+    for stage in order:
+        m = stages[stage]
+        mark = " (chosen)" if chosen is not None and stage == chosen["job"] else ""
+        lines.append(f"| `{stage}`{mark} | {_g(m.get('validation_accuracy'))} | {_g(m.get('eval_accuracy'))} |")
+    lines += ["", f"`{name}`: `{result['command']}`, {result['date']}."]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[list[str]], str]] = {
     "eval_matrix": eval_matrix,
+    "recipe_choice": recipe_choice,
     "pipeline_table": pipeline_table,
     "pretraining_margins": pretraining_margins,
 }

@@ -10,9 +10,11 @@ them all, so the scores do not depend on the number of processes.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -59,6 +61,15 @@ def blimp_group_metrics(per_task: dict[str, dict[str, Any]], paradigms: list[str
             "acc_stderr": float(unweighted_mean_stderr([per_task[p]["acc_stderr"] for p in paradigms]))}
 
 
+def _die_with_parent() -> None:
+    """Linux's PR_SET_PDEATHSIG: a share's process ends when the process that forked it does (killed
+    outright included), rather than scoring on for nobody."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux's libc: the parent's own clean-up below still applies
+        pass
+
+
 def score_shares(score: Callable[[list[str]], dict[str, Any]], tasks: list[str], processes: int) -> list[dict[str, Any]]:
     """`score(share)` for `processes` round-robin shares of `tasks`, each in a forked child on
     an equal part of this process's threads; their JSON results in share order. A child that fails
@@ -75,6 +86,7 @@ def score_shares(score: Callable[[list[str]], dict[str, Any]], tasks: list[str],
             if pid == 0:  # the child: score its share, write the result, leave without the parent's exit handlers
                 status = 1
                 try:
+                    _die_with_parent()
                     torch.set_num_threads(threads)
                     out_path.write_text(json.dumps(score(share)), encoding="utf-8")
                     status = 0
@@ -86,14 +98,20 @@ def score_shares(score: Callable[[list[str]], dict[str, Any]], tasks: list[str],
                     os._exit(status)
             children.append((pid, out_path))
         log.info("BLiMP: %d paradigms in %d processes of %d thread(s)", len(tasks), processes, threads)
-        results, failures = [], []
-        for pid, out_path in children:
-            _, status = os.waitpid(pid, 0)
-            if status != 0 or not out_path.is_file():
-                error = out_path.with_suffix(".error")
-                failures.append(error.read_text(encoding="utf-8") if error.is_file() else f"exit status {status}")
-            else:
-                results.append(json.loads(out_path.read_text(encoding="utf-8")))
+        results, failures, waiting = [], [], [pid for pid, _ in children]
+        try:
+            for pid, out_path in children:
+                _, status = os.waitpid(pid, 0)
+                waiting.remove(pid)
+                if status != 0 or not out_path.is_file():
+                    error = out_path.with_suffix(".error")
+                    failures.append(error.read_text(encoding="utf-8") if error.is_file() else f"exit status {status}")
+                else:
+                    results.append(json.loads(out_path.read_text(encoding="utf-8")))
+        finally:  # interrupted (Ctrl-C): the other shares stop too
+            for pid in waiting:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
     if failures:
         raise RuntimeError("a BLiMP scoring process failed:\n" + failures[0])
     return results

@@ -227,3 +227,16 @@ def test_no_eval_block_leaves_the_fingerprint_as_before():
     with_default = OmegaConf.create({"model": {"name": "m"}, "trainer": {}, "eval": {"tasks": [], "batch_size": 64}})
     asked = OmegaConf.create({"model": {"name": "m"}, "trainer": {}, "eval": {"tasks": ["blimp"], "batch_size": 64}})
     assert config_fingerprint(with_default) == config_fingerprint(before) != config_fingerprint(asked)
+
+
+def test_shares_come_back_in_order_and_a_failing_share_fails_the_call():
+    from ptft_hf.evaluation.parallel import score_shares
+
+    def score(share: list[str]) -> dict:
+        if "b" in share:
+            raise ValueError("share b broke")
+        return {"share": share}
+
+    assert score_shares(lambda share: {"share": share}, ["a", "b", "c"], 2) == [{"share": ["a", "c"]}, {"share": ["b"]}]
+    with pytest.raises(RuntimeError, match="a BLiMP scoring process failed:(.|\n)*ValueError: share b broke"):
+        score_shares(score, ["a", "b"], 2)
