@@ -1,5 +1,5 @@
 """`ptft-hf-eval PATH [tasks=blimp,banking77] [num_fewshot=N] [limit=N] [batch_size=N] [data_root=DIR]
-[dtype=float32|bfloat16] [device=cpu|cuda] [processes=N]`: score a finished run (or every stage of a pipeline
+[dtype=auto|float32|bfloat16] [device=cpu|cuda] [processes=N]`: score a finished run (or every stage of a pipeline
 folder) with lm-evaluation-harness and write eval.json beside each model (BLiMP's paradigms shared among
 `processes` forked processes on a CPU, one per core by default).
 `ptft-hf-eval PIPELINE matrix=true [matrix.limit.blimp=20 ...]`: the pipeline's evaluation matrix

@@ -26,7 +26,9 @@ class EvalRequest:
     limit: int | None = None
     batch_size: int = 64
     data_root: str | None = None
-    dtype: str = "float32"  # float32 or bfloat16 (faster on CPUs with AVX-512 BF16 and on GPUs)
+    # auto: bfloat16 where the device runs it fast (GPUs that have it, CPUs with AVX-512 BF16 or AMX), else
+    # float32; or float32, bfloat16. The eval: block passes its own (float32 unless set)
+    dtype: str = "auto"
     device: str | None = None  # null: cuda when available, else cpu
     processes: int | None = None  # BLiMP's paradigms shared among N forked processes on a CPU; null: one per core
     extra: dict[str, Any] = field(default_factory=dict)
@@ -42,7 +44,10 @@ def score_model(model: Any, tokenizer: Any, request: EvalRequest, folder: Path, 
 
     from ptft_hf.evaluation.blimp import score_masked
 
+    from ptft_hf.evaluation.matrix import resolve_dtype
+
     device = request.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    request.dtype = resolve_dtype(request.dtype, device)  # eval.json records what ran
     model = model.to(device=device, dtype=getattr(torch, request.dtype)).eval()
     started = time.time()
     if masked:

@@ -41,8 +41,8 @@ def request_problems(request: EvalRequest, folders: list[Path]) -> list[Problem]
     from ptft_hf.objectives import get_objective
 
     problems = task_problems(request.tasks, request.root)
-    if request.dtype not in ("float32", "bfloat16"):
-        problems.append(Problem("dtype", f"'{request.dtype}' is not supported", "use dtype=float32 or dtype=bfloat16"))
+    if request.dtype not in ("auto", "float32", "bfloat16"):
+        problems.append(Problem("dtype", f"'{request.dtype}' is not supported", "use dtype=auto, float32 or bfloat16"))
     if request.processes is not None and request.processes < 1:
         problems.append(Problem("processes", f"{request.processes} processes score nothing",
                                 "give 1 or more, or leave it out (one per CPU core)"))
