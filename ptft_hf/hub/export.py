@@ -119,14 +119,38 @@ def export_problems(run_dir: Path, to: str, outtype: str, output: Path | None, o
     return problems + toolchain_problems()
 
 
+# Split patterns of the pre-tokenizers transformers builds for a family's tokenizer class (Qwen2Tokenizer
+# rebuilds its own whatever tokenizer.json says), and the name llama.cpp gives the same split.
+SPLIT_PATTERNS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "llama-bpe",
+}
+
+
 def gguf_pretokenizer(folder: Path) -> str | None:
-    """`gpt-2` when tokenizer.json pre-tokenizes as GPT-2 does (byte-level with GPT-2's split pattern,
-    no normaliser), what every byte-level BPE trained here does; None otherwise (the converter then
-    names it from its table of published vocabularies, or refuses)."""
-    spec = _read_json(folder / "tokenizer.json")
+    """llama.cpp's name (`tokenizer.ggml.pre`) for the pre-tokenizer of the tokenizer as transformers loads
+    it from `folder`: `gpt-2` for byte-level with GPT-2's split (every byte-level BPE trained here), `qwen2`
+    or `llama-bpe` for those families' split patterns before a byte-level step; None otherwise (the
+    converter then names it from its table of published vocabularies, or refuses). The check in
+    llama.cpp then compares the token ids of every check text."""
+    from transformers import AutoTokenizer
+
+    backend = getattr(AutoTokenizer.from_pretrained(str(folder)), "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    if spec.get("normalizer") not in (None, {"type": "NFC"}):  # Qwen2's class adds NFC, as Qwen's own tokenizer.json has
+        return None
     pre = spec.get("pre_tokenizer") or {}
-    gpt2 = pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
-    return "gpt-2" if gpt2 and spec.get("normalizer") is None else None
+    if pre.get("type") == "ByteLevel":
+        return "gpt-2" if pre.get("use_regex", True) and not pre.get("add_prefix_space") else None
+    steps = pre.get("pretokenizers") or []
+    if pre.get("type") != "Sequence" or len(steps) != 2:
+        return None
+    split, byte_level = steps
+    plain_bytes = byte_level.get("type") == "ByteLevel" and not byte_level.get("use_regex", True) \
+        and not byte_level.get("add_prefix_space")
+    isolated = split.get("type") == "Split" and split.get("behavior") == "Isolated" and not split.get("invert")
+    return SPLIT_PATTERNS.get((split.get("pattern") or {}).get("Regex", "")) if plain_bytes and isolated else None
 
 
 def _source_folder(run_dir: Path, atol: float) -> tuple[Path, bool]:

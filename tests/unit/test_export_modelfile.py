@@ -87,12 +87,18 @@ def test_modelfile_text():
 
 
 def test_the_pretokenizer_named_for_the_converter(tmp_path):
+    """As transformers loads the tokenizer: the Qwen2 twin's class rebuilds Qwen2's own split pattern
+    (digits one by one) whatever its tokenizer.json says; the Llama 3 twin's and a BPE trained here
+    keep GPT-2's byte-level split."""
     from ptft_hf.models.tokenizers import train_byte_bpe, train_wordpiece
+    from ptft_hf.models.twins import build_twin
 
     train_byte_bpe(TEXTS, 300, model_max_length=64).save_pretrained(tmp_path / "bpe")
-    twin_tokenizer("llama3", TEXTS).save_pretrained(tmp_path / "llama3")
+    build_twin("llama3", tmp_path / "llama3", TEXTS)
+    build_twin("qwen2", tmp_path / "qwen2", TEXTS)
     train_wordpiece(TEXTS, 300, model_max_length=64).save_pretrained(tmp_path / "wordpiece")
     assert gguf_pretokenizer(tmp_path / "bpe") == gguf_pretokenizer(tmp_path / "llama3") == "gpt-2"
+    assert gguf_pretokenizer(tmp_path / "qwen2") == "qwen2"
     assert gguf_pretokenizer(tmp_path / "wordpiece") is None
     spec = json.loads((tmp_path / "bpe" / "tokenizer.json").read_text())
     spec["pre_tokenizer"]["add_prefix_space"] = True  # not GPT-2's any more
