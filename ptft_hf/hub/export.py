@@ -74,18 +74,21 @@ def family_problem(run_dir: Path) -> Problem | None:
     model_dir = run_dir / "model"
     adapter = (model_dir / "adapter_config.json").is_file()
     config = _base_config(model_dir) if adapter else _read_json(model_dir / "config.json")
+    if not config:
+        base = _read_json(model_dir / "adapter_config.json").get("base_model_name_or_path")
+        return Problem("run_dir", f"the adapter's base model '{base}' cannot be read here" if adapter
+                       else f"'{model_dir}' has no config.json", "give a run whose model (or adapter base) is on this machine")
     model_type = config.get("model_type")
     objective = _run_objective(run_dir)
-    if adapter:
-        architecture = f"{FAMILIES[model_type][1] if model_type in FAMILIES else model_type} + adapter"
+    architecture = (config.get("architectures") or [model_type])[0]
+    if adapter:  # the adapter's model is the objective's class on the base
         causal = objective is None or objective.auto_class == "AutoModelForCausalLM"
     else:
-        architecture = (config.get("architectures") or [model_type])[0]
         causal = model_type in FAMILIES and architecture == FAMILIES[model_type][1]
     if model_type in FAMILIES and causal:
         return None
     what = (f"objective={objective.name} makes a {objective.auto_class.removeprefix('AutoModelFor')} model"
-            if model_type in FAMILIES and objective is not None else f"{architecture} ({model_type or 'unknown family'})")
+            if adapter and model_type in FAMILIES and objective is not None else f"{architecture} ({model_type})")
     return Problem("--to gguf", f"{what}: GGUF export takes causal LMs of {SUPPORTED}", "export a causal-LM run of one of them")
 
 

@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ptft_hf.errors import Problem, UserError
+from ptft_hf.errors import Problem, UserError, report_problems
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
@@ -73,9 +73,7 @@ def export_main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if args.verbose:
             raise
-        for problem in err.problems:
-            sys.stderr.write(f"{PROG}: error: {problem}\n")
-        return 2
+        return report_problems(PROG, err)
     check = result.record["check"]
     answers = "; ".join(f"{a['text']!r}" for a in check["answers"])
     print(f"GGUF ({args.outtype}) written to {result.gguf} with {result.modelfile.name}; checked in llama.cpp: largest "

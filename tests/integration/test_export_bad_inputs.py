@@ -110,3 +110,22 @@ def test_a_missing_runtime_names_the_extra_and_the_install_command(tmp_path, cap
     assert "ptft-hf-export: error: --to gguf: the llama.cpp runtime (llama-cpp-python) is not installed; install the 'export' " \
            "extra, then build it once: ptft-hf-export --install (minutes of C++ the first time, then cached)" in _errors(capsys)
     assert _files(tmp_path) == before
+
+
+def test_a_classifier_adapter_on_a_supported_family_is_refused(tmp_path, capsys):
+    """A LoRA classifier on GPT-2: the family converts, the model (a sequence classifier) does not."""
+    from ptft_hf.models.twins import build_other_twin
+
+    base = build_other_twin("gpt2", tmp_path / "base", TEXTS, vocab_size=300)
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "peft_type": "LORA"}))
+    (run / "config.yaml").write_text(yaml.safe_dump({"objective": {"name": "classification"}, "strategy": {"name": "lora"}}))
+    (run / "metrics.json").write_text("{}")
+    before = _files(tmp_path)
+    capsys.readouterr()
+    assert export_main([str(run)]) == 2
+    assert _errors(capsys) == ["ptft-hf-export: error: --to gguf: objective=classification makes a SequenceClassification "
+                               "model: GGUF export takes causal LMs of GPT-2 (GPT2LMHeadModel), Llama (LlamaForCausalLM), "
+                               "Qwen2 (Qwen2ForCausalLM); export a causal-LM run of one of them", *_toolchain_lines()]
+    assert _files(tmp_path) == before

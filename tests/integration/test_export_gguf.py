@@ -34,8 +34,9 @@ FAMILIES = {"qwen2": ("<|im_end|>", "qwen2", "qwen2"), "llama3": ("<|eot_id|>", 
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def sft_run(request, tmp_path_factory, compose_cfg_module):
+def sft_run(request, tmp_path_factory):
     """A twin LoRA-SFT'd to answer sums and end its turn (as tests/integration/test_sft_twins.py)."""
+    from ptft_hf.api import compose
     from ptft_hf.models.twins import build_twin
     from ptft_hf.recipe import run
 
@@ -48,31 +49,14 @@ def sft_run(request, tmp_path_factory, compose_cfg_module):
     data.write_text("\n".join(json.dumps(r) for r in SUMS * 2) + "\n")
     evals = root / "eval.jsonl"
     evals.write_text("\n".join(json.dumps(r) for r in SUMS) + "\n")
-    run(compose_cfg_module(
+    run(compose(
         "objective=sft", "model=pretrained", f"model.name_or_path={twin}", "data=text_files", f"data.path={data}",
         f"data.eval_path={evals}", f"data.validation_path={evals}", "objective.max_length=128",
         "strategy=lora", "strategy.gradient_checkpointing=false", "strategy.lora.modules_to_save=[norm]",
         "trainer.per_device_train_batch_size=10", "trainer.max_steps=60", "trainer.learning_rate=3e-2",
-        "trainer.warmup_steps=0", "trainer.eval_steps=60", "trainer.save_steps=60", "samples.prompts=[What is 1 plus 2?]"),
+        "trainer.warmup_steps=0", "trainer.eval_steps=60", "trainer.save_steps=60", "samples.prompts=[What is 1 plus 2?]").cfg,
         root / "run")
     return family, root / "run"
-
-
-@pytest.fixture(scope="module")
-def compose_cfg_module():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from ptft_hf.config import schema  # noqa: F401
-    from ptft_hf.paths import conf_dir
-
-    def _compose(*overrides: str):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-
-    yield _compose
-    GlobalHydra.instance().clear()
 
 
 def test_sft_twin_merged_and_exported_answers_and_stops_alike_everywhere(sft_run):
