@@ -150,12 +150,20 @@ def _greedy_gguf(llm: Any, ids: list[int], eog: set[int], max_new_tokens: int) -
 def check_gguf(gguf_path: Path, model: Any, tokenizer: Any, outtype: str, prompts: Sequence[str], stop_ids: Sequence[int],
                texts: Sequence[str] = HELD_OUT_TEXTS, max_new_tokens: int = 16) -> GgufCheck:
     """Compare the GGUF at `gguf_path` with `model` (float32, eval mode); raises UserError on a difference."""
-    import numpy as np
-
     tolerance = TOLERANCES[outtype]
     all_texts = list(texts) + list(prompts)
     llm = load_gguf(gguf_path, n_ctx=max(64, *(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in all_texts))
                     + max_new_tokens + 8)
+    try:
+        return _compare(llm, model, tokenizer, outtype, tolerance, all_texts, prompts, stop_ids, max_new_tokens)
+    finally:
+        llm.close()  # now, not at interpreter exit (where its destructor fails noisily)
+
+
+def _compare(llm: Any, model: Any, tokenizer: Any, outtype: str, tolerance: float, all_texts: Sequence[str],
+             prompts: Sequence[str], stop_ids: Sequence[int], max_new_tokens: int) -> GgufCheck:
+    import numpy as np
+
     eog = eog_ids(llm)
     not_stopping = [i for i in stop_ids if i not in eog]
     if not_stopping:

@@ -113,6 +113,7 @@ def test_sft_twin_merged_and_exported_answers_and_stops_alike_everywhere(sft_run
         for chat, reply in zip(CHATS, replies):
             out = llm.create_chat_completion(messages=[chat], temperature=0.0, top_k=1, repeat_penalty=1.0, max_tokens=12)
             assert (out["choices"][0]["message"]["content"], out["choices"][0]["finish_reason"]) == (reply, "stop")
+        llm.close()
         # the Modelfile: the family's turns as Ollama's Go template (rendering as the chat template does), its stops
         text = result.modelfile.read_text()
         pieces = read_pieces(renderer(tokenizer, None))
