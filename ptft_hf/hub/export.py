@@ -169,11 +169,12 @@ def _source_folder(run_dir: Path, atol: float) -> tuple[Path, bool]:
     return merge_adapter(run_dir, atol=atol).output_dir, True
 
 
-def convert(folder: Path, outfile: Path, outtype: str, converter: Path) -> float:
-    """llama.cpp's converter in its own process; returns its wall time. Its failure is one line."""
+def convert(folder: Path, outfile: Path, outtype: str, converter: Path, name: str) -> float:
+    """llama.cpp's converter in its own process (`name`: the GGUF's general.name); returns its wall time.
+    Its failure is one line."""
     pre = gguf_pretokenizer(folder)
     command = [sys.executable, "-m", "ptft_hf.hub.gguf_convert", str(converter), *(["--pre", pre] if pre else []), "--",
-               str(folder), "--outfile", str(outfile), "--outtype", outtype]
+               str(folder), "--outfile", str(outfile), "--outtype", outtype, "--model-name", name]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -212,6 +213,7 @@ def _gguf_metadata(path: Path) -> dict[str, Any]:
             "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_bos_token")
     meta = {key: fields[key].contents() for key in keys if key in fields}
     meta["chat_template"] = "tokenizer.chat_template" in fields
+    meta["general.name"] = fields["general.name"].contents() if "general.name" in fields else None
     return meta
 
 
@@ -244,7 +246,7 @@ def export_run(run_dir: str | Path, outtype: str = "f16", device: str = "cpu", o
     staging.mkdir(parents=True)
     gguf_path = staging / "model.gguf"
     try:
-        seconds["convert"] = convert(folder, gguf_path, outtype, tools.converter)
+        seconds["convert"] = convert(folder, gguf_path, outtype, tools.converter, run_dir.name)
         start = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, use_safetensors=True).to(device).eval()
@@ -263,7 +265,8 @@ def export_run(run_dir: str | Path, outtype: str = "f16", device: str = "cpu", o
             log.warning("the chat template is not one of text around each message: the Modelfile has no chat TEMPLATE "
                         "(Ollama falls back to the GGUF's tokenizer.chat_template)")
         stop_tokens = tokenizer.convert_ids_to_tokens(stops)
-        (staging / "Modelfile").write_text(modelfile(gguf_path.name, pieces, stop_tokens, str(folder)), encoding="utf-8")
+        (staging / "Modelfile").write_text(modelfile(gguf_path.name, pieces, stop_tokens,
+                                                      f"{run_dir.name}/{folder.name}"), encoding="utf-8")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if new_parent:
