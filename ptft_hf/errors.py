@@ -30,3 +30,13 @@ class UserError(Exception):
     @classmethod
     def of(cls, field: str, what: str, fix: str) -> "UserError":
         return cls(Problem(field, what, fix))
+
+
+def report_problems(prog: str, err: UserError) -> int:
+    """A command's refusal: one `PROG: error: field: what; fix` line per problem on stderr, no
+    traceback; returns the exit status (2)."""
+    import sys
+
+    for problem in err.problems:
+        sys.stderr.write(f"{prog}: error: {problem}\n")
+    return 2

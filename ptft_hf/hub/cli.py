@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from ptft_hf.errors import UserError
+from ptft_hf.errors import UserError, report_problems
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
@@ -32,9 +32,7 @@ def merge_main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if args.verbose:
             raise
-        for problem in err.problems:
-            sys.stderr.write(f"ptft-hf-merge: error: {problem}\n")
-        return 2
+        return report_problems("ptft-hf-merge", err)
     print(f"merged model saved to {result.output_dir}; largest logit difference {result.max_abs_diff:.3g} "
           f"(tolerance {result.atol:g}){' after dequantising the 4-bit base' if result.quantized_base else ''}"
           + (f"; the same greedy answers {result.answers} (stop ids {result.eos_token_id})" if result.answers else ""))

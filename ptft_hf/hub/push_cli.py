@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ptft_hf.errors import UserError
+from ptft_hf.errors import UserError, report_problems
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
@@ -89,9 +89,7 @@ def push_main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if args.verbose:
             raise
-        for problem in err.problems:
-            sys.stderr.write(f"{PROG}: error: {problem}\n")
-        return 2
+        return report_problems(PROG, err)
     staged = published.staged
     print(f"staged {staged.kind} in {staged.folder}: {', '.join(staged.files)}; reload check: largest logit "
           f"difference {published.max_abs_diff:.3g} (tolerance {hub.atol:g})")
