@@ -294,7 +294,8 @@ def report(run: RunSetup, trainer: PtftTrainer, metrics: dict[str, Any], samples
         metrics["saved_bytes"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
         metrics["sample"] = samples[0] if samples else None
         metrics["wall_time_s"] = round(time.time() - started, 2)
-        plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}")
+        plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}",
+                  resumed_at=metrics.get("resumed_from_step") or None)
         redact_file(write_report(run_dir, metrics, samples), run.secrets)
         write_card(model_dir / "README.md", run_dir, ADAPTER if run.strategy.saves_adapter_only else FULL, conf.hub.repo_id,
                    redact(metrics, run.secrets))

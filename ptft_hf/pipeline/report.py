@@ -294,4 +294,7 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
         lines += ["", f"![{name} loss]({name}/loss.png)", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    from ptft_hf.pipeline.html_report import write_html_report
+
+    write_html_report(run_dir, summary, stages, _timing_line(summary), matrix)
     return path
