@@ -17,7 +17,7 @@ from ptft_hf.distributed import is_main_process, wait_for_everyone
 from ptft_hf.errors import Problem, UserError
 from ptft_hf.pipeline.stages import compose_stages, plan_stages
 from ptft_hf.run_dir import FINISHED_MARKER, discard_aside, guard_run_dir, is_finished, mark_started, set_aside
-from ptft_hf.tracking.store import matrix_record, pipeline_project, track_record, track_run
+from ptft_hf.tracking.store import matrix_record, pipeline_project, track_record, track_run, tracker_chosen
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ def track_stage(cfg: DictConfig, run_dir: Path, name: str, results: dict[str, An
     seed's table (the stages so far) and its place in the tree."""
     from ptft_hf.pipeline.report import seed_table_column
 
+    if not tracker_chosen(cfg.tracking):
+        return
     project, prefix = pipeline_project(run_dir, cfg.tracking.project)
     extra = {"pipeline": str(run_dir.resolve()), "stage": name, "init_from": stages[name].init_from,
              "seed_table": seed_table_column(name, results, stages)}

@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from ptft_hf.tracking.backends import TRACKERS, chosen_tracker
+from ptft_hf.tracking.backends import TRACKERS, TRACKING_ENV, chosen_tracker
 from ptft_hf.tracking.record import RunRecord, run_record
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,22 @@ def project_name(run_dir: Path, project: str | None = None) -> tuple[str, str]:
     return LONE_RUNS, folder_project(run_dir)
 
 
+def tracker_chosen(tracking: Any) -> bool:
+    """Whether a tracker is chosen; when none is, `tracking=auto` without trackio says so in one line."""
+    if chosen_tracker(str(tracking.backend)) is not None:
+        return True
+    if str(tracking.backend) == "auto" and not os.environ.get(TRACKING_ENV):
+        log.info("tracking=auto: trackio is not installed, so runs are not tracked (pip install 'ptft_hf[trackio]', "
+                 "or tracking=none to say so)")
+    return False
+
+
 def track_record(record: RunRecord, tracking: Any, project: str, name: str, timeout: float = 600) -> bool:
     """Log `record` as run `name` of `project` with the tracker `tracking.backend` picks; False (and a
     warning) when it could not. `tracking=auto` without trackio logs one line saying so."""
     tracker = chosen_tracker(str(tracking.backend))
     if tracker is None:
-        if str(tracking.backend) == "auto":
-            log.info("tracking=auto: trackio is not installed, so runs are not tracked (pip install 'ptft_hf[trackio]', "
-                     "or tracking=none to say so)")
-        return False
+        return tracker_chosen(tracking)
     store = Path(str(tracking.dir)).resolve()
     store.mkdir(parents=True, exist_ok=True)
     request = {"backend": tracker.name, "dir": str(store), "project": project, "name": name,
@@ -73,8 +81,8 @@ def track_run(run_dir: Path, tracking: Any, project: str | None = None, name: st
               extra_config: dict[str, Any] | None = None) -> bool:
     """Log the finished run in `run_dir` (see `record.run_record`); project and name from the folder
     unless given (a pipeline gives its own and the stage's)."""
-    if chosen_tracker(str(tracking.backend)) is None:
-        return track_record(RunRecord(config={}), tracking, "", "")  # says why nothing is tracked
+    if not tracker_chosen(tracking):
+        return False
     if project is None or name is None:
         project, name = project_name(Path(run_dir), getattr(tracking, "project", None))
     return track_record(run_record(Path(run_dir), extra_config), tracking, project, name)
