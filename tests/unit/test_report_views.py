@@ -51,7 +51,8 @@ def test_the_page_holds_every_stage_the_seed_table_and_the_heatmap_and_asks_noth
     stages = SEED_CASES["metrics"]["stage_order"]
     assert re.findall(r'data-stage="([^"]+)"', page) == stages  # a node per stage, in the pipeline's order
     assert "<th>legal_no_replay</th>" in page and "<th>parameters updated</th>" in page  # the seed's table
-    assert "<h2>Evaluation matrix</h2>" in page and page.count("<svg") >= 3  # tree, heatmap (and its own inner svg)
+    assert "<h2>Evaluation matrix</h2>" in page and page.count("<svg") == 2  # the tree and the heatmap (no stage folders here)
+    assert "<p>No training log.</p>" in page
     assert "<script" not in page and not re.findall(r'(?:src|href)="(?!data:|#)', page)  # nothing to fetch
     assert "stroke-dasharray" in page  # the controls' edges: architecture only
 
