@@ -32,6 +32,7 @@ class PageVisit:
     console: list[dict[str, Any]] = field(default_factory=list)  # console calls, log entries and uncaught exceptions
     text: str = ""  # document.body.innerText
     stages: list[str] = field(default_factory=list)  # data-stage of the tree's nodes
+    figures: int = 0  # <svg> elements drawn (the tree, the plots)
 
 
 class _Pipe:
@@ -102,6 +103,8 @@ def visit(url: str, screenshot: Path, width: int = 1400, height: int = 1600) -> 
         page.stages = pipe.call("Runtime.evaluate", {"expression": "[...document.querySelectorAll('[data-stage]')]"
                                                                    ".map(e => e.dataset.stage)", "returnByValue": True},
                                 session=session)["result"]["value"]
+        page.figures = pipe.call("Runtime.evaluate", {"expression": "document.querySelectorAll('svg').length",
+                                                      "returnByValue": True}, session=session)["result"]["value"]
         metrics = pipe.call("Page.getLayoutMetrics", session=session)["cssContentSize"]
         shot = pipe.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": {
             "x": 0, "y": 0, "width": metrics["width"], "height": metrics["height"], "scale": 1}}, session=session)
