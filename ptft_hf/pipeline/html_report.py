@@ -184,3 +184,12 @@ def write_html_report(run_dir: Path, summary: dict[str, Any], configs: dict[str,
     path = run_dir / REPORT_HTML
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def write_reports(run_dir: Path, summary: dict[str, Any], configs: dict[str, Any], matrix: dict[str, Any] | None = None) -> Path:
+    """The pipeline's report.md and report.html; the path of report.md."""
+    from ptft_hf.pipeline.report import timing_line, write_pipeline_report
+
+    path = write_pipeline_report(run_dir, summary, configs, matrix=matrix)
+    write_html_report(run_dir, summary, configs, timing_line(summary), matrix)
+    return path

@@ -199,7 +199,7 @@ def _with_and_without_replay(stages: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _timing_line(summary: dict[str, Any]) -> str:
+def timing_line(summary: dict[str, Any]) -> str:
     """How long this invocation took, and, when it kept finished stages, what all stages took."""
     stages, kept = summary["stages"], summary.get("stages_kept") or []
     line = f"{len(stages)} stages in {summary['wall_time_s']:.0f} s."
@@ -238,7 +238,7 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
     summary = {**summary, "stages": {name: summary["stages"][name] for name in order}}
     lines = [
         f"# Pipeline report: {run_dir.name}", "",
-        _timing_line(summary), "",
+        timing_line(summary), "",
         *(matrix_lines(matrix) if matrix else []),
         "## Pretraining vs fine-tuning", "",
         *_seed_table(summary["stages"], stages),
@@ -294,7 +294,4 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
         lines += ["", f"![{name} loss]({name}/loss.png)", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    from ptft_hf.pipeline.html_report import write_html_report
-
-    write_html_report(run_dir, summary, stages, _timing_line(summary), matrix)
     return path

@@ -19,7 +19,7 @@ from ptft_hf.run_dir import FINISHED_MARKER
 def rescore_matrix(path: str | Path, settings: list[str]) -> dict[str, Any]:
     """Score a finished pipeline's matrix; `settings`: `matrix.<key>=<value>` overrides."""
     from ptft_hf.evaluation.matrix import build_matrix
-    from ptft_hf.pipeline.report import write_pipeline_report
+    from ptft_hf.pipeline.html_report import write_reports
 
     run_dir = Path(path)
     marker = run_dir / FINISHED_MARKER
@@ -39,5 +39,5 @@ def rescore_matrix(path: str | Path, settings: list[str]) -> dict[str, Any]:
                           int(cfg.get("seed", 42)))
     stages = {name: OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StageConfig), stage))
               for name, stage in (cfg.get("stages") or {}).items()}
-    write_pipeline_report(run_dir, summary, stages, matrix=record)
+    write_reports(run_dir, summary, stages, matrix=record)
     return record

@@ -28,7 +28,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     `shared`: overrides applied to every stage (the CLI passes the command line's, less the
     pipeline's own such as `experiment=` and `stages.*`)."""
     from ptft_hf.hub.publish import PublishError
-    from ptft_hf.pipeline.report import write_pipeline_report  # matplotlib: only when something runs
+    from ptft_hf.pipeline.html_report import write_reports  # matplotlib: only when something runs
     from ptft_hf.recipe import run  # heavy imports only when something runs
 
     run_dir = Path(run_dir)
@@ -96,7 +96,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
             summary["eval_matrix_s"] = matrix["seconds"]
             project, prefix = pipeline_project(run_dir, cfg.tracking.project)
             track_record(matrix_record(matrix), cfg.tracking, project, f"{prefix}eval_matrix")
-        write_pipeline_report(run_dir, summary, stages, matrix=matrix)
+        write_reports(run_dir, summary, stages, matrix=matrix)
         (run_dir / FINISHED_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
         discard_aside(run_dir)
     if publish_problems:
