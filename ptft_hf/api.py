@@ -287,7 +287,8 @@ def open_run(run_dir: str | Path, device: str | None = None, dtype: Any = None, 
 
 
 def plot_losses(results: RunResult | Mapping[str, RunResult], ax: Any = None, eval_only: bool = False) -> Any:
-    """Train (lines) and eval (dots) loss of one or several runs on one axes; returns the axes."""
+    """Train (lines), validation (dots) and test (squares, before and after) loss of one or several runs on
+    one axes; returns the axes."""
     import matplotlib.pyplot as plt
 
     if isinstance(results, RunResult):

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ptft_hf.config.redact import redact, secret_values
 from ptft_hf.run_dir import FINISHED_MARKER
 from ptft_hf.training.report import read_log
 
@@ -60,9 +61,10 @@ def run_record(run_dir: Path, extra_config: dict[str, Any] | None = None) -> Run
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
     history = _history(run_dir)
     identity = {k: metrics.get(k) for k in ("objective", "model", "base_model", "random_init", "data", "strategy")}
-    record = RunRecord(
-        config={"config": config, "lineage": metrics.get("lineage") or {}, "config_fingerprint": metrics.get("config_fingerprint"),
-                "seed": config.get("seed"), "run_dir": str(run_dir.resolve()), **identity, **(extra_config or {})},
+    record = RunRecord(  # the folder's files are redacted already; what leaves it goes through the redaction again
+        config=redact({"config": config, "lineage": metrics.get("lineage") or {},
+                       "config_fingerprint": metrics.get("config_fingerprint"), "seed": config.get("seed"),
+                       "run_dir": str(run_dir.resolve()), **identity, **(extra_config or {})}, secret_values(config)),
         history=history,
         final={f"{FINAL}{k}": v for k, v in flat_numbers(metrics).items()},
         last_step=max((step for step, _ in history), default=int(metrics.get("train_steps") or 0)))

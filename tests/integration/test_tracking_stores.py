@@ -22,7 +22,7 @@ from ptft_hf.pipeline.report import seed_table_column
 from ptft_hf.tracking import track_run
 from ptft_hf.tracking.record import flat_numbers
 from tests.browser import chromium, visit
-from tests.conftest import cli_output, tracking_store
+from tests.conftest import PLANTED_TOKEN, cli_output, tracking_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STAGES = ["pretrain", "finetune"]
@@ -75,6 +75,8 @@ def test_the_quickstart_leaves_a_trackio_store_with_both_stages_their_lineage_an
         logged = {name: values[-1]["value"] for name, values in snapshot["metrics"].items() if name.startswith("final/")}
         assert logged == _final(metrics)  # every number of metrics.json, exactly
         assert run["last_step"] == metrics["train_steps"]
+    # the run was given a planted Hub token (trainer.hub_token, HF_TOKEN): none of it reached the store
+    assert not [p for p in store.rglob("*") if p.is_file() and PLANTED_TOKEN.encode() in p.read_bytes()]
 
 
 def _mlflow_runs(store: Path, project: str) -> dict:
