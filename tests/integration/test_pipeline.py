@@ -190,7 +190,8 @@ def test_overwrite_retrains_from_a_changed_first_stage_and_everything_when_nothi
     assert own["model"].pop("name_or_path") == str((run_dir / "pretrain" / "model").resolve())
     assert old_own["model"].pop("name_or_path") == str((finished / "pretrain" / "model").resolve())
     assert own.pop("overwrite") is True and old_own.pop("overwrite") is False
-    assert own == old_own  # its own config: unchanged but for where its base is (and the overwrite switch)
+    assert old_own.pop("tracking")["dir"].endswith("quickstart/tracking") and own.pop("tracking")["backend"] == "auto"
+    assert own == old_own  # its own config: unchanged but for where its base is (and the overwrite switch, the store)
     assert json.loads((run_dir / "metrics.json").read_text())["stages_trained"] == ["pretrain", "finetune"]
 
     stamps = {s: (run_dir / s / "metrics.json").stat().st_mtime_ns for s in ("pretrain", "finetune")}
