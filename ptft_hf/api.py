@@ -287,26 +287,19 @@ def open_run(run_dir: str | Path, device: str | None = None, dtype: Any = None, 
 
 
 def plot_losses(results: RunResult | Mapping[str, RunResult], ax: Any = None, eval_only: bool = False) -> Any:
-    """Train (lines) and eval (dots) loss of one or several runs on one axes; returns the axes."""
+    """Train (lines), validation (dots) and test (squares, before and after) loss of one or several runs on
+    one axes; returns the axes."""
     import matplotlib.pyplot as plt
 
     if isinstance(results, RunResult):
         results = results.stages or {results.run_dir.name: results}
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
+    from ptft_hf.training.report import draw_losses, loss_axes_style
+
     for i, (name, result) in enumerate(results.items()):
-        color = f"C{i}"
-        records = result.log()
-        train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
-        evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
-        if train and not eval_only:
-            ax.plot(*zip(*train), color=color, alpha=0.8, label=f"{name} train")
-        if evals:
-            ax.plot(*zip(*evals), "o--", color=color, label=f"{name} eval")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        draw_losses(ax, result.log(), name, f"C{i}", eval_only=eval_only, mark_evaluations=False)
+    loss_axes_style(ax)
     return ax
 
 

@@ -16,6 +16,7 @@ from ptft_hf.models.checks import model_problems
 from ptft_hf.objectives.registry import (exclusive_setting_problems, find_objective, own_problems,
                                          unknown_objective_problem)
 from ptft_hf.strategies.registry import find_strategy, unknown_strategy_problem
+from ptft_hf.tracking.checks import tracking_problems
 from ptft_hf.training.checks import trainer_problems
 
 
@@ -36,6 +37,8 @@ def collect_problems(cfg: DictConfig) -> list[Problem]:
     if "hub" in cfg:
         problems += hub_problems(cfg.hub, strategy, objective)
         problems += adapter_base_problems(cfg, strategy)
+    if "tracking" in cfg:
+        problems += tracking_problems(cfg.tracking)
     return problems
 
 

@@ -43,6 +43,7 @@ from ptft_hf.objectives import Objective, Prepared, get_objective
 from ptft_hf.run_dir import (FINISHED_MARKER, checkpoint_step, discard_aside, guard_run_dir, latest_checkpoint,
                              resume_checkpoint, start_writing)
 from ptft_hf.strategies import get_strategy
+from ptft_hf.tracking import track_run
 from ptft_hf.training.build import build_trainer, prompt_formatter
 from ptft_hf.training.callbacks import SampleCallback, evaluating_split, generate_samples
 from ptft_hf.training.cost import reset_peak_memory
@@ -61,12 +62,13 @@ __all__ = ["build_trainer", "run"]
 
 
 def run(cfg: DictConfig, run_dir: str | Path, references: Mapping[str, DataConfig] | None = None,
-        lineage: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        lineage: Mapping[str, Any] | None = None, track: bool = True) -> dict[str, Any]:
     """Train and evaluate one configured run in `run_dir`; returns the metrics written there.
 
     `references`: other data sets whose eval perplexity is measured before and after training
     (the pipeline passes the pretraining corpus here). `lineage`: where the base model came
-    from, recorded in the metrics.
+    from, recorded in the metrics. `track`: log the finished run to `tracking` (a pipeline logs
+    its stages itself, as runs of its project).
     """
     started = time.time()
     setup = set_up(cfg, Path(run_dir), dict(references or {}))
@@ -84,6 +86,8 @@ def run(cfg: DictConfig, run_dir: str | Path, references: Mapping[str, DataConfi
     report(setup, trainer, metrics, samples, started, outcome)
     publish(setup, trainer)
     evaluate_tasks(setup, trainer)  # after publish: a bfloat16 evaluation casts the model in memory
+    if track and trainer.is_world_process_zero():  # the experiment store, from the finished folder
+        track_run(setup.run_dir, setup.cfg.tracking)
     wait_for_everyone()  # several processes: the folder is complete before any rank reads it (a next stage)
     return metrics
 
@@ -290,7 +294,8 @@ def report(run: RunSetup, trainer: PtftTrainer, metrics: dict[str, Any], samples
         metrics["saved_bytes"] = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
         metrics["sample"] = samples[0] if samples else None
         metrics["wall_time_s"] = round(time.time() - started, 2)
-        plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}")
+        plot_loss(run_dir / "train_log.jsonl", run_dir / "loss.png", title=f"{conf.model.name} on {conf.data.name}",
+                  resumed_at=metrics.get("resumed_from_step") or None)
         redact_file(write_report(run_dir, metrics, samples), run.secrets)
         write_card(model_dir / "README.md", run_dir, ADAPTER if run.strategy.saves_adapter_only else FULL, conf.hub.repo_id,
                    redact(metrics, run.secrets))

@@ -4,6 +4,7 @@
 sweep folder: per job, its overrides, trainable parameters, train loss and eval perplexity.
 A sweep over `seed=` also gets each configuration's mean, spread and range across its seeds
 (`-m seed=1,2,3 model.name_or_path=a,b`: two rows, three seeds each), also in across_seeds.json.
+`summary.png` plots the main metric against the swept value, with error bars over seeds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,77 @@ def format_seed_table(groups: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_PLOTTED = ("eval_perplexity", "eval_accuracy", "eval_f1", "train_loss")  # the first one the jobs have is plotted
+
+
+def _settings(overrides: str) -> dict[str, str]:
+    return dict(o.lstrip("+").split("=", 1) for o in overrides.split() if "=" in o)
+
+
+@dataclass
+class SweepPoint:
+    label: str  # the swept value(s) of one configuration
+    x: float  # the value, or its place when the values are not numbers
+    mean: float  # the metric's mean over the configuration's seeds
+    std: float  # their sample standard deviation (0 for one seed)
+    seeds: int
+
+
+def sweep_points(rows: list[dict[str, Any]]) -> tuple[str | None, list[str], list[SweepPoint]]:
+    """(metric, swept keys, one point per configuration in x order): the first of `_PLOTTED` the jobs
+    have, against the overrides that differ between configurations (the seed aside)."""
+    metric = next((m for m in _PLOTTED if any(r.get(m) is not None for r in rows)), None)
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        if metric is not None and row.get(metric) is not None:
+            groups.setdefault(_without_seed(row["overrides"]), []).append(float(row[metric]))
+    settings = {overrides: _settings(overrides) for overrides in groups}
+    swept = sorted({k for s in settings.values() for k in s if len({t.get(k) for t in settings.values()}) > 1})
+    if not swept:
+        return metric, [], []
+    labels = {o: ", ".join(f"{k}={s.get(k, '–')}" for k in swept) if len(swept) > 1 else s.get(swept[0], "–")
+              for o, s in settings.items()}
+    numeric = all(_is_float(label) for label in labels.values())  # a learning rate; else categories (strategy=full,lora)
+    points = [SweepPoint(labels[o], float(labels[o]) if numeric else float(i), statistics.fmean(v),
+                         statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for i, (o, v) in enumerate(groups.items())]
+    return metric, swept, sorted(points, key=lambda p: p.x)
+
+
+def plot_sweep(rows: list[dict[str, Any]], out: Path) -> Path | None:
+    """The jobs' main metric against the swept value: per configuration the mean over its seeds,
+    the standard deviation as error bar. None when nothing but the seed was swept."""
+    metric, swept, points = sweep_points(rows)
+    if not points:
+        return None
+    from matplotlib.figure import Figure
+
+    numeric = all(_is_float(p.label) for p in points)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.errorbar([p.x for p in points], [p.mean for p in points], yerr=[p.std for p in points], fmt="o-" if numeric else "o",
+                capsize=4)
+    if numeric and points[0].x > 0 and points[-1].x / points[0].x >= 10:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks([p.x for p in points], [p.label for p in points], rotation=20, fontsize=8)
+    seeds = max(p.seeds for p in points)
+    ax.set_xlabel(", ".join(swept))
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} against {', '.join(swept)}" + (f"\n(mean ± std over {seeds} seeds)" if seeds > 1 else ""))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class SweepSummary(Callback):
     """Writes summary.md / summary.json into the sweep folder when a multirun ends."""
 
@@ -143,6 +216,9 @@ class SweepSummary(Callback):
         groups = across_seeds(rows)
         if groups:
             table += "\n\n## Across seeds\n\n" + format_seed_table(groups)
+        plot = plot_sweep(rows, sweep_dir / "summary.png")
+        if plot is not None:
+            table += f"\n\n![the metric against the swept value]({plot.name})"
         (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n{table}\n", encoding="utf-8")
         (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
         if groups:

@@ -92,6 +92,10 @@ _HERMETIC_DIRS = {  # environment variable -> folder under pytest's temporary fo
     "IPYTHONDIR": "ipython",
     "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
     "TRITON_CACHE_DIR": "triton",
+    "TRACKIO_DIR": "trackio",  # trackio's store outside a run (a run's is tracking.dir)
+    "WANDB_DIR": "wandb",
+    "WANDB_CACHE_DIR": "wandb_cache",
+    "WANDB_CONFIG_DIR": "wandb_config",
 }
 
 
@@ -130,7 +134,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[name] = str(base / sub)
         (base / sub).mkdir(parents=True, exist_ok=True)
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                      HF_HUB_DISABLE_TELEMETRY="1")
+                      HF_HUB_DISABLE_TELEMETRY="1", WANDB_MODE="offline")
+    os.environ["PTFT_HF_TRACKING"] = "none"  # tracking=auto tracks nothing in the suite's runs, but where a test asks
     os.environ["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     if _xdist_worker():  # two workers on two cores: one thread each, for the subprocesses too
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
@@ -317,11 +322,16 @@ def copy_run(source: Path, target: Path) -> Path:
 
 
 def _shared_cli_run(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str], name: str, args: list[str],
-                    folder_key: str = "hydra.run.dir", folder: str = "run") -> Path:
+                    folder_key: str = "hydra.run.dir", folder: str = "run", tracked: bool = False) -> Path:
     """`ptft-hf <args> <folder_key>=<shared>/<folder>` once per session, with the planted token in
-    HF_TOKEN; what it printed is kept beside the folder (`cli_output`)."""
+    HF_TOKEN; what it printed is kept beside the folder (`cli_output`). `tracked`: with the default
+    tracking (trackio when installed), its store in `<shared>/tracking` (`tracking_store`)."""
     def build(root: Path) -> None:
-        result = run_cli([*args, f"{folder_key}={root / folder}"], dict(env, HF_TOKEN=PLANTED_TOKEN), root)
+        run_env = dict(env, HF_TOKEN=PLANTED_TOKEN)
+        if tracked:
+            run_env.pop("PTFT_HF_TRACKING", None)
+        tracking = [f"tracking.dir={root / 'tracking'}"] if tracked else []
+        result = run_cli([*args, f"{folder_key}={root / folder}", *tracking], run_env, root)
         (root / "stdout.txt").write_text(result.stdout)
         (root / "stderr.txt").write_text(result.stderr)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -354,13 +364,18 @@ def single_process_run(tmp_path_factory, cache_env) -> Path:
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory, cache_env) -> Path:
     """The shrunk quickstart pipeline with a dry run of its push (`QUICKSTART_RUN`), trained once."""
-    return _shared_cli_run(tmp_path_factory, cache_env, "quickstart", QUICKSTART_RUN)
+    return _shared_cli_run(tmp_path_factory, cache_env, "quickstart", QUICKSTART_RUN, tracked=True)
 
 
 @pytest.fixture(scope="session")
 def sweep_run(tmp_path_factory, cache_env) -> Path:
     """A two-job multirun sweep with the planted token (`SWEEP_RUN`): `<folder>/{0,1}`."""
     return _shared_cli_run(tmp_path_factory, cache_env, "sweep", SWEEP_RUN, "hydra.sweep.dir", "sweep")
+
+
+def tracking_store(run_dir: Path) -> Path:
+    """The experiment store of a shared run built with `tracked=True`."""
+    return run_dir.parent / "tracking"
 
 
 def cli_output(run_dir: Path) -> str:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptft_hf.config.redact import MASK, redact
 
 # switches that change how a run is carried out or published, not what it computes
-NOT_FINGERPRINTED = {"overwrite", "verbose", "hub", "matrix"}  # matrix: the pipeline scores its stages after them
+NOT_FINGERPRINTED = {"overwrite", "verbose", "hub", "matrix", "tracking"}  # matrix: the pipeline scores its stages after them
 _NOT_FINGERPRINTED_TRAINER = {"resume_from_checkpoint", "disable_tqdm"}
 # options added after runs were finished, left out at their "off" value: the run computes what it did
 # before they existed, so a finished stage keeps its fingerprint

@@ -239,6 +239,17 @@ class MatrixConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """The experiment store every finished run and pipeline stage is logged to (conf/tracking/):
+    the project is the pipeline or the sweep, the run is the stage or the job. Left out of the
+    fingerprint: tracking a run never makes it train again."""
+
+    backend: str = "auto"  # auto (trackio when installed), trackio, mlflow, wandb or none
+    dir: str = "outputs/tracking"  # the store: TRACKIO_DIR, MLflow's SQLite file, W&B's offline runs
+    project: Optional[str] = None  # null: the pipeline's or sweep's folder (lone runs: "runs")
+
+
+@dataclass
 class PtftConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -250,6 +261,7 @@ class PtftConfig:
     hub: HubConfig = field(default_factory=HubConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     matrix: MatrixConfig = field(default_factory=MatrixConfig)  # pipelines: the evaluation matrix after the stages
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # the experiment store (conf/tracking/)
     stages: Dict[str, StageConfig] = field(default_factory=dict)  # non-empty: run as a pipeline
     seed: int = 42
     overwrite: bool = False  # allow writing into a folder that holds a finished run

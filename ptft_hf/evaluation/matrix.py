@@ -404,15 +404,12 @@ def anchor_rows(tasks: list[str], root: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def write_heatmap(record: dict[str, Any], path: Path) -> Path | None:
+def heatmap_figure(record: dict[str, Any]) -> Any:
     """The matrix as a heatmap: each column coloured from its worst to its best row (bits per byte
     inverted), the values written in the cells; rows are the nodes, then the anchors."""
     import math
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     tasks = record["tasks"]
     rows = [(name, row["cells"]) for name, row in record["rows"].items()] + list(record["anchors"].items())
@@ -427,7 +424,8 @@ def write_heatmap(record: dict[str, Any], path: Path) -> Path | None:
         for i, v in enumerate(values):
             if v[j] is not None:
                 shade[i][j] = 0.5 if hi == lo else (v[j] - lo) / (hi - lo)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(tasks), 0.9 + 0.38 * len(rows)))
+    fig = Figure(figsize=(1.6 + 1.5 * len(tasks), 0.9 + 0.38 * len(rows)))
+    ax = fig.subplots()
     ax.imshow(shade, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     for i, (row, (_, cells)) in enumerate(zip(values, rows)):
         for j, v in enumerate(row):
@@ -437,6 +435,10 @@ def write_heatmap(record: dict[str, Any], path: Path) -> Path | None:
     ax.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
     ax.set_title("evaluation matrix\n(each column: red worst, green best)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def write_heatmap(record: dict[str, Any], path: Path) -> Path | None:
+    """The matrix's heatmap (`heatmap_figure`) as a PNG."""
+    heatmap_figure(record).savefig(path, dpi=110)
     return path

@@ -54,8 +54,8 @@ def _data_words(m: dict[str, Any]) -> str:
     return m["data"] + (f" (+ {', '.join(others)})" if others else "")
 
 
-def _seed_table(stages: dict[str, dict[str, Any]], configs: dict[str, Any]) -> list[str]:
-    """Pretraining against each fine-tuning, one column per stage: purpose, data, cost, update."""
+def _seed_table_rows(stages: dict[str, dict[str, Any]], configs: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The seed's table, a row per property: (label, cell(stage name, metrics) -> text)."""
     names = list(stages)
     first = stages[names[0]].get("train_flops_estimate") or 0.0
 
@@ -73,7 +73,7 @@ def _seed_table(stages: dict[str, dict[str, Any]], configs: dict[str, Any]) -> l
     def forgetting(m: dict[str, Any]) -> str:
         return "; ".join(f"{n} {_fmt(b)} → {_fmt(a)} ({100.0 * (a / b - 1.0):+.1f}%)" for n, b, a in reference_perplexities(m)) or "–"
 
-    rows = [
+    return [
         ("purpose", lambda n, m: stage_purpose(m)),
         ("starts from", lambda n, m: base(n)),
         ("objective, strategy", lambda n, m: f"{m['objective']}, {m['strategy']}"),
@@ -89,8 +89,18 @@ def _seed_table(stages: dict[str, dict[str, Any]], configs: dict[str, Any]) -> l
         ("baseline", lambda n, m: _baseline_words(m)),
         ("general perplexity (forgetting)", lambda n, m: forgetting(m)),
     ]
+
+
+def seed_table_column(name: str, stages: dict[str, dict[str, Any]], configs: dict[str, Any]) -> dict[str, str]:
+    """One stage's column of the seed's table ({label: text}), as the tracker logs it."""
+    return {label: cell(name, stages[name]) for label, cell in _seed_table_rows(stages, configs)}
+
+
+def _seed_table(stages: dict[str, dict[str, Any]], configs: dict[str, Any]) -> list[str]:
+    """Pretraining against each fine-tuning, one column per stage: purpose, data, cost, update."""
+    names = list(stages)
     lines = ["| | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
-    for label, cell in rows:
+    for label, cell in _seed_table_rows(stages, configs):
         lines.append(f"| {label} | " + " | ".join(cell(n, stages[n]) for n in names) + " |")
     return lines
 
@@ -189,7 +199,7 @@ def _with_and_without_replay(stages: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _timing_line(summary: dict[str, Any]) -> str:
+def timing_line(summary: dict[str, Any]) -> str:
     """How long this invocation took, and, when it kept finished stages, what all stages took."""
     stages, kept = summary["stages"], summary.get("stages_kept") or []
     line = f"{len(stages)} stages in {summary['wall_time_s']:.0f} s."
@@ -228,7 +238,7 @@ def write_pipeline_report(run_dir: Path, summary: dict[str, Any], stages: dict[s
     summary = {**summary, "stages": {name: summary["stages"][name] for name in order}}
     lines = [
         f"# Pipeline report: {run_dir.name}", "",
-        _timing_line(summary), "",
+        timing_line(summary), "",
         *(matrix_lines(matrix) if matrix else []),
         "## Pretraining vs fine-tuning", "",
         *_seed_table(summary["stages"], stages),

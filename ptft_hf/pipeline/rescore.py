@@ -1,7 +1,7 @@
 """The evaluation matrix of a pipeline that already finished (`ptft-hf-eval PIPELINE matrix=true
 [matrix.limit.blimp=20 ...]`): its saved config's `matrix:` block with the given settings over it,
-every stage as it is (nothing trains), eval_matrix.json written and report.md written again with the
-matrix at its top."""
+every stage as it is (nothing trains), eval_matrix.json written, report.md and report.html written
+again with the matrix at their top, and the matrix logged as a run of the pipeline's project."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ptft_hf.config.schema import MatrixConfig, StageConfig
+from ptft_hf.config.schema import MatrixConfig, StageConfig, TrackingConfig
 from ptft_hf.errors import Problem, UserError
 from ptft_hf.run_dir import FINISHED_MARKER
+from ptft_hf.tracking.store import matrix_record, pipeline_project, track_record
 
 
 def rescore_matrix(path: str | Path, settings: list[str]) -> dict[str, Any]:
     """Score a finished pipeline's matrix; `settings`: `matrix.<key>=<value>` overrides."""
     from ptft_hf.evaluation.matrix import build_matrix
-    from ptft_hf.pipeline.report import write_pipeline_report
+    from ptft_hf.pipeline.html_report import write_reports
 
     run_dir = Path(path)
     marker = run_dir / FINISHED_MARKER
@@ -39,5 +40,8 @@ def rescore_matrix(path: str | Path, settings: list[str]) -> dict[str, Any]:
                           int(cfg.get("seed", 42)))
     stages = {name: OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StageConfig), stage))
               for name, stage in (cfg.get("stages") or {}).items()}
-    write_pipeline_report(run_dir, summary, stages, matrix=record)
+    write_reports(run_dir, summary, stages, matrix=record)
+    tracking = OmegaConf.merge(OmegaConf.structured(TrackingConfig), cfg.get("tracking") or {})  # older pipelines: the default
+    project, prefix = pipeline_project(run_dir, tracking.project)
+    track_record(matrix_record(record), tracking, project, f"{prefix}eval_matrix")
     return record

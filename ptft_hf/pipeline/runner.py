@@ -17,6 +17,7 @@ from ptft_hf.distributed import is_main_process, wait_for_everyone
 from ptft_hf.errors import Problem, UserError
 from ptft_hf.pipeline.stages import compose_stages, plan_stages
 from ptft_hf.run_dir import FINISHED_MARKER, discard_aside, guard_run_dir, is_finished, mark_started, set_aside
+from ptft_hf.tracking.store import matrix_record, pipeline_project, track_record, track_run, tracker_chosen
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
     `shared`: overrides applied to every stage (the CLI passes the command line's, less the
     pipeline's own such as `experiment=` and `stages.*`)."""
     from ptft_hf.hub.publish import PublishError
-    from ptft_hf.pipeline.report import write_pipeline_report  # matplotlib: only when something runs
+    from ptft_hf.pipeline.html_report import write_reports  # matplotlib: only when something runs
     from ptft_hf.recipe import run  # heavy imports only when something runs
 
     run_dir = Path(run_dir)
@@ -78,10 +79,12 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
             }
         log.info("pipeline stage '%s' (%d of %d)", name, len(results) + 1, len(composed))
         try:
-            results[name] = run(stage_cfg, run_dir / name, references=references, lineage=lineage)
+            results[name] = run(stage_cfg, run_dir / name, references=references, lineage=lineage, track=False)
         except PublishError as err:  # the stage finished; only its upload failed: report it at the end
             results[name] = json.loads((run_dir / name / FINISHED_MARKER).read_text(encoding="utf-8"))
             publish_problems += [Problem(f"stages.{name}: {p.field}", p.what, p.fix) for p in err.problems]
+        if is_main_process():
+            track_stage(cfg, run_dir, name, results, stages)
     summary = {"stages": results, "wall_time_s": round(time.time() - started, 2),
                "stage_order": list(composed), "stages_kept": list(plan.kept), "stages_trained": list(plan.run)}
     if is_main_process():
@@ -91,10 +94,25 @@ def run_pipeline(cfg: DictConfig, run_dir: str | Path, shared: list[str] = ()) -
 
             matrix = build_matrix(run_dir, {name: results[name] for name in composed}, matrix_settings, int(cfg.seed))
             summary["eval_matrix_s"] = matrix["seconds"]
-        write_pipeline_report(run_dir, summary, stages, matrix=matrix)
+            project, prefix = pipeline_project(run_dir, cfg.tracking.project)
+            track_record(matrix_record(matrix), cfg.tracking, project, f"{prefix}eval_matrix")
+        write_reports(run_dir, summary, stages, matrix=matrix)
         (run_dir / FINISHED_MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
         discard_aside(run_dir)
     if publish_problems:
         raise PublishError(publish_problems)
     return summary
 
+
+
+def track_stage(cfg: DictConfig, run_dir: Path, name: str, results: dict[str, Any], stages: dict[str, StageConfig]) -> None:
+    """A stage that just finished, logged as a run of the pipeline's project, with its column of the
+    seed's table (the stages so far) and its place in the tree."""
+    from ptft_hf.pipeline.report import seed_table_column
+
+    if not tracker_chosen(cfg.tracking):
+        return
+    project, prefix = pipeline_project(run_dir, cfg.tracking.project)
+    extra = {"pipeline": str(run_dir.resolve()), "stage": name, "init_from": stages[name].init_from,
+             "seed_table": seed_table_column(name, results, stages)}
+    track_run(run_dir / name, cfg.tracking, project, f"{prefix}{name}", extra)

@@ -45,7 +45,7 @@ def _check_trainer(trainer: Any) -> list[Problem]:
     return problems
 
 
-REPORT_TO_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+REPORT_TO_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 
 # Values TrainingArguments passes through but torch.optim.Adam/AdamW refuse when the Trainer builds
 # the optimizer, after the data, tokenizer and model work (torch/optim/adam.py: `not 0.0 <= lr`,

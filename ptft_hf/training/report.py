@@ -14,28 +14,56 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_loss(log_path: str | Path, out_path: str | Path, title: str = "") -> Path | None:
-    """Train loss (per logging step) and eval loss (per evaluation) against the step."""
+def _points(records: list[dict[str, Any]], key: str, splits: tuple[str | None, ...]) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and r.get("split") in splits]
+
+
+def draw_losses(ax: Any, records: list[dict[str, Any]], name: str = "", color: str | None = None, eval_only: bool = False,
+                resumed_at: int | None = None, mark_evaluations: bool = True) -> bool:
+    """One run's curves on `ax`: train loss (line), the validation split's loss at each evaluation
+    (dots, each evaluation marked by a dotted vertical line), the test split's before and after
+    training (squares), and where a resumed run continued (dashed line). False: nothing to draw.
+    Records of runs written before splits were named count as validation."""
+    prefix = f"{name} " if name else ""
+    train = [] if eval_only else _points(records, "loss", (None,))
+    validation = _points(records, "eval_loss", ("validation", None))
+    test = _points(records, "eval_loss", ("test",))
+    if train:
+        color = ax.plot(*zip(*train), color=color, alpha=0.8, label=f"{prefix}train loss")[0].get_color()
+    if validation:
+        color = ax.plot(*zip(*validation), "o--", color=color, label=f"{prefix}validation loss")[0].get_color()
+        if mark_evaluations:
+            for step, _ in validation:
+                ax.axvline(step, color=color, linestyle=":", linewidth=0.8, alpha=0.5)
+    if test:
+        color = ax.plot(*zip(*test), "s", color=color, markerfacecolor="none", label=f"{prefix}test loss (before, after)")[0].get_color()
+    if resumed_at:
+        ax.axvline(resumed_at, color=color or "black", linestyle="--", linewidth=1.2, label=f"{prefix}resumed at step {resumed_at}")
+    return bool(train or validation or test)
+
+
+def loss_axes_style(ax: Any, title: str = "") -> None:
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot_loss(log_path: str | Path, out_path: str | Path, title: str = "", resumed_at: int | None = None) -> Path | None:
+    """Train loss (per logging step), the validation loss at each evaluation (marked), the test
+    loss before and after training, and where a resumed run continued, against the step."""
     records = read_log(log_path)
-    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
-    evals = [(r["step"], r["eval_loss"]) for r in records if isinstance(r.get("eval_loss"), (int, float))]
-    if not train and not evals:
-        return None
     # imported here: only the process that writes the report pays for matplotlib (~1 s); not pyplot,
     # saving a PNG must not change a notebook's backend
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    if not draw_losses(ax, records, resumed_at=resumed_at):
+        return None
+    loss_axes_style(ax, title)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     return Path(out_path)

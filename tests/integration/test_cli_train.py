@@ -148,6 +148,9 @@ def test_multirun_sweep_runs_each_job(sweep_run):
         rates.append(yaml.safe_load((job_dir / "config.yaml").read_text())["trainer"]["learning_rate"])
     assert rates == [1e-3, 3e-4]
     assert (sweep_run / "multirun.yaml").is_file() and (sweep_run / "summary.md").is_file()
+    # the metric against the swept value, one point per rate (one seed each: no error bar)
+    assert "![the metric against the swept value](summary.png)" in (sweep_run / "summary.md").read_text()
+    assert (sweep_run / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_submitit_local_sweep_runs_each_job_in_its_own_process_and_summarises(cache_env, tmp_path):

@@ -87,7 +87,7 @@ def test_a_sweep_over_two_nodes_runs_every_job_on_both_and_trains_like_one_proce
     codes = [node.wait(timeout=600) for node in nodes]
     assert codes == [0, 0], "".join((tmp_path / f"node{r}.out").read_text()[-2000:] for r in (0, 1))
     [sweep] = list((tmp_path / "multirun").glob("*/*"))  # one folder, the default multirun/<date>/<time>
-    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.json", "summary.md"]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml", "summary.json", "summary.md", "summary.png"]
     for job, job_rate in (("0", rate), ("1", 3e-4)):
         assert sorted(p.name for p in (sweep / job).glob("cli*.log")) == ["cli.log", "cli.rank1.log"]
         assert yaml.safe_load((sweep / job / "config.yaml").read_text())["trainer"]["learning_rate"] == job_rate
@@ -108,7 +108,7 @@ def test_the_quickstart_pipeline_under_fsdp_matches_the_single_process_one(quick
                       dict(cache_env, OMP_NUM_THREADS="1", HF_TOKEN=PLANTED_TOKEN), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "cli.log", "cli.rank1.log", "finetune", "metrics.json",
-                                                         "pretrain", "report.md"]
+                                                         "pretrain", "report.html", "report.md"]
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["stage_order"] == ["pretrain", "finetune"] and summary["stages_trained"] == ["pretrain", "finetune"]
     assert (run_dir / "report.md").read_text().count("## pretrain\n") == 1

@@ -132,7 +132,7 @@ def test_overwrite_after_a_changed_stage_keeps_the_stages_before_it(pipeline_run
         summary = _run_in_process(_quickstart_with(finetune=FINETUNE_SHORTER), run_dir)
     assert [c["stage"] for c in stage_runs] == ["finetune"]
     assert "pretrain" in stage_runs[0]["top"] and "finetune" not in stage_runs[0]["top"]  # kept in place
-    assert stage_runs[0]["aside"] == ["finetune", "metrics.json", "report.md"]  # the old ones, until the new pipeline finishes
+    assert stage_runs[0]["aside"] == ["finetune", "metrics.json", "report.html", "report.md"]  # the old ones, until the new pipeline finishes
     assert _hashes(run_dir / "pretrain") == pretrain
     assert not (run_dir / ".replaced").exists()
     log = caplog.text
@@ -190,7 +190,8 @@ def test_overwrite_retrains_from_a_changed_first_stage_and_everything_when_nothi
     assert own["model"].pop("name_or_path") == str((run_dir / "pretrain" / "model").resolve())
     assert old_own["model"].pop("name_or_path") == str((finished / "pretrain" / "model").resolve())
     assert own.pop("overwrite") is True and old_own.pop("overwrite") is False
-    assert own == old_own  # its own config: unchanged but for where its base is (and the overwrite switch)
+    assert old_own.pop("tracking")["dir"].endswith("quickstart/tracking") and own.pop("tracking")["backend"] == "auto"
+    assert own == old_own  # its own config: unchanged but for where its base is (and the overwrite switch, the store)
     assert json.loads((run_dir / "metrics.json").read_text())["stages_trained"] == ["pretrain", "finetune"]
 
     stamps = {s: (run_dir / s / "metrics.json").stat().st_mtime_ns for s in ("pretrain", "finetune")}
@@ -200,7 +201,7 @@ def test_overwrite_retrains_from_a_changed_first_stage_and_everything_when_nothi
     with caplog.at_level("INFO", logger="ptft_hf.pipeline"):
         _run_in_process(args, run_dir)
     assert [c["stage"] for c in stage_runs] == ["pretrain", "finetune"]
-    assert stage_runs[0]["aside"] == ["finetune", "metrics.json", "pretrain", "report.md"]
+    assert stage_runs[0]["aside"] == ["finetune", "metrics.json", "pretrain", "report.html", "report.md"]
     assert caplog.text.count("overwrite=true and no stage changed: every stage trains again") == 2
     for stage in ("pretrain", "finetune"):  # rewritten: new files, not the ones kept
         assert (run_dir / stage / "metrics.json").stat().st_mtime_ns > stamps[stage]

@@ -27,6 +27,8 @@ def test_every_cache_points_under_pytests_temporary_folder(tmp_path_factory):
         "hub token": Path(huggingface_hub.constants.HF_TOKEN_PATH),
         "hydra outputs": Path(os.environ["PTFT_HF_OUTPUTS"]),
         "matplotlib": Path(os.environ["MPLCONFIGDIR"]),
+        "trackio": Path(os.environ["TRACKIO_DIR"]),  # a run's store is tracking.dir: under the outputs folder above
+        "wandb": Path(os.environ["WANDB_DIR"]),
     }
     outside = {name: str(path) for name, path in caches.items() if not path.resolve().is_relative_to(base)}
     assert outside == {}

@@ -48,7 +48,7 @@ class Recorder:
         self.calls: list[dict] = []
         self.crash = crash
 
-    def __call__(self, cfg, run_dir, references=None, lineage=None):
+    def __call__(self, cfg, run_dir, references=None, lineage=None, track=True):
         run_dir = Path(run_dir)
         self.calls.append({"stage": run_dir.name, "base": cfg.model.name_or_path, "lineage": dict(lineage or {}),
                            "references": sorted(references or {}),
