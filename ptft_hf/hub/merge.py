@@ -68,7 +68,11 @@ def _run_quantization(adapter_dir: Path) -> dict[str, Any] | None:
     from ptft_hf.strategies import find_strategy
 
     quantizes = getattr(find_strategy(str(strategy.get("name"))), "quantizes", False)
-    return strategy.get("quantization") if quantizes else None
+    if not quantizes or not strategy.get("quantization"):
+        return None
+    from ptft_hf.strategies.qlora import unresolved_auto_as_float32
+
+    return unresolved_auto_as_float32(dict(strategy["quantization"]))  # the merge dequantises: compute dtype is moot
 
 
 def _model_class(adapter_dir: Path) -> Any:
