@@ -12,6 +12,7 @@ for causal LMs also greedy answers (through the chat template when there is one)
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -117,31 +118,48 @@ def _safe_causal_lm(name: str, auto_class: Any = AutoModelForCausalLM, **kwargs:
         raise UserError.of("base model", refused.problems[0].what, "convert the base's weights to safetensors") from err
 
 
+def merge_dtype(base: str) -> torch.dtype:
+    """The dtype the merge loads, merges and saves in: the base checkpoint's stored dtype (bf16 for
+    the Hub presets: half the memory of float32, and the dtype a user publishes), float32 when the
+    checkpoint does not say. torch's CPU kernels run bf16 and fp16, so every device supports it."""
+    from ptft_hf.training.dtypes import stored_dtype
+
+    return getattr(torch, stored_dtype(base) or "float32")
+
+
 def _load_base(base: str, quantization: dict[str, Any] | None, auto_class: Any = AutoModelForCausalLM,
-               **head: Any) -> torch.nn.Module:
+               dtype: torch.dtype = torch.float32, **head: Any) -> torch.nn.Module:
     if quantization:
         from ptft_hf.strategies.qlora import keep_cpu_weights_trainable
 
         # the same 4-bit code path the adapter was trained with
         return keep_cpu_weights_trainable(_safe_causal_lm(base, auto_class, quantization_config=BitsAndBytesConfig(**quantization),
-                                                          device_map={"": "cpu"}, **head))
-    return _safe_causal_lm(base, auto_class, dtype=torch.float32, **head)
+                                                          device_map={"": "cpu"}, dtype=dtype, **head))
+    return _safe_causal_lm(base, auto_class, dtype=dtype, **head)
 
 
 @torch.no_grad()
 def _into_original_architecture(merged: torch.nn.Module, base: str, auto_class: Any = AutoModelForCausalLM,
-                                **head: Any) -> torch.nn.Module:
-    """Copy dequantised, merged weights into a fresh float32 model of the base's own classes.
+                                dtype: torch.dtype = torch.float32, **head: Any) -> torch.nn.Module:
+    """The dequantised, merged weights in a model of the base's own classes and config, built on the
+    meta device and given the merged tensors themselves (no second copy of the model).
 
     Quantisation swaps layers for `Linear4bit` and dequantisation gives back `nn.Linear`, which
-    for GPT-2's `Conv1D` layers holds the weight transposed; saved as is, it would not load.
+    for GPT-2's `Conv1D` layers holds the weight transposed; saved as is, it would not load. The
+    dequantised model's config also still describes the 4-bit quantisation.
     """
-    target = _safe_causal_lm(base, auto_class, dtype=torch.float32, **head)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base, **head)
+    with torch.device("meta"):
+        target = auto_class.from_config(config, dtype=dtype)
     source = merged.state_dict()
     conv1d_weights = {f"{name}.weight" for name, module in target.named_modules() if isinstance(module, Conv1D)}
-    for name, tensor in target.state_dict().items():
-        value = source[name].to(torch.float32)
-        tensor.copy_(value.t() if name in conv1d_weights else value)  # Conv1D stores (in, out)
+    state = {name: (source[name].t().contiguous() if name in conv1d_weights else source[name]).to(dtype)
+             for name in target.state_dict()}  # Conv1D stores (in, out)
+    del source
+    target.load_state_dict(state, assign=True, strict=True)
+    target.tie_weights()
     return target
 
 
@@ -178,6 +196,20 @@ def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Te
     return model(**inputs).logits.float()
 
 
+def _merged(adapted: PeftModel, adapter_dir: Path, quantization: dict[str, Any] | None, base: str, auto_class: Any,
+            dtype: torch.dtype, **head: Any) -> torch.nn.Module:
+    """The adapter merged into the base it is loaded on, in place. A 4-bit base first sheds the
+    adapter (peft's `unload`), is dequantised a layer at a time into `dtype` (transformers'
+    `dequantize`: each `Linear4bit` replaced by an `nn.Linear` as it goes), takes the adapter again
+    and merges in full precision: merging into the 4-bit layers would re-quantise the delta away."""
+    if not quantization:
+        return adapted.merge_and_unload()
+    base_model = adapted.unload()
+    base_model = base_model.dequantize(dtype=dtype)
+    merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
+    return _into_original_architecture(merged, base, auto_class, dtype, **head)
+
+
 def merge_adapter(
     path: str | Path, output_dir: str | Path | None = None, atol: float = 1e-3,
     texts: Sequence[str] = CHECK_TEXTS, overwrite: bool = False, max_new_tokens: int = 16,
@@ -207,29 +239,28 @@ def merge_adapter(
 
     generation_config = (GenerationConfig.from_pretrained(str(adapter_dir))
                          if (adapter_dir / "generation_config.json").is_file() else None)
-    reference = PeftModel.from_pretrained(_load_base(base, quantization, auto_class, **head), str(adapter_dir))
+    # one copy of the base, in its stored dtype: the adapter model's answers first, then merged in place
+    dtype = merge_dtype(base)
+    adapted = PeftModel.from_pretrained(_load_base(base, quantization, auto_class, dtype, **head), str(adapter_dir))
     if generation_config is not None:  # SFT's stop tokens (end of turn), as the run's own API loads it
-        reference.get_base_model().generation_config = generation_config
-    expected = _positions(_logits(reference, inputs), mask)
+        adapted.get_base_model().generation_config = generation_config
+    expected = _positions(_logits(adapted, inputs), mask)
     prompts = check_prompts(tokenizer) if generates else []
-    expected_answers = greedy_ids(reference, tokenizer, prompts, max_new_tokens)
-    del reference
+    expected_answers = greedy_ids(adapted, tokenizer, prompts, max_new_tokens)
+    merged = _merged(adapted, adapter_dir, quantization, base, auto_class, dtype, **head)
+    del adapted
 
-    base_model = _load_base(base, quantization, auto_class, **head)
-    if quantization:
-        base_model = base_model.dequantize()  # 4-bit values -> float32, then merge in full precision
-    merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
-    if quantization:
-        merged = _into_original_architecture(merged, base, auto_class, **head)
-
-    # Save next to the destination, reload what was saved, and compare: the saved files are checked.
+    # Save next to the destination, free the merged model, reload what was saved, and compare: the
+    # saved files are checked, and the two never share memory
     staging = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     if generation_config is not None:
         merged.generation_config = generation_config
     merged.save_pretrained(str(staging), safe_serialization=True)
     tokenizer.save_pretrained(str(staging))
-    reloaded = _safe_causal_lm(str(staging), auto_class, dtype=torch.float32)
+    del merged
+    gc.collect()
+    reloaded = _safe_causal_lm(str(staging), auto_class, dtype=dtype)
     got = _positions(_logits(reloaded, inputs), mask)
     max_diff = float((expected - got).abs().max())
     log.info("merged vs adapter model: largest logit difference %.3g (tolerance %.3g)", max_diff, atol)

@@ -30,6 +30,18 @@ log = logging.getLogger(__name__)
 STREAM_STATE = "stream_state-rank{rank}.json"  # a streamed run's position, per rank, in each checkpoint
 
 
+def retied(state_dict: dict[str, Any], model: Any) -> dict[str, Any]:
+    """A gathered state dict whose tied weights are one tensor again, so that `save_pretrained`
+    writes each once, as one process's save does. FSDP gathers every parameter into a tensor of its
+    own (GPT-2's `lm_head.weight` beside `transformer.wte.weight`, 136M duplicate parameters for
+    Qwen2.5-0.5B), and transformers finds tied weights by shared storage."""
+    tied = model.get_expanded_tied_weights_keys(all_submodels=True) if hasattr(model, "get_expanded_tied_weights_keys") else {}
+    for target, source in tied.items():
+        if target in state_dict and source in state_dict:
+            state_dict[target] = state_dict[source]
+    return state_dict
+
+
 class PtftTrainer(Trainer):
     """A Trainer whose evaluation is token-weighted and keeps no logits.
 
@@ -304,7 +316,8 @@ class PtftTrainer(Trainer):
         if self._saves_sharded_checkpoints():
             state_dict = self.accelerator.get_state_dict(self.model)  # every rank takes part
             if self.is_world_process_zero():  # as save_model would (it writes nothing here)
-                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                unwrapped.save_pretrained(output_dir, state_dict=retied(state_dict, unwrapped))
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(output_dir)
         elif weights_are_sharded() or self.is_world_process_zero():

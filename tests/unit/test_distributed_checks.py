@@ -73,7 +73,7 @@ def test_qlora_under_fsdp_needs_storage_in_the_compute_dtype(compose_cfg, two_pr
     [problem] = collect_problems(cfg)
     assert problem.field == "strategy.quantization.bnb_4bit_quant_storage"
     assert "cannot flatten integer dtype tensors" in problem.what
-    assert problem.fix.startswith("set strategy.quantization.bnb_4bit_quant_storage=float32")
+    assert problem.fix.startswith("set strategy.quantization.bnb_4bit_quant_storage=auto")  # auto: resolved with the compute dtype
     same = compose_cfg("strategy=qlora", "distributed=fsdp", "model=pretrained", "model.name_or_path=some/model",
                        "strategy.quantization.bnb_4bit_compute_dtype=torch.bfloat16",
                        "+strategy.quantization.bnb_4bit_quant_storage=bfloat16")
