@@ -14,7 +14,8 @@ projection, so they cost nothing.
 
 Used for architectures whose logits are exactly `hidden @ W.T (+ b)` (a list, with a plain
 `nn.Linear` head and no logit soft-capping or scaling in the config); anything else keeps the
-stock loss, as do label smoothing, DeepSpeed/FSDP and distributed training of an untied head.
+stock loss, as do label smoothing, DeepSpeed (ZeRO-3 empties the weight outside forward) and DDP
+training of an untied head. Under FSDP2 the head's weight is gathered whole (`sharded_head`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ptft_hf.training.metrics import IGNORE_INDEX
+from ptft_hf.training.sharded_head import head_tensors
 
 # architectures whose causal-LM logits are exactly `lm_head(last hidden state)` (transformers 5.x);
 # others (soft-capped, scaled or multiplied logits: Gemma 2/3, RecurrentGemma, Cohere, Granite,
@@ -139,7 +141,8 @@ def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: to
     selected = labels != IGNORE_INDEX
     rows = hidden.reshape(-1, hidden.shape[-1])[selected]
     targets = labels[selected]
-    total = _LinearCrossEntropy.apply(rows, head.weight, head.bias, targets, chunk_rows(head))
+    weight, bias = head_tensors(head)
+    total = _LinearCrossEntropy.apply(rows, weight, bias, targets, chunk_rows(head))
     if num_items_in_batch is None:
         return total / targets.numel() if targets.numel() else total
     if torch.is_tensor(num_items_in_batch):

@@ -82,6 +82,7 @@ class PtftTrainer(Trainer):
         self.batch_observers = list(batch_observers)  # observe(batch) for each training batch, in this process
         self.length_megabatch = length_megabatch
         self.chunked_loss = chunked_loss and shift_labels and not labelled_positions_only
+        self._said_loss_path = False  # the log names the loss path once
         self.rdrop_alpha = rdrop_alpha
         # the last token-metrics evaluation's per-row loss sums and token counts (this process's rows)
         self.last_eval_blocks: tuple[list[float], list[int]] | None = None
@@ -252,6 +253,10 @@ class PtftTrainer(Trainer):
             return self._scaled_across_devices(loss, num_items_in_batch)
         head = self._chunk_head(model) if labels is not None and not return_outputs and "shift_labels" not in inputs else None
         if head is not None:
+            if not self._said_loss_path:
+                self._said_loss_path = True
+                log.info("loss: from the last hidden states, %d positions per chunk (objective.chunked_loss)%s",
+                         chunk_rows(head), ", the head gathered from FSDP's shards" if self.is_fsdp_enabled else "")
             with hidden_states_as_logits(head):
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             with self.accelerator.autocast():  # accelerate autocasts only the model's forward
@@ -268,16 +273,18 @@ class PtftTrainer(Trainer):
 
     def _chunk_head(self, model: Any) -> torch.nn.Linear | None:
         """The head to compute the loss from hidden states with, or None for the stock loss: not
-        with label smoothing (the stock smoother), DeepSpeed or FSDP (the head's weight is sharded
+        with label smoothing (the stock smoother), DeepSpeed (ZeRO-3 empties the head's weight
         outside forward), Liger kernels (`use_liger_kernel`: their fused linear cross-entropy does
-        the same inside the model's forward), or distributed training of an untied head (DDP would
-        see its weight unused in forward, then get its gradient)."""
-        if (not self.chunked_loss or self.label_smoother is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled
+        the same inside the model's forward), or DDP training of an untied head (DDP would see its
+        weight unused in forward, then get its gradient). Under FSDP2 the head's weight is gathered
+        whole for the loss and its gradient reduce-scattered by FSDP (`training.sharded_head`), so
+        the full logits of a 151,936-token vocabulary are never built where memory is tightest."""
+        if (not self.chunked_loss or self.label_smoother is not None or self.is_deepspeed_enabled
                 or getattr(self.args, "use_liger_kernel", False)):
             return None
         unwrapped = self.accelerator.unwrap_model(model)
         head = chunkable_head(unwrapped)
-        if head is not None and self.args.world_size > 1 and head.weight.requires_grad:
+        if head is not None and self.args.world_size > 1 and head.weight.requires_grad and not self.is_fsdp_enabled:
             embeddings = unwrapped.get_input_embeddings()
             if embeddings is None or embeddings.weight is not head.weight:
                 return None

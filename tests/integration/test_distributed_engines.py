@@ -100,5 +100,7 @@ def test_fsdp_full_fine_tuning_resumes_from_sharded_checkpoints_and_saves_one_mo
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 5
-    assert_same_training(run_dir, single_process_run)  # model/ gathered whole from the shards
+    assert_same_training(run_dir, single_process_run)  # model/ gathered whole from the shards, tied weights once
+    # the chunked loss under FSDP: the head's weight gathered from the shards, the same weights as one process's
+    assert "the head gathered from FSDP's shards" in (run_dir / "cli.log").read_text()
     assert reloaded_sample(run_dir) == metrics["sample"]
