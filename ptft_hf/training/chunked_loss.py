@@ -53,7 +53,7 @@ def chunkable_head(model: Any) -> torch.nn.Linear | None:
     """The model's vocabulary projection when logits are exactly `Linear(hidden)`, else None."""
     getter = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
-    if type(head) is not torch.nn.Linear or not head.weight.is_floating_point() or head.weight.numel() == 0:
+    if not _plain_linear(head) or not head.weight.is_floating_point() or head.weight.numel() == 0:
         return None
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
@@ -62,6 +62,17 @@ def chunkable_head(model: Any) -> torch.nn.Linear | None:
     if any(getattr(c, name, None) not in (None, 1, 1.0) for c in configs for name in LOGIT_TRANSFORMS):
         return None
     return head
+
+
+def _plain_linear(module: Any) -> bool:
+    """An `nn.Linear` itself (no subclass with a forward of its own), or the same under FSDP2, whose
+    `fully_shard` swaps a module's class for `FSDP<class>(FSDPModule, class)`."""
+    cls = type(module)
+    if cls is torch.nn.Linear:
+        return True
+    from torch.distributed.fsdp import FSDPModule
+
+    return issubclass(cls, FSDPModule) and cls.__bases__[-1] is torch.nn.Linear
 
 
 def _identity(hidden: torch.Tensor) -> torch.Tensor:

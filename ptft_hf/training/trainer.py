@@ -330,6 +330,24 @@ class PtftTrainer(Trainer):
         elif weights_are_sharded() or self.is_world_process_zero():
             self.save_model(output_dir)  # a PeftModel saves only its adapter
 
+    def _weights_on_rank_0_only(self) -> bool:
+        """FSDP's low-memory loading before `train` shards the model: rank 0 read the checkpoint, the
+        other ranks hold empty weights until accelerate sends them their shards
+        (`training.low_memory_loading`). A 4-bit base is loaded by every rank."""
+        if not (self.is_fsdp_enabled and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() == "true"):
+            return False
+        if len(member(self.accelerator, ACCELERATOR_MODELS)) > 0:
+            return False
+        return not any(type(p).__name__ == "Params4bit" for p in self.model.parameters())
+
+    @staticmethod
+    def _unsplit(dataloader: Any) -> Any:
+        """The evaluation batches of every rank, in order, from accelerate's per-rank loader."""
+        from torch.utils.data import DataLoader
+
+        batches = getattr(dataloader.batch_sampler, "batch_sampler", dataloader.batch_sampler)
+        return DataLoader(dataloader.dataset, batch_sampler=batches, collate_fn=dataloader.collate_fn)
+
     def _idle_eval_forwards(self, dataloader: Any) -> int:
         """Forwards this rank runs, results unused, so that every rank runs as many as the one
         with the most eval batches. Evaluation is uneven (each row once); under FSDP or ZeRO-3
@@ -361,6 +379,9 @@ class PtftTrainer(Trainer):
             dataloader = self.get_eval_dataloader(eval_dataset)
         finally:
             self.accelerator.even_batches = even_batches
+        rank_0_alone = self._weights_on_rank_0_only()
+        if rank_0_alone:  # every row on rank 0, none elsewhere; the totals are summed across ranks as usual
+            dataloader = self._unsplit(dataloader) if self.is_world_process_zero() else []
         model = self._model_for_evaluation()
         was_training = model.training
         model.eval()
@@ -368,7 +389,7 @@ class PtftTrainer(Trainer):
         start = time.time()
         batches = 0
         head = self._chunk_head(model)
-        idle_forwards = self._idle_eval_forwards(dataloader)
+        idle_forwards = 0 if rank_0_alone else self._idle_eval_forwards(dataloader)
         with torch.no_grad():
             for _ in range(idle_forwards):  # sharded weights: as many forwards as the busiest rank
                 model(**{k: v for k, v in self._idle_batch(dataloader).items() if k != "labels"})

@@ -34,7 +34,8 @@ def test_fsdp_preset_sets_fsdp2_full_shard_with_sharded_checkpoints(compose_cfg,
     assert cfg.trainer.fsdp is True
     assert OmegaConf.to_container(cfg.trainer.fsdp_config) == {
         "version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-        "transformer_layer_cls_to_wrap": None, "state_dict_type": "SHARDED_STATE_DICT"}
+        "transformer_layer_cls_to_wrap": None, "state_dict_type": "SHARDED_STATE_DICT",
+        "cpu_ram_efficient_loading": True}
     assert collect_problems(cfg) == []
 
 
