@@ -198,9 +198,10 @@ def summarise_w9(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["lowmem_over_today_memory"] = _paired(arms["fsdp_lowmem"], arms["fsdp_today"], "summed_peak_growth_mb")
     out["lowmem_over_today_time"] = _paired(arms["fsdp_lowmem"], arms["fsdp_today"], "seconds_to_first_step")
     for arm in ("head_full", "head_chunked"):
-        out[arm] = _arm_stats(arms[arm], ["step_growth_mb_max", "first_step_loss"])
+        out[arm] = _arm_stats(arms[arm], ["step_growth_mb_max", "head_loss_growth_mb_max", "first_step_loss"])
         out[arm]["logits_mb_per_copy"] = next(iter(arms[arm].values()), {}).get("logits_mb_per_copy")
-    out["chunked_over_full_memory"] = _paired(arms["head_chunked"], arms["head_full"], "step_growth_mb_max")
+    out["chunked_over_full_memory"] = _paired(arms["head_chunked"], arms["head_full"], "head_loss_growth_mb_max")
+    out["chunked_over_full_step"] = _paired(arms["head_chunked"], arms["head_full"], "step_growth_mb_max")
     pairs = [(arms["head_chunked"][r]["first_step_loss"], arms["head_full"][r]["first_step_loss"])
              for r in sorted(set(arms["head_chunked"]) & set(arms["head_full"]))]
     out["chunked_loss_delta"] = stat([abs(a - b) for a, b in pairs if a is not None and b is not None])
@@ -451,10 +452,12 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
         out.append(f"fp32 weights {_fmt(w9['fsdp_today'].get('fp32_weights_mb'))} MB; low-memory / every rank loading: memory "
                    f"{_spread(w9.get('lowmem_over_today_memory'))}, time to step 1 {_spread(w9.get('lowmem_over_today_time'))};"
                    f" weights after {s['fsdp_steps']} steps differ by {_spread(w9['fsdp_lowmem']['max_abs_diff_vs_today'])}")
-        rows = [[arm, _spread(w9[arm]["step_growth_mb_max"], 5), _spread(w9[arm]["first_step_loss"], 6)]
-                for arm in ("head_full", "head_chunked")]
-        out += _table([f"(c) {s['head_block']}-token step under FSDP", "step growth MB (largest rank)", "first-step loss"], rows)
-        out.append(f"chunked / full logits: {_spread(w9.get('chunked_over_full_memory'))}; one copy of the logits "
+        rows = [[arm, _spread(w9[arm]["head_loss_growth_mb_max"], 5), _spread(w9[arm]["step_growth_mb_max"], 5),
+                 _spread(w9[arm]["first_step_loss"], 6)] for arm in ("head_full", "head_chunked")]
+        out += _table([f"(c) {s['head_block']}-token step under FSDP", "head and loss MB (largest rank)",
+                       "whole step growth MB", "first-step loss"], rows)
+        out.append(f"head and loss, chunked / full logits: {_spread(w9.get('chunked_over_full_memory'))} (whole step: "
+                   f"{_spread(w9.get('chunked_over_full_step'))}); one copy of the logits "
                    f"{_fmt(w9['head_full'].get('logits_mb_per_copy'))} MB; loss difference {_spread(w9.get('chunked_loss_delta'))}")
         m = w9["merge"]
         out.append(f"merge of a LoRA adapter (r {s['lora_r']}): peak growth {_spread(m['peak_growth_mb'], 5)} MB = "

@@ -232,6 +232,9 @@ def fsdp_loading(spec: dict[str, Any], run_dir: Path, arm: str, started: float) 
     def first() -> None:
         at_first.update(seconds=time.time() - started, samples=timeline.stop())
 
+    from accelerate import PartialState
+
+    PartialState()  # the process group first, as `ptft-hf` under torchrun starts it (ptft_hf.distributed)
     lowmem = "true" if arm == "fsdp_lowmem" else "false"
     overrides = _fsdp_overrides(spec, spec["w9_model_dir"], s["fsdp_block"], s["fsdp_steps"],
                                 [f"trainer.fsdp_config.cpu_ram_efficient_loading={lowmem}"])
@@ -304,12 +307,54 @@ def head_step(spec: dict[str, Any], run_dir: Path, arm: str) -> dict[str, Any] |
     trainer, _, _ = project_trainer(overrides, run_dir, [probe])
     trainer.train()
     growth = _gather(probe.peak - probe.held)
+    head_loss = _gather(head_and_loss_growth(trainer, chunked == "true"))
     if not is_main_process():
         return None
     return {"step_growth_mb": [round(g, 1) for g in growth], "step_growth_mb_max": round(max(growth), 1),
+            "head_loss_growth_mb": [round(g["growth_mb"], 1) for g in head_loss],
+            "head_loss_growth_mb_max": round(max(g["growth_mb"] for g in head_loss), 1),
+            "head_loss": [g["loss"] for g in head_loss], "head_weight_dtype": head_loss[0]["weight_dtype"],
             "first_step_loss": probe.losses[0] if probe.losses else None, "losses": probe.losses,
             "logits_mb_per_copy": round(s["head_block"] * spec["w9"]["vocab_size"] * 4 / 2**20, 1),
             "overrides": overrides, "env": environment()}
+
+
+def head_and_loss_growth(trainer: Any, chunked: bool) -> dict[str, Any]:
+    """The head and loss of one training row of this rank, forward and backward, alone: the trunk's
+    last hidden states (FSDP forward, every rank in step) and the head's weight as FSDP gathers it
+    for the loss (whole, in the precision the step computes in) are held first; what the head and
+    loss then add at their peak (malloc_trim'd, resident high-water mark) is the figure. The stock
+    path is transformers' own: `lm_head` then `ForCausalLMLoss`."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from ptft_hf.training.chunked_loss import chunkable_head, hidden_states_as_logits, linear_cross_entropy
+    from ptft_hf.training.sharded_head import head_tensors
+
+    model = trainer.model_wrapped
+    head = chunkable_head(trainer.accelerator.unwrap_model(model))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    labels = batch.pop("labels")
+    with torch.no_grad(), hidden_states_as_logits(head), trainer.accelerator.autocast():
+        hidden = model(**batch).logits
+    dtype = torch.bfloat16 if trainer.args.bf16 else torch.float32
+    weight = torch.nn.Parameter(head_tensors(head)[0].detach().to(dtype))
+    hidden = hidden.detach().to(dtype).requires_grad_()
+    projection = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    projection.weight = weight
+    gc.collect()
+    malloc_trim()
+    held = proc_status().get("VmRSS", 0.0)
+    reset_peak()
+    with trainer.accelerator.autocast():
+        if chunked:
+            loss = linear_cross_entropy(hidden, projection, labels)
+        else:
+            loss = ForCausalLMLoss(F.linear(hidden, weight), labels, vocab_size=weight.shape[0])
+    loss.backward()
+    growth = proc_status().get("VmHWM", 0.0) - held
+    return {"growth_mb": growth, "loss": float(loss), "weight_dtype": str(dtype).removeprefix("torch.")}
 
 
 def merge(spec: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -210,9 +210,10 @@ def _merged(adapted: PeftModel, adapter_dir: Path, quantization: dict[str, Any] 
     return _into_original_architecture(merged, base, auto_class, dtype, **head)
 
 
-# the check's default tolerance per dtype of the merge: in bf16 the merged weights are rounded to 8 bits
-# of mantissa where the adapter model adds its fp32 delta at run time (measured: benchmarks W9's merge)
-DEFAULT_ATOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+# the check's default tolerance per dtype of the merge: in bf16 each merged weight is rounded to 8 bits of
+# mantissa where the adapter model adds its fp32 delta at run time, and 24 layers carry that to the
+# logits (benchmarks W9, Qwen2.5-0.5B's shape, random weights: 0.086); the greedy answers must match too
+DEFAULT_ATOL = {torch.float32: 1e-3, torch.bfloat16: 0.15, torch.float16: 2e-2}
 
 
 def merge_adapter(

@@ -132,10 +132,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight, grad_bias = ctx.grads
         ctx.grads = None
         scale = grad_total
+        # scaled in place: the weight's gradient is the size of the vocabulary projection (545 MB in fp32
+        # for Qwen2.5-0.5B), and a scaled copy beside it would double that at the peak
         return (
-            None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
-            None if grad_weight is None else (grad_weight * scale).to(ctx.dtypes[0]),
-            None if grad_bias is None else (grad_bias * scale).to(ctx.dtypes[1]),
+            None if grad_hidden is None else grad_hidden.mul_(scale.to(grad_hidden.dtype)),
+            None if grad_weight is None else grad_weight.mul_(scale).to(ctx.dtypes[0]),
+            None if grad_bias is None else grad_bias.mul_(scale).to(ctx.dtypes[1]),
             None,
             None,
         )
