@@ -173,16 +173,28 @@ def check_prompts(tokenizer: Any) -> list[str]:
 
 
 @torch.no_grad()
-def greedy_ids(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]:
+def greedy_ids(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int,
+               margins: list[list[float]] | None = None) -> list[list[int]]:
     """Each prompt's greedy continuation (token ids, through the stop token when one is reached),
-    one prompt at a time (no padding), under the model's own generation_config."""
+    one prompt at a time (no padding), under the model's own generation_config. `margins`, when
+    given, receives per prompt the gap between the top two logits at every generated step."""
     model.eval()
     out = []
     for prompt in prompts:
         inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        ids = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        out.append(ids[0, inputs["input_ids"].shape[1]:].tolist())
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                   output_scores=margins is not None, return_dict_in_generate=True)
+        out.append(generated.sequences[0, inputs["input_ids"].shape[1]:].tolist())
+        if margins is not None:
+            margins.append([float(top[0] - top[1]) for top in (score[0].float().topk(2).values for score in generated.scores)])
     return out
+
+
+def near_tie(want: list[int], have: list[int], margins: list[float], atol: float) -> bool:
+    """The answers part where the adapter model's top two candidates were within `atol` of each other:
+    a difference the merged weights' rounding (bf16) may make, not a wrong merge."""
+    step = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+    return step < len(margins) and margins[step] <= atol
 
 
 def _positions(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -254,7 +266,8 @@ def merge_adapter(
         adapted.get_base_model().generation_config = generation_config
     expected = _positions(_logits(adapted, inputs), mask)
     prompts = check_prompts(tokenizer) if generates else []
-    expected_answers = greedy_ids(adapted, tokenizer, prompts, max_new_tokens)
+    margins: list[list[float]] = []
+    expected_answers = greedy_ids(adapted, tokenizer, prompts, max_new_tokens, margins)
     merged = _merged(adapted, adapter_dir, quantization, base, auto_class, dtype, **head)
     del adapted
 
@@ -278,8 +291,12 @@ def merge_adapter(
                            "nothing was saved; inspect the adapter, or raise --atol if the difference is expected")
     got_answers = greedy_ids(reloaded, tokenizer, prompts, max_new_tokens)
     answers = [tokenizer.decode(ids) for ids in got_answers]
-    for prompt, want, have in zip(prompts, expected_answers, got_answers):
-        if want != have:
+    for prompt, want, have, margin in zip(prompts, expected_answers, got_answers, margins):
+        if want != have and dtype != torch.float32 and near_tie(want, have, margin, atol):
+            log.warning("merged vs adapter model: the answer to %r parts where the adapter model's top two tokens were "
+                        "within the %s tolerance (%.3g): %r against %r", prompt, str(dtype).removeprefix("torch."), atol,
+                        tokenizer.decode(have), tokenizer.decode(want))
+        elif want != have:
             shutil.rmtree(staging, ignore_errors=True)
             raise UserError.of("merge check", f"the merged model answers {tokenizer.decode(have)!r} where the adapter model "
                                f"answers {tokenizer.decode(want)!r}", "nothing was saved; inspect the adapter and its "
