@@ -104,7 +104,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_bias = bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         acc = torch.promote_types(weight.dtype, torch.float32)  # fp32 at least, even for bf16 weights
-        grad_weight = torch.zeros_like(weight, dtype=acc) if need_weight else None
+        # the head's gradient in the weight's own dtype, as Liger's fused linear cross-entropy keeps it: for
+        # bf16 weights (FSDP's gathered compute copy) an fp32 accumulator would be 2x the bf16 gradient that
+        # autograd hands on, both alive at the peak; fp32 master weights (one process) accumulate in fp32
+        grad_weight = torch.zeros_like(weight) if need_weight else None
         grad_bias = torch.zeros_like(bias, dtype=acc) if need_bias else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_rows):
@@ -119,8 +122,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad[torch.arange(target.shape[0], device=grad.device), target] -= 1.0
             if need_hidden:
                 grad_hidden[start : start + chunk_rows] = grad.to(rows.dtype) @ weight.to(rows.dtype)
-            if need_weight:
-                grad_weight += grad.t() @ rows.to(acc)
+            if need_weight:  # in place: `grad.t() @ rows` would allocate a second vocabulary-sized matrix per chunk
+                grad_weight.addmm_(grad.t().to(weight.dtype), rows.to(weight.dtype))
             if need_bias:
                 grad_bias += grad.sum(0)
         ctx.grads = (grad_hidden, grad_weight, grad_bias)
@@ -136,7 +139,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # for Qwen2.5-0.5B), and a scaled copy beside it would double that at the peak
         return (
             None if grad_hidden is None else grad_hidden.mul_(scale.to(grad_hidden.dtype)),
-            None if grad_weight is None else grad_weight.mul_(scale).to(ctx.dtypes[0]),
+            None if grad_weight is None else grad_weight.mul_(scale.to(grad_weight.dtype)).to(ctx.dtypes[0]),
             None if grad_bias is None else grad_bias.mul_(scale).to(ctx.dtypes[1]),
             None,
             None,
