@@ -91,3 +91,11 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters_and_head(bf16_checkpoint, comp
     assert trained and set(trained.values()) == {torch.float32}
     assert any("modules_to_save" in n for n in trained) and any("lora_A" in n for n in trained)
     assert set(frozen.values()) == {torch.bfloat16}
+
+
+def test_an_unknown_model_dtype_is_one_line(compose_cfg):
+    from ptft_hf.checks import collect_problems
+
+    [problem] = [p for p in collect_problems(compose_cfg("model.dtype=float64")) if p.field == "model.dtype"]
+    assert str(problem) == ("model.dtype: 'float64' is not a dtype the model loads in; use one of: auto, float32, bfloat16, "
+                            "float16 (auto: follows the trainer's precision)")
