@@ -5,7 +5,8 @@
 Arms: setup (once, before the rest); w1: peak, ours, baseline; w2: peak, ours, pad128, dynamic;
 w3: full, lora, qlora; w4: ours, baseline (with --phase cold|cached and --cache-dir); w5: one, two
 (`two` under torchrun: rank 0 writes the JSON); w6: peak, ours, baseline (W1's arms at GPT-2 124M's
-shape); w7: lora, lora_plain, qlora, qlora_plain; w8: small, large, large_cached, stream.
+shape); w7: lora, lora_plain, qlora, qlora_plain; w8: small, large, large_cached, stream; w9: lora, lora_plain,
+fsdp_today, fsdp_lowmem, head_full, head_chunked (the last four under torchrun), merge.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ ARMS = {
     "w6": ("peak", "ours", "baseline"),
     "w7": ("lora", "lora_plain", "qlora", "qlora_plain"),
     "w8": ("small", "large", "large_cached", "stream"),
+    "w9": ("lora", "lora_plain", "fsdp_today", "fsdp_lowmem", "head_full", "head_chunked", "merge"),
 }
+STARTED = time.time()  # the arm process's start, before its heavy imports (W9 times loading from here)
 
 
 def run_arm(workload: str, arm: str, spec: dict, run_dir: Path, phase: str | None, cache_dir: str | None) -> dict:
@@ -66,6 +69,10 @@ def run_arm(workload: str, arm: str, spec: dict, run_dir: Path, phase: str | Non
         from benchmarks.w5_distributed import arm as distributed_arm
 
         return distributed_arm(spec, run_dir, arm)
+    if workload == "w9":
+        from benchmarks.w9_sizes import w9_arm
+
+        return w9_arm(spec, run_dir, arm, STARTED)
     if workload == "w8":
         from benchmarks.w8_corpus import corpus_arm, stream_arm
 

@@ -159,6 +159,10 @@ def setup_arm(spec: dict[str, Any]) -> dict[str, Any]:
         from benchmarks.w7_sft import build_checkpoint
 
         result.update(build_checkpoint(spec, files, out_dir))
+    if "w9" in workloads:
+        from benchmarks.w9_sizes import build_checkpoints
+
+        result.update(build_checkpoints(spec, files, out_dir))
     if "w8" in workloads:
         from benchmarks.w8_corpus import corpus_documents, write_corpus
 

@@ -181,9 +181,37 @@ def summarise_w8(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def summarise_w9(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    arms = {arm: _results(runs, "w9", arm) for arm in ("lora", "lora_plain", "fsdp_today", "fsdp_lowmem", "head_full",
+                                                       "head_chunked", "merge")}
+    out: dict[str, Any] = {}
+    for arm in ("lora", "lora_plain"):
+        out[arm] = _arm_stats(arms[arm], ["peak_memory_mb", "tokens_per_s", "train_loss", "step_s_median"])
+        first = next(iter(arms[arm].values()), {})
+        out[arm].update({k: first.get(k) for k in ("memory_kind", "checkpoint_parameters", "settings")})
+    out["lora_memory_ratio"] = _paired(arms["lora"], arms["lora_plain"], "peak_memory_mb")
+    for arm in ("fsdp_today", "fsdp_lowmem"):
+        out[arm] = _arm_stats(arms[arm], ["summed_peak_growth_mb", "sum_of_rank_peaks_mb", "summed_peak_over_weights",
+                                          "seconds_to_first_step", "train_loss", "max_abs_diff_vs_today"])
+        first = next(iter(arms[arm].values()), {})
+        out[arm].update({k: first.get(k) for k in ("fp32_weights_mb", "rank_peak_growth_mb", "same_tensor_names")})
+    out["lowmem_over_today_memory"] = _paired(arms["fsdp_lowmem"], arms["fsdp_today"], "summed_peak_growth_mb")
+    out["lowmem_over_today_time"] = _paired(arms["fsdp_lowmem"], arms["fsdp_today"], "seconds_to_first_step")
+    for arm in ("head_full", "head_chunked"):
+        out[arm] = _arm_stats(arms[arm], ["step_growth_mb_max", "head_loss_growth_mb_max", "first_step_loss"])
+        out[arm]["logits_mb_per_copy"] = next(iter(arms[arm].values()), {}).get("logits_mb_per_copy")
+    out["chunked_over_full_memory"] = _paired(arms["head_chunked"], arms["head_full"], "head_loss_growth_mb_max")
+    out["chunked_over_full_step"] = _paired(arms["head_chunked"], arms["head_full"], "step_growth_mb_max")
+    pairs = [(arms["head_chunked"][r]["first_step_loss"], arms["head_full"][r]["first_step_loss"])
+             for r in sorted(set(arms["head_chunked"]) & set(arms["head_full"]))]
+    out["chunked_loss_delta"] = stat([abs(a - b) for a, b in pairs if a is not None and b is not None])
+    out["merge"] = _arm_stats(arms["merge"], ["peak_growth_mb", "peak_over_bf16", "bf16_mb", "max_abs_diff", "merge_s", "saved_mb"])
+    return out
+
+
 SUMMARISERS: dict[str, Callable[[list[dict[str, Any]]], dict[str, Any]]] = {
     "w1": summarise_w1, "w2": summarise_w2, "w3": summarise_w3, "w4": summarise_w4, "w5": summarise_w5,
-    "w6": summarise_w6, "w7": summarise_w7, "w8": summarise_w8,
+    "w6": summarise_w6, "w7": summarise_w7, "w8": summarise_w8, "w9": summarise_w9,
 }
 
 
@@ -251,6 +279,19 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
                             f"anonymous: {_fmt(_med(w8.get('anon_large_over_small')))}"))
         rows.append(_target("W8 tokenise+pack MB/s (num_proc=2, large)", _med(w8["large"]["mb_per_s"]), ">=", 3.0))
         rows.append(_target("W8 cached rerun / cold time (large)", _med(w8.get("cached_over_cold")), "<=", 0.05))
+    if "w9" in summary:
+        w9 = summary["w9"]
+        today = _med(w9["fsdp_today"]["summed_peak_over_weights"])
+        rows.append(_target("W9 (a) LoRA SFT peak memory, ours / plain peft", _med(w9.get("lora_memory_ratio")), "<=", 1.0,
+                            w9["lora"].get("memory_kind") or ""))
+        rows.append(_target("W9 (b) FSDP, 2 ranks' summed peak to step 1 / fp32 weights", _med(w9["fsdp_lowmem"]["summed_peak_over_weights"]),
+                            "<=", 1.4, f"every rank loading all: {_fmt(today)}"))
+        rows.append(_target("W9 (b) weights after training, low-memory vs every rank loading", _med(w9["fsdp_lowmem"]["max_abs_diff_vs_today"]),
+                            "<=", 1e-5, "largest absolute difference"))
+        rows.append(_target("W9 (c) head-and-loss memory under FSDP, chunked / full logits", _med(w9.get("chunked_over_full_memory")),
+                            "<=", 0.3))
+        rows.append(_target("W9 (c) first-step loss, |chunked - full logits|", _med(w9.get("chunked_loss_delta")), "<=", 1e-4))
+        rows.append(_target("W9 merge of a LoRA adapter: peak growth / bf16 size", _med(w9["merge"]["peak_over_bf16"]), "<=", 2.5))
     return rows
 
 
@@ -393,6 +434,35 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
         out.append(f"streamed training over the large corpus ({s.get('stream_steps')} steps, blocks of {s.get('stream_block_size')}):"
                    f" {_spread(st.get('tokens_per_s'), 4)} tokens/s, peak RSS {_spread(st.get('peak_rss_mb'), 5)} MB"
                    f" (anonymous {_spread(st.get('peak_anon_mb'), 5)}), {_fmt(_med(st.get('blocks_read')))} blocks read")
+        out.append("")
+    if "w9" in summary:
+        w9, s = summary["w9"], meta["spec"]["w9"]
+        params = w9["lora"].get("checkpoint_parameters") or w9["lora_plain"].get("checkpoint_parameters")
+        out.append(f"W9 real sizes on this machine: a Qwen2.5-0.5B-shaped model ({_fmt(params / 1e6 if params else None)}M parameters,"
+                   f" {s['num_hidden_layers']}x{s['hidden_size']}, vocab {s['vocab_size']}), stored in bf16")
+        rows = [[arm, _spread(w9[arm]["peak_memory_mb"], 5), _spread(w9[arm]["train_loss"], 4), _spread(w9[arm]["step_s_median"])]
+                for arm in ("lora", "lora_plain")]
+        out += _table(["(a) LoRA SFT", "peak memory MB", "train loss", "step s"], rows)
+        out.append(f"peak memory ours/plain peft: {_spread(w9.get('lora_memory_ratio'))} ({w9['lora'].get('memory_kind')})")
+        rows = [[arm, _spread(w9[arm]["summed_peak_growth_mb"], 5), _spread(w9[arm]["sum_of_rank_peaks_mb"], 5),
+                 _spread(w9[arm]["summed_peak_over_weights"]), _spread(w9[arm]["seconds_to_first_step"]),
+                 _spread(w9[arm]["train_loss"], 5)] for arm in ("fsdp_today", "fsdp_lowmem")]
+        out += _table(["(b) FSDP, 2 ranks", "summed peak growth MB", "sum of rank peaks MB", "/ fp32 weights",
+                       "s to step 1", "train loss"], rows)
+        out.append(f"fp32 weights {_fmt(w9['fsdp_today'].get('fp32_weights_mb'))} MB; low-memory / every rank loading: memory "
+                   f"{_spread(w9.get('lowmem_over_today_memory'))}, time to step 1 {_spread(w9.get('lowmem_over_today_time'))};"
+                   f" weights after {s['fsdp_steps']} steps differ by {_spread(w9['fsdp_lowmem']['max_abs_diff_vs_today'])}")
+        rows = [[arm, _spread(w9[arm]["head_loss_growth_mb_max"], 5), _spread(w9[arm]["step_growth_mb_max"], 5),
+                 _spread(w9[arm]["first_step_loss"], 6)] for arm in ("head_full", "head_chunked")]
+        out += _table([f"(c) {s['head_block']}-token step under FSDP", "head and loss MB (largest rank)",
+                       "whole step growth MB", "first-step loss"], rows)
+        out.append(f"head and loss, chunked / full logits: {_spread(w9.get('chunked_over_full_memory'))} (whole step: "
+                   f"{_spread(w9.get('chunked_over_full_step'))}); one copy of the logits "
+                   f"{_fmt(w9['head_full'].get('logits_mb_per_copy'))} MB; loss difference {_spread(w9.get('chunked_loss_delta'))}")
+        m = w9["merge"]
+        out.append(f"merge of a LoRA adapter (r {s['lora_r']}): peak growth {_spread(m['peak_growth_mb'], 5)} MB = "
+                   f"{_spread(m['peak_over_bf16'])} x the bf16 size ({_fmt(_med(m['bf16_mb']))} MB); largest logit difference "
+                   f"{_spread(m['max_abs_diff'])}; {_spread(m['merge_s'])} s; saved {_fmt(_med(m['saved_mb']))} MB")
         out.append("")
     out.append("Targets" + (" (smoke run: not meaningful)" if meta["smoke"] else ""))
     rows = [[t["target"], _fmt(t["value"]), f"{t['op']} {t['threshold']}",

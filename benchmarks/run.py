@@ -10,7 +10,8 @@ print the table and write the JSON.
 Per repetition and workload the arms run in a fixed alternation (W1: peak, ours, baseline;
 W2: peak, ours, pad128, dynamic; W3: full, lora, qlora; W4: ours cold, ours cached, baseline
 cold, baseline cached; W5: one process, two processes; W6: peak, ours, baseline; W7: lora, lora_plain,
-qlora, qlora_plain; W8: small, large, large cached, stream), so slow drifts of a shared machine hit every arm alike; ratios are
+qlora, qlora_plain; W8: small, large, large cached, stream; W9: lora, lora_plain, fsdp_today, fsdp_lowmem,
+head_full, head_chunked, merge), so slow drifts of a shared machine hit every arm alike; ratios are
 taken per repetition (paired) and their median reported with min and max.
 """
 
@@ -33,10 +34,11 @@ from typing import Any
 from benchmarks.common import loadavg, offline_env, thread_env, write_json
 from benchmarks.forkserver import ForkServer
 from benchmarks.report import SUMMARISERS, format_report, mfu_summary, targets
+from benchmarks.w9_sizes import TORCHRUN_ARMS as W9_TORCHRUN_ARMS
 
 REPO = Path(__file__).resolve().parents[1]
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8")
-DEFAULT_WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w8")  # W6 and W7 are sized for a GPU: asked for by name
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9")
+DEFAULT_WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "w8")  # W6 and W7 are sized for a GPU, W9 takes ~15 GB: asked for by name
 
 FULL = {
     "w1": {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 512, "vocab_size": 8000, "block_size": 256,
@@ -58,6 +60,15 @@ FULL = {
            "ours_overrides": ["objective.packing=true"],                 # padding-free batches
            "ours_overrides_cuda_lora": ["model.dtype=bfloat16"]},        # a frozen base in bf16, as the plain script loads it
     "w8": {"small_mb": 500, "large_mb": 2000, "num_proc": 2, "block_size": 1024, "stream_steps": 200, "stream_block_size": 256},
+    "w9": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,  # Qwen2.5-0.5B
+           "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768, "tokenizer_vocab": 8192,
+           "head_layers": 2,                # (c): a 2-layer trunk of the same width and vocabulary
+           "fsdp_block": 128, "fsdp_steps": 2,  # (b): 2 SGD steps of 1 x 128 tokens per rank
+           "head_block": 1024,              # (c): one 1,024-token row per rank
+           "lora_r": 16, "lora_alpha": 32, "merge_atol": None,  # None: the merge check's default for the dtype
+           "sft": {"batch_size": 8, "max_length": 128, "steps": 3, "warmup_steps": 1, "learning_rate": 2e-4, "lora_r": 16,
+                   "lora_alpha": 32, "gradient_checkpointing": True, "ours_overrides": ["objective.packing=true"],
+                   "ours_overrides_cuda_lora": [], "plain_dtype": "auto"}},  # plain: transformers' default, the stored dtype
     "peak_min_time_s": 0.3, "peak_min_iters": 5,
 }
 
@@ -79,6 +90,13 @@ SMOKE = {
            "lora_alpha": 8, "gradient_checkpointing": True, "ours_overrides": ["objective.packing=true"],
            "ours_overrides_cuda_lora": ["model.dtype=bfloat16"]},
     "w8": {"small_mb": 1, "large_mb": 4, "num_proc": 2, "block_size": 64, "stream_steps": 6, "stream_block_size": 32},
+    "w9": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "vocab_size": 1024, "max_position_embeddings": 256, "tokenizer_vocab": 512,
+           "head_layers": 1, "fsdp_block": 32, "fsdp_steps": 2, "head_block": 64, "lora_r": 4, "lora_alpha": 8,
+           "merge_atol": None,
+           "sft": {"batch_size": 4, "max_length": 96, "steps": 2, "warmup_steps": 1, "learning_rate": 2e-4, "lora_r": 4,
+                   "lora_alpha": 8, "gradient_checkpointing": True, "ours_overrides": ["objective.packing=true"],
+                   "ours_overrides_cuda_lora": [], "plain_dtype": "auto"}},
     "peak_min_time_s": 0.0, "peak_min_iters": 2,
 }
 
@@ -97,6 +115,8 @@ def arm_plan(workload: str) -> list[tuple[str, str | None]]:
         return [("one", None), ("two", None)]
     if workload == "w8":
         return [("small", None), ("large", None), ("large_cached", None), ("stream", None)]
+    if workload == "w9":
+        return [(arm, None) for arm in ("lora", "lora_plain", "fsdp_today", "fsdp_lowmem", "head_full", "head_chunked", "merge")]
     return [("ours", "cold"), ("ours", "cached"), ("baseline", "cold"), ("baseline", "cached")]
 
 
@@ -155,6 +175,9 @@ def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path:
         if arm == "two":
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                    str(spec["processes"]), *cmd[1:]]
+    if workload == "w9" and arm in W9_TORCHRUN_ARMS:  # two FSDP processes of one thread each
+        env = thread_env(env, 1)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *cmd[1:]]
     if phase:
         cmd += ["--phase", phase]
     if cache_dir is not None:
@@ -218,7 +241,7 @@ def _run_arms(args: argparse.Namespace, reps: int, spec: dict[str, Any], spec_pa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
-                        help="comma-separated subset of w1,w2,w3,w4,w5,w6,w7,w8 (default: all but the GPU-sized w6,w7)")
+                        help="comma-separated subset of w1,...,w9 (default: all but the GPU-sized w6,w7 and the 0.5B w9)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --smoke)")
     parser.add_argument("--steps", type=int, default=None, help="training steps of W1 and W2")
     parser.add_argument("--threads", type=int, default=None, help="threads per arm (default 2; 1 with --smoke)")

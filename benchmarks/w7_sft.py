@@ -167,11 +167,12 @@ def plain(spec: dict[str, Any], run_dir: Path, quantized: bool) -> dict[str, Any
     tokenizer = AutoTokenizer.from_pretrained(spec["w7_model_dir"])
     raw = datasets.load_dataset("csv", data_files={"train": spec["files"]["banking_train"]})["train"]
     train = raw.map(encode_chat(tokenizer, s["max_length"]), remove_columns=raw.column_names)
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = s.get("plain_dtype") or (torch.bfloat16 if cuda else torch.float32)  # "auto": as the checkpoint stores it
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quantized:
+        compute = torch.float32 if dtype == "auto" else dtype
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+                                                           bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
         kwargs["device_map"] = {"": 0 if cuda else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(spec["w7_model_dir"], **kwargs)
     if quantized:

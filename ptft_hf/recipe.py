@@ -47,6 +47,8 @@ from ptft_hf.tracking import track_run
 from ptft_hf.training.build import build_trainer, prompt_formatter
 from ptft_hf.training.callbacks import SampleCallback, evaluating_split, generate_samples
 from ptft_hf.training.cost import reset_peak_memory
+from ptft_hf.training.dtypes import apply_dtype_plan
+from ptft_hf.training.low_memory_loading import announce_low_memory_loading
 from ptft_hf.training.progress import Progress, logged_losses, training_progress
 from ptft_hf.training.report import (TEST_PREDICTIONS, baseline_comparison, baseline_verdict, beats_baseline, plot_loss,
                                      write_report)
@@ -120,6 +122,8 @@ def set_up(cfg: DictConfig, run_dir: Path, references: dict[str, DataConfig]) ->
     check_eval_request(conf, objective)
     resume_from = resume_checkpoint(run_dir, getattr(conf.trainer, "resume_from_checkpoint", None))
     set_seed(conf.seed)
+    apply_dtype_plan(conf, resume_from)  # model.dtype: auto -> float32 / the checkpoint's own, with the reason logged
+    announce_low_memory_loading(vars(conf.trainer), objective.classifies)  # FSDP: rank 0 alone reads the checkpoint
     with main_process_first():  # several processes: rank 0 fills the caches, the others read them
         splits = load_splits(conf, objective, references)
         tokenizer = run_tokenizer(conf, splits, resume_from)

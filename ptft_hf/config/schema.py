@@ -44,7 +44,9 @@ class ModelConfig:
     revision: Optional[str] = None
     trust_remote_code: bool = False  # run Python code shipped with a Hub model only when set explicitly
     allow_pickle: bool = False  # load only safetensors weights; true also accepts pytorch_model.bin (pickle)
-    dtype: Optional[str] = None  # float32, bfloat16, float16 or auto; null keeps float32
+    # null or auto: trained weights float32, a frozen base as stored under bf16 training (training/dtypes.py);
+    # or float32, bfloat16, float16 for every weight
+    dtype: Optional[str] = None
     attn_implementation: Optional[str] = None
 
 

@@ -20,7 +20,8 @@ def merge_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("run_dir", help="a run folder (with model/) or an adapter folder")
     parser.add_argument("--output", help="where to save the merged model (default: RUN_DIR/merged)")
-    parser.add_argument("--atol", type=float, default=1e-3, help="largest allowed logit difference (default 1e-3)")
+    parser.add_argument("--atol", type=float, default=None,
+                        help="largest allowed logit difference (default: 1e-3 for a float32 base, 0.15 for bfloat16)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)

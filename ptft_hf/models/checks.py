@@ -14,6 +14,9 @@ from ptft_hf.models.chat_templates import CHAT_TEMPLATES
 _POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
 
 
+MODEL_DTYPES = (None, "auto", "float32", "bfloat16", "float16")  # model.dtype (null: auto)
+
+
 def model_problems(cfg: DictConfig, objective: Any) -> list[Problem]:
     """Every problem of the model group; `objective`: the run's registry entry, or None when unknown."""
     model = cfg.model
@@ -40,6 +43,9 @@ def model_problems(cfg: DictConfig, objective: Any) -> list[Problem]:
         if positions is not None and cfg.objective.block_size > positions:
             problems.append(Problem("objective.block_size", f"{cfg.objective.block_size} is longer than the model's {positions} positions",
                                     f"lower objective.block_size or raise model.config.{next(k for k in _POSITION_KEYS if k in model.config)}"))
+    if model.get("dtype") not in MODEL_DTYPES:
+        problems.append(Problem("model.dtype", f"'{model.dtype}' is not a dtype the model loads in",
+                                f"use one of: {', '.join(str(d) for d in MODEL_DTYPES if d)} (auto: follows the trainer's precision)"))
     template = model.tokenizer.get("chat_template")
     if template is not None:
         if template not in CHAT_TEMPLATES:

@@ -157,6 +157,8 @@ def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForC
         except (OSError, ValueError) as err:
             raise _hub_error("model.name_or_path", cfg.name_or_path, err) from err
         model = auto_class.from_config(config, dtype=dtype)
+    elif cfg.name_or_path and receives_weights_from_rank_0(extra):
+        model = _empty_from_checkpoint_config(cfg, auto_class, dtype, head_kwargs)
     elif cfg.name_or_path:
         kwargs: dict[str, Any] = dict(
             revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype, **head_kwargs, **extra,
@@ -183,6 +185,44 @@ def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForC
         model.resize_token_embeddings(len(tokenizer))
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def receives_weights_from_rank_0(extra: dict[str, Any]) -> bool:
+    """FSDP's low-memory loading is on and this process is not rank 0: rank 0 alone reads the
+    checkpoint, and accelerate broadcasts each rank its shards when it shards the model
+    (`fsdp_config.cpu_ram_efficient_loading`, `fsdp2_load_full_state_dict`). transformers' own switch
+    (`is_fsdp_enabled`: ACCELERATE_USE_FSDP and FSDP_CPU_RAM_EFFICIENT_LOADING, set as `accelerate
+    launch` sets them, see `training.low_memory_loading`) says it is on; transformers 5 itself still
+    reads every weight on every rank there, which is what this skips. A 4-bit base is loaded by
+    every rank (accelerate does not broadcast quantised weights)."""
+    if "quantization_config" in extra:
+        return False
+    from transformers.integrations import is_fsdp_enabled
+
+    from ptft_hf.distributed import is_main_process
+
+    return is_fsdp_enabled() and not is_main_process()
+
+
+def _empty_from_checkpoint_config(cfg: ModelConfig, auto_class: Any, dtype: Any, head_kwargs: dict[str, Any]) -> PreTrainedModel:
+    """The checkpoint's architecture with weights allocated but never written (transformers'
+    `no_init_weights`, as for DeepSpeed's ZeRO-3): untouched pages are not resident, and accelerate
+    moves the model to the meta device before the broadcast fills it. Non-persistent buffers (rotary
+    frequencies) are computed as usual: accelerate keeps them."""
+    from transformers import initialization
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                            **dict(cfg.config), **head_kwargs)
+    except (OSError, ValueError) as err:
+        raise _hub_error("model.name_or_path", cfg.name_or_path, err) from err
+    if cfg.attn_implementation:
+        config._attn_implementation = cfg.attn_implementation
+    with initialization.no_init_weights():
+        model = auto_class.from_config(config, dtype=torch.float32 if dtype == "auto" else dtype)
+    model.tie_weights()  # no_init_weights skips init_weights, which ties them
+    log.info("model: built empty on this rank; rank 0 reads %s and FSDP sends this rank its shards", cfg.name_or_path)
     return model
 
 

@@ -52,6 +52,18 @@ def resolve_target_modules(model: torch.nn.Module, requested: Any) -> Any:
     return list(requested)
 
 
+def trainable_in_float32(model: torch.nn.Module) -> int:
+    """Hold every trained half-precision tensor in float32 and return how many were cast. peft casts
+    the adapters themselves (`autocast_adapter_dtype`); a head trained in full beside them
+    (`modules_to_save`) is a copy of a bf16 base's layer, whose AdamW updates bf16 would round away."""
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 @register_strategy
 class LoraStrategy(StrategyTraits):
     """LoRA (and DoRA with `lora.use_dora: true`) on a frozen base."""
@@ -113,6 +125,9 @@ class LoraStrategy(StrategyTraits):
                 f"use auto or names from: {', '.join(linear_layer_names(model))}",
             ) from err
         log.info("%s adapters on %s", "DoRA" if config.use_dora else "LoRA", sorted(config.target_modules))
+        upcast = trainable_in_float32(peft_model)
+        if upcast:
+            log.info("dtypes: %d trained tensors of a half-precision base held in float32 (master weights)", upcast)
         return peft_model
 
 

@@ -58,6 +58,16 @@ def copy_mapped_cpu_tensors(model: torch.nn.Module) -> int:
     return copied
 
 
+AUTO_DTYPE_FIELDS = ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage")
+
+
+def unresolved_auto_as_float32(fields: dict[str, Any]) -> dict[str, Any]:
+    """BitsAndBytesConfig fields with a leftover `auto` dtype as float32. A run resolves `auto` to the
+    trainer's precision before loading (`training.dtypes.apply_dtype_plan`); code that builds the
+    strategy without a trainer (a merge, a benchmark arm) gets float32, which every device runs."""
+    return {k: ("float32" if k in AUTO_DTYPE_FIELDS and v == "auto" else v) for k, v in fields.items()}
+
+
 @register_strategy
 class QLoraStrategy(LoraStrategy):
     name = "qlora"
@@ -85,7 +95,7 @@ class QLoraStrategy(LoraStrategy):
         return problems
 
     def quantization_config(self, full_precision_modules: Sequence[str] = ()) -> BitsAndBytesConfig:
-        fields = dict(self.cfg.quantization or {})
+        fields = unresolved_auto_as_float32(dict(self.cfg.quantization or {}))
         if full_precision_modules:
             fields["llm_int8_skip_modules"] = [*(fields.get("llm_int8_skip_modules") or []), *full_precision_modules]
         return BitsAndBytesConfig(**fields)

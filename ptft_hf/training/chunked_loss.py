@@ -14,7 +14,8 @@ projection, so they cost nothing.
 
 Used for architectures whose logits are exactly `hidden @ W.T (+ b)` (a list, with a plain
 `nn.Linear` head and no logit soft-capping or scaling in the config); anything else keeps the
-stock loss, as do label smoothing, DeepSpeed/FSDP and distributed training of an untied head.
+stock loss, as do label smoothing, DeepSpeed (ZeRO-3 empties the weight outside forward) and DDP
+training of an untied head. Under FSDP2 the head's weight is gathered whole (`sharded_head`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ptft_hf.training.metrics import IGNORE_INDEX
+from ptft_hf.training.sharded_head import head_tensors
 
 # architectures whose causal-LM logits are exactly `lm_head(last hidden state)` (transformers 5.x);
 # others (soft-capped, scaled or multiplied logits: Gemma 2/3, RecurrentGemma, Cohere, Granite,
@@ -51,7 +53,7 @@ def chunkable_head(model: Any) -> torch.nn.Linear | None:
     """The model's vocabulary projection when logits are exactly `Linear(hidden)`, else None."""
     getter = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
-    if type(head) is not torch.nn.Linear or not head.weight.is_floating_point() or head.weight.numel() == 0:
+    if not _plain_linear(head) or not head.weight.is_floating_point() or head.weight.numel() == 0:
         return None
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
@@ -60,6 +62,17 @@ def chunkable_head(model: Any) -> torch.nn.Linear | None:
     if any(getattr(c, name, None) not in (None, 1, 1.0) for c in configs for name in LOGIT_TRANSFORMS):
         return None
     return head
+
+
+def _plain_linear(module: Any) -> bool:
+    """An `nn.Linear` itself (no subclass with a forward of its own), or the same under FSDP2, whose
+    `fully_shard` swaps a module's class for `FSDP<class>(FSDPModule, class)`."""
+    cls = type(module)
+    if cls is torch.nn.Linear:
+        return True
+    from torch.distributed.fsdp import FSDPModule
+
+    return issubclass(cls, FSDPModule) and cls.__bases__[-1] is torch.nn.Linear
 
 
 def _identity(hidden: torch.Tensor) -> torch.Tensor:
@@ -91,7 +104,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_bias = bias is not None and ctx.needs_input_grad[2]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         acc = torch.promote_types(weight.dtype, torch.float32)  # fp32 at least, even for bf16 weights
-        grad_weight = torch.zeros_like(weight, dtype=acc) if need_weight else None
+        # the head's gradient in the weight's own dtype, as Liger's fused linear cross-entropy keeps it: for
+        # bf16 weights (FSDP's gathered compute copy) an fp32 accumulator would be 2x the bf16 gradient that
+        # autograd hands on, both alive at the peak; fp32 master weights (one process) accumulate in fp32
+        grad_weight = torch.zeros_like(weight) if need_weight else None
         grad_bias = torch.zeros_like(bias, dtype=acc) if need_bias else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_rows):
@@ -106,8 +122,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad[torch.arange(target.shape[0], device=grad.device), target] -= 1.0
             if need_hidden:
                 grad_hidden[start : start + chunk_rows] = grad.to(rows.dtype) @ weight.to(rows.dtype)
-            if need_weight:
-                grad_weight += grad.t() @ rows.to(acc)
+            if need_weight:  # in place: `grad.t() @ rows` would allocate a second vocabulary-sized matrix per chunk
+                grad_weight.addmm_(grad.t().to(weight.dtype), rows.to(weight.dtype))
             if need_bias:
                 grad_bias += grad.sum(0)
         ctx.grads = (grad_hidden, grad_weight, grad_bias)
@@ -119,10 +135,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight, grad_bias = ctx.grads
         ctx.grads = None
         scale = grad_total
+        # scaled in place: the weight's gradient is the size of the vocabulary projection (545 MB in fp32
+        # for Qwen2.5-0.5B), and a scaled copy beside it would double that at the peak
         return (
-            None if grad_hidden is None else grad_hidden * scale.to(grad_hidden.dtype),
-            None if grad_weight is None else (grad_weight * scale).to(ctx.dtypes[0]),
-            None if grad_bias is None else (grad_bias * scale).to(ctx.dtypes[1]),
+            None if grad_hidden is None else grad_hidden.mul_(scale.to(grad_hidden.dtype)),
+            None if grad_weight is None else grad_weight.mul_(scale.to(grad_weight.dtype)).to(ctx.dtypes[0]),
+            None if grad_bias is None else grad_bias.mul_(scale).to(ctx.dtypes[1]),
             None,
             None,
         )
@@ -139,7 +157,8 @@ def linear_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: to
     selected = labels != IGNORE_INDEX
     rows = hidden.reshape(-1, hidden.shape[-1])[selected]
     targets = labels[selected]
-    total = _LinearCrossEntropy.apply(rows, head.weight, head.bias, targets, chunk_rows(head))
+    weight, bias = head_tensors(head)
+    total = _LinearCrossEntropy.apply(rows, weight, bias, targets, chunk_rows(head))
     if num_items_in_batch is None:
         return total / targets.numel() if targets.numel() else total
     if torch.is_tensor(num_items_in_batch):

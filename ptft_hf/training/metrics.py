@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ptft_hf.training.sharded_head import head_tensors
+
 IGNORE_INDEX = -100
 
 
@@ -66,7 +68,7 @@ class TokenLossAccumulator:
         for start in range(0, labels.numel(), chunk_rows):
             part, target = logits[start : start + chunk_rows], labels[start : start + chunk_rows]
             if head is not None:
-                part = head(part)
+                part = F.linear(part, *head_tensors(head))
             mask = target != IGNORE_INDEX
             losses = F.cross_entropy(part.float(), target, ignore_index=IGNORE_INDEX, reduction="none").double()
             row_loss.index_add_(0, row_of[start : start + chunk_rows], losses)

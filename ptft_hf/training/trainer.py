@@ -30,6 +30,18 @@ log = logging.getLogger(__name__)
 STREAM_STATE = "stream_state-rank{rank}.json"  # a streamed run's position, per rank, in each checkpoint
 
 
+def retied(state_dict: dict[str, Any], model: Any) -> dict[str, Any]:
+    """A gathered state dict whose tied weights are one tensor again, so that `save_pretrained`
+    writes each once, as one process's save does. FSDP gathers every parameter into a tensor of its
+    own (GPT-2's `lm_head.weight` beside `transformer.wte.weight`, 136M duplicate parameters for
+    Qwen2.5-0.5B), and transformers finds tied weights by shared storage."""
+    tied = model.get_expanded_tied_weights_keys(all_submodels=True) if hasattr(model, "get_expanded_tied_weights_keys") else {}
+    for target, source in tied.items():
+        if target in state_dict and source in state_dict:
+            state_dict[target] = state_dict[source]
+    return state_dict
+
+
 class PtftTrainer(Trainer):
     """A Trainer whose evaluation is token-weighted and keeps no logits.
 
@@ -70,6 +82,7 @@ class PtftTrainer(Trainer):
         self.batch_observers = list(batch_observers)  # observe(batch) for each training batch, in this process
         self.length_megabatch = length_megabatch
         self.chunked_loss = chunked_loss and shift_labels and not labelled_positions_only
+        self._said_loss_path = False  # the log names the loss path once
         self.rdrop_alpha = rdrop_alpha
         # the last token-metrics evaluation's per-row loss sums and token counts (this process's rows)
         self.last_eval_blocks: tuple[list[float], list[int]] | None = None
@@ -240,6 +253,10 @@ class PtftTrainer(Trainer):
             return self._scaled_across_devices(loss, num_items_in_batch)
         head = self._chunk_head(model) if labels is not None and not return_outputs and "shift_labels" not in inputs else None
         if head is not None:
+            if not self._said_loss_path:
+                self._said_loss_path = True
+                log.info("loss: from the last hidden states, %d positions per chunk (objective.chunked_loss)%s",
+                         chunk_rows(head), ", the head gathered from FSDP's shards" if self.is_fsdp_enabled else "")
             with hidden_states_as_logits(head):
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
             with self.accelerator.autocast():  # accelerate autocasts only the model's forward
@@ -256,16 +273,18 @@ class PtftTrainer(Trainer):
 
     def _chunk_head(self, model: Any) -> torch.nn.Linear | None:
         """The head to compute the loss from hidden states with, or None for the stock loss: not
-        with label smoothing (the stock smoother), DeepSpeed or FSDP (the head's weight is sharded
+        with label smoothing (the stock smoother), DeepSpeed (ZeRO-3 empties the head's weight
         outside forward), Liger kernels (`use_liger_kernel`: their fused linear cross-entropy does
-        the same inside the model's forward), or distributed training of an untied head (DDP would
-        see its weight unused in forward, then get its gradient)."""
-        if (not self.chunked_loss or self.label_smoother is not None or self.is_deepspeed_enabled or self.is_fsdp_enabled
+        the same inside the model's forward), or DDP training of an untied head (DDP would see its
+        weight unused in forward, then get its gradient). Under FSDP2 the head's weight is gathered
+        whole for the loss and its gradient reduce-scattered by FSDP (`training.sharded_head`), so
+        the full logits of a 151,936-token vocabulary are never built where memory is tightest."""
+        if (not self.chunked_loss or self.label_smoother is not None or self.is_deepspeed_enabled
                 or getattr(self.args, "use_liger_kernel", False)):
             return None
         unwrapped = self.accelerator.unwrap_model(model)
         head = chunkable_head(unwrapped)
-        if head is not None and self.args.world_size > 1 and head.weight.requires_grad:
+        if head is not None and self.args.world_size > 1 and head.weight.requires_grad and not self.is_fsdp_enabled:
             embeddings = unwrapped.get_input_embeddings()
             if embeddings is None or embeddings.weight is not head.weight:
                 return None
@@ -304,11 +323,30 @@ class PtftTrainer(Trainer):
         if self._saves_sharded_checkpoints():
             state_dict = self.accelerator.get_state_dict(self.model)  # every rank takes part
             if self.is_world_process_zero():  # as save_model would (it writes nothing here)
-                self.accelerator.unwrap_model(self.model).save_pretrained(output_dir, state_dict=state_dict)
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                unwrapped.save_pretrained(output_dir, state_dict=retied(state_dict, unwrapped))
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(output_dir)
         elif weights_are_sharded() or self.is_world_process_zero():
             self.save_model(output_dir)  # a PeftModel saves only its adapter
+
+    def _weights_on_rank_0_only(self) -> bool:
+        """FSDP's low-memory loading before `train` shards the model: rank 0 read the checkpoint, the
+        other ranks hold empty weights until accelerate sends them their shards
+        (`training.low_memory_loading`). A 4-bit base is loaded by every rank."""
+        if not (self.is_fsdp_enabled and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() == "true"):
+            return False
+        if len(member(self.accelerator, ACCELERATOR_MODELS)) > 0:
+            return False
+        return not any(type(p).__name__ == "Params4bit" for p in self.model.parameters())
+
+    @staticmethod
+    def _unsplit(dataloader: Any) -> Any:
+        """The evaluation batches of every rank, in order, from accelerate's per-rank loader."""
+        from torch.utils.data import DataLoader
+
+        batches = getattr(dataloader.batch_sampler, "batch_sampler", dataloader.batch_sampler)
+        return DataLoader(dataloader.dataset, batch_sampler=batches, collate_fn=dataloader.collate_fn)
 
     def _idle_eval_forwards(self, dataloader: Any) -> int:
         """Forwards this rank runs, results unused, so that every rank runs as many as the one
@@ -341,6 +379,9 @@ class PtftTrainer(Trainer):
             dataloader = self.get_eval_dataloader(eval_dataset)
         finally:
             self.accelerator.even_batches = even_batches
+        rank_0_alone = self._weights_on_rank_0_only()
+        if rank_0_alone:  # every row on rank 0, none elsewhere; the totals are summed across ranks as usual
+            dataloader = self._unsplit(dataloader) if self.is_world_process_zero() else []
         model = self._model_for_evaluation()
         was_training = model.training
         model.eval()
@@ -348,7 +389,7 @@ class PtftTrainer(Trainer):
         start = time.time()
         batches = 0
         head = self._chunk_head(model)
-        idle_forwards = self._idle_eval_forwards(dataloader)
+        idle_forwards = 0 if rank_0_alone else self._idle_eval_forwards(dataloader)
         with torch.no_grad():
             for _ in range(idle_forwards):  # sharded weights: as many forwards as the busiest rank
                 model(**{k: v for k, v in self._idle_batch(dataloader).items() if k != "labels"})

@@ -1,5 +1,5 @@
 """The benchmark harness end to end at smoke size (`python -m benchmarks.run --smoke`, every workload
-W1-W8 in one harness run: one set-up and one fork server; tiny models, one step, one repetition, one
+W1-W9 in one harness run: one set-up and one fork server; tiny models, one step, one repetition, one
 thread), so the benchmarks cannot rot, the script a lent GPU runs (benchmarks/device_w6_w7.sh)
 included. Nothing about speed is
 asserted: only that every workload and MFU reach the table and the JSON with sane fields, that the
@@ -21,7 +21,7 @@ from tests.conftest import run_benchmark_smoke, shared_data
 # W5's torchrun; the fixture's own subprocess limit is 900 s
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(960)]
 
-SMOKE_WORKLOADS = "w1,w2,w3,w4,w5,w6,w7,w8"
+SMOKE_WORKLOADS = "w1,w2,w3,w4,w5,w6,w7,w8,w9"
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,10 @@ def test_every_workload_and_mfu_reach_the_table_and_json(smoke):
     assert len(meta["loadavg_start"]) == 3 and meta["max_loadavg_1min"] is not None
     for heading in ("W1 causal-LM", "W2 classification", "W3 memory", "W4 data preparation", "W5 several processes", "Targets"):
         assert heading in stdout
-    # --smoke forks every arm from the pre-imported server, but torchrun's (W5 `two`), which starts afresh
+    # --smoke forks every arm from the pre-imported server, but torchrun's (W5 `two`, W9's FSDP arms), which start afresh
     assert meta["fork"] is True and {"torch", "transformers", "ptft_hf.recipe"} <= set(meta["preloaded"])
-    assert [(r["workload"], r["arm"]) for r in payload["runs"] if not r["forked"]] == [("w5", "two")]
+    assert [(r["workload"], r["arm"]) for r in payload["runs"] if not r["forked"]] == [
+        ("w5", "two"), ("w9", "fsdp_today"), ("w9", "fsdp_lowmem"), ("w9", "head_full"), ("w9", "head_chunked")]
     # every arm logged the load average around itself
     assert all(len(run["loadavg_before"]) == 3 and len(run["result"]["loadavg_after"]) == 3 for run in payload["runs"])
 
@@ -253,3 +254,24 @@ def test_w8_packs_on_disk_reuses_the_cache_and_streams(smoke):
     assert cached["cache_bytes"] == large["cache_bytes"]  # nothing written again
     assert results["stream"]["steps"] == spec["stream_steps"] and results["stream"]["blocks_read"] >= spec["stream_steps"] * 8
 
+
+
+def test_w9_measures_loading_the_head_and_merging_at_smoke_size(smoke):
+    """W9's plumbing: both loadings train to the same weights with one process's tensor names, the
+    chunked and the stock loss give the same first-step loss under FSDP, every rank's memory is
+    summed, the merge ran; nothing about the sizes (smoke figures are meaningless)."""
+    payload, stdout = smoke
+    assert "W9 real sizes on this machine" in stdout
+    lowmem, today = _result(payload, "w9", "fsdp_lowmem"), _result(payload, "w9", "fsdp_today")
+    assert lowmem["weights_compared"] and lowmem["same_tensor_names"] and lowmem["max_abs_diff_vs_today"] <= 1e-5
+    assert lowmem["losses"] == pytest.approx(today["losses"], abs=1e-5) and len(lowmem["losses"]) == 2
+    for result in (lowmem, today):
+        assert len(result["rank_peak_growth_mb"]) == 2 and result["summed_peak_growth_mb"] <= result["sum_of_rank_peaks_mb"] + 0.1
+        assert result["seconds_to_first_step"] > 0
+    full, chunked = _result(payload, "w9", "head_full"), _result(payload, "w9", "head_chunked")
+    assert chunked["first_step_loss"] == pytest.approx(full["first_step_loss"], abs=1e-4)
+    assert len(full["step_growth_mb"]) == len(chunked["step_growth_mb"]) == 2
+    merge = _result(payload, "w9", "merge")
+    assert merge["max_abs_diff"] <= 0.15 and merge["saved_mb"] > 0  # the check's bf16 default (hub/merge.py)
+    lora, plain = _result(payload, "w9", "lora"), _result(payload, "w9", "lora_plain")
+    assert lora["settings"]["collator"] == "DataCollatorWithFlattening" and plain["peak_memory_mb"] > 0

@@ -41,7 +41,8 @@ def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trai
     sharded = torchrun([*qlora, *TWO_BY_FOUR, "distributed=fsdp_qlora", f"hydra.run.dir={tmp_path / 'fsdp'}"], env, tmp_path)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     config = yaml.safe_load((tmp_path / "fsdp" / "config.yaml").read_text())
-    assert config["strategy"]["quantization"]["bnb_4bit_quant_storage"] == "float32"
+    assert config["strategy"]["quantization"]["bnb_4bit_quant_storage"] == "auto"  # as composed; resolved at load:
+    assert "dtypes: 4-bit layers compute in float32 (the trainer trains in float32)" in (tmp_path / "fsdp" / "cli.log").read_text()
     assert (tmp_path / "fsdp" / "checkpoints" / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()
     ours, want = (load_file(tmp_path / r / "model" / "adapter_model.safetensors") for r in ("fsdp", "single"))
     assert ours.keys() == want.keys() and all("lora_" in name for name in ours)
@@ -99,5 +100,7 @@ def test_fsdp_full_fine_tuning_resumes_from_sharded_checkpoints_and_saves_one_mo
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 5
-    assert_same_training(run_dir, single_process_run)  # model/ gathered whole from the shards
+    assert_same_training(run_dir, single_process_run)  # model/ gathered whole from the shards, tied weights once
+    # the chunked loss under FSDP: the head's weight gathered from the shards, the same weights as one process's
+    assert "the head gathered from FSDP's shards" in (run_dir / "cli.log").read_text()
     assert reloaded_sample(run_dir) == metrics["sample"]

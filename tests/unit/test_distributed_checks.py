@@ -34,7 +34,8 @@ def test_fsdp_preset_sets_fsdp2_full_shard_with_sharded_checkpoints(compose_cfg,
     assert cfg.trainer.fsdp is True
     assert OmegaConf.to_container(cfg.trainer.fsdp_config) == {
         "version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-        "transformer_layer_cls_to_wrap": None, "state_dict_type": "SHARDED_STATE_DICT"}
+        "transformer_layer_cls_to_wrap": None, "state_dict_type": "SHARDED_STATE_DICT",
+        "cpu_ram_efficient_loading": True}
     assert collect_problems(cfg) == []
 
 
@@ -73,7 +74,7 @@ def test_qlora_under_fsdp_needs_storage_in_the_compute_dtype(compose_cfg, two_pr
     [problem] = collect_problems(cfg)
     assert problem.field == "strategy.quantization.bnb_4bit_quant_storage"
     assert "cannot flatten integer dtype tensors" in problem.what
-    assert problem.fix.startswith("set strategy.quantization.bnb_4bit_quant_storage=float32")
+    assert problem.fix.startswith("set strategy.quantization.bnb_4bit_quant_storage=auto")  # auto: resolved with the compute dtype
     same = compose_cfg("strategy=qlora", "distributed=fsdp", "model=pretrained", "model.name_or_path=some/model",
                        "strategy.quantization.bnb_4bit_compute_dtype=torch.bfloat16",
                        "+strategy.quantization.bnb_4bit_quant_storage=bfloat16")
