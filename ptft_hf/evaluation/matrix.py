@@ -28,6 +28,7 @@ from typing import Any
 
 from ptft_hf.errors import Problem, UserError
 from ptft_hf.evaluation.checks import CAUSAL, FEWSHOT_EXAMPLES, MASKED, fewshot_room, max_positions_of
+from ptft_hf.evaluation.record import resolve_dtype
 from ptft_hf.evaluation.task_files import (DATA_TASKS, LABEL_TASKS, NOT_HELD_OUT, TASK_METRICS, default_data_root,
                                            task_family, task_problems)
 
@@ -324,23 +325,6 @@ def build_matrix(run_dir: str | Path, stage_metrics: dict[str, dict[str, Any]], 
     write_heatmap(record, run_dir / HEATMAP_FILE)
     log.info("%s written (%.0f s)", run_dir / MATRIX_FILE, record["seconds"])
     return record
-
-
-def resolve_dtype(setting: str, device: str) -> str:
-    """`auto`: bfloat16 on a GPU that has it and on CPUs with AVX-512 BF16 or AMX (measured 1.3-1.9x
-    faster than float32 for BLiMP on a 4x256 GPT-2), else float32 (AVX2-only CPUs run bfloat16 matmuls
-    about 100x slower). Log-softmax stays in float32 either way (`runner.evaluate_model`)."""
-    if setting != "auto":
-        return setting
-    import torch
-
-    if device == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return "float32"
-    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
 def _replay(metrics: dict[str, Any]) -> float:
