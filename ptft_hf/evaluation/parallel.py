@@ -61,6 +61,27 @@ def blimp_group_metrics(per_task: dict[str, dict[str, Any]], paradigms: list[str
             "acc_stderr": float(unweighted_mean_stderr([per_task[p]["acc_stderr"] for p in paradigms]))}
 
 
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let this process's allocator keep the memory a batch frees for the next batch (glibc only;
+    returns whether it took the settings).
+
+    A batch's logits and their float32 log-softmax (tens of MB at 64 sentences x 8,192 words) lie
+    above glibc's mmap threshold: every batch maps fresh pages, the kernel zero-fills them on first
+    touch, and freeing hands them back. Over BLiMP that is 16 million page faults and about 30 s of
+    system time in a 2-core run (measured on the seed_cases general model: 31 s -> 3 s of system
+    time, 16.4M -> 0.6M minor faults, user time unchanged). Set only in a share's forked process,
+    which ends after scoring: the training process's allocator is left as it was."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return all(libc.mallopt(param, value) == 1 for param, value in
+                   ((M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, 1 << 31), (M_TOP_PAD, 256 << 20)))
+    except (OSError, AttributeError):  # not glibc: its own allocator's defaults
+        return False
+
+
 def _die_with_parent() -> None:
     """Linux's PR_SET_PDEATHSIG: a share's process ends when the process that forked it does (killed
     outright included), rather than scoring on for nobody."""
@@ -87,6 +108,7 @@ def score_shares(score: Callable[[list[str]], dict[str, Any]], tasks: list[str],
                 status = 1
                 try:
                     _die_with_parent()
+                    keep_freed_memory()
                     torch.set_num_threads(threads)
                     out_path.write_text(json.dumps(score(share)), encoding="utf-8")
                     status = 0

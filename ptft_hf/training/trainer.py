@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, speed
 from ptft_hf.data.streaming import MixedStream, PackedStream
 from ptft_hf.distributed import weights_are_sharded
 from ptft_hf.training.chunked_loss import chunk_rows, chunkable_head, hidden_states_as_logits, linear_cross_entropy
+from ptft_hf.training.item_count import exact_item_count
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
 from ptft_hf.training.private_api import (ACCELERATOR_MODELS, COLLATOR_WITHOUT_UNUSED_COLUMNS, GET_DATALOADER,
                                           PREPARE_INPUTS, TRAIN_BATCH_SIZE, member)
@@ -143,7 +144,7 @@ class PtftTrainer(Trainer):
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         for observer in self.batch_observers:
             observer.observe(inputs)
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, exact_item_count(num_items_in_batch))  # exact under FSDP bf16
         if not bool(torch.isfinite(loss).all()):  # the Trainer syncs on this value every step anyway
             raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
         self._loss_tally().add(loss)  # what the Trainer adds to its own running sum, kept through checkpoints

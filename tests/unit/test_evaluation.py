@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -240,3 +242,25 @@ def test_shares_come_back_in_order_and_a_failing_share_fails_the_call():
     assert score_shares(lambda share: {"share": share}, ["a", "b", "c"], 2) == [{"share": ["a", "c"]}, {"share": ["b"]}]
     with pytest.raises(RuntimeError, match="a BLiMP scoring process failed:(.|\n)*ValueError: share b broke"):
         score_shares(score, ["a", "b"], 2)
+
+
+def _faults_of_a_second_64mb_batch(_share: Any = None) -> dict:
+    """Minor page faults while a 64 MB tensor is made and filled after one like it was freed."""
+    import resource
+
+    import torch
+
+    torch.ones(16 << 20).sum()  # a batch's logits, freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 << 20).sum()  # the next batch's
+    return {"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_a_share_process_reuses_the_memory_a_batch_freed():
+    from ptft_hf.evaluation.parallel import score_shares
+
+    # this process, glibc's defaults: 64 MB lies above the mmap threshold, mapped and faulted in anew
+    assert _faults_of_a_second_64mb_batch()["faults"] > 10_000
+    shares = score_shares(_faults_of_a_second_64mb_batch, ["a", "b"], 2)
+    assert [share["faults"] < 1_000 for share in shares] == [True, True], shares
