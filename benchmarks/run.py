@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -161,8 +162,16 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def _under_torchrun(cmd: list[str], processes: int, worker: list[str] | None) -> list[str]:
+    """`cmd` (`python -m benchmarks.arms ...`) as torchrun's ranks: each rank starts `worker` (default
+    `-m benchmarks.arms`, a fresh interpreter; `--torchrun-worker`) with the arm's arguments."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            *(worker or cmd[1:3]), *cmd[3:]]
+
+
 def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path: Path, workdir: Path, env: dict[str, str],
-                timeout: int, cache_dir: Path | None = None, server: ForkServer | None = None) -> dict[str, Any]:
+                timeout: int, cache_dir: Path | None = None, server: ForkServer | None = None,
+                torchrun_worker: list[str] | None = None) -> dict[str, Any]:
     tag = f"{workload}_{arm}{'_' + phase if phase else ''}_{rep}"
     out = workdir / "out" / f"{tag}.json"
     log = workdir / "logs" / f"{tag}.log"
@@ -173,11 +182,10 @@ def run_process(workload: str, arm: str, phase: str | None, rep: int, spec_path:
         spec = json.loads(spec_path.read_text())["w5"]
         env = thread_env(env, spec["threads_two"] if arm == "two" else spec["threads_one"])
         if arm == "two":
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                   str(spec["processes"]), *cmd[1:]]
+            cmd = _under_torchrun(cmd, spec["processes"], torchrun_worker)
     if workload == "w9" and arm in W9_TORCHRUN_ARMS:  # two FSDP processes of one thread each
         env = thread_env(env, 1)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *cmd[1:]]
+        cmd = _under_torchrun(cmd, 2, torchrun_worker)
     if phase:
         cmd += ["--phase", phase]
     if cache_dir is not None:
@@ -227,7 +235,8 @@ def _run_arms(args: argparse.Namespace, reps: int, spec: dict[str, Any], spec_pa
                         phase_is_cold = phase == "cold"
                     if phase_is_cold and arm_cache is not None and arm_cache.exists():
                         shutil.rmtree(arm_cache)
-                    record = run_process(workload, arm, phase, rep, spec_path, workdir, env, args.timeout, arm_cache, server)
+                    record = run_process(workload, arm, phase, rep, spec_path, workdir, env, args.timeout, arm_cache, server,
+                                         shlex.split(args.torchrun_worker) if args.torchrun_worker else None)
                     runs.append(record)
                     # every arm's result on disk as it comes: a run stopped from outside keeps what finished
                     write_json(out_path, {"meta": {"stamp": stamp, "partial": True, "spec": spec}, "runs": runs})
@@ -255,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fork", action=argparse.BooleanOptionalAction, default=None,
                         help="fork every arm from one process that imported the libraries once (benchmarks/forkserver.py; "
                              "default: on with --smoke, off otherwise: memory figures of forked arms are for smoke runs)")
+    parser.add_argument("--torchrun-worker", default=None, metavar="COMMAND",
+                        help="what torchrun starts per rank in place of `-m benchmarks.arms` (the arm's arguments follow), "
+                             "e.g. a stand-in that forks the rank from a pre-imported server, as the test suite's smoke "
+                             "run does (tests/forked_processes.py)")
     args = parser.parse_args(argv)
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in args.workloads if w not in WORKLOADS]
@@ -291,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine(), "smoke": args.smoke, "reps": reps, "threads": threads, "workloads": args.workloads,
             "spec": spec, "loadavg_start": load_start, "loadavg_end": loadavg(), "max_loadavg_1min": max(loads) if loads else None,
             "total_wall_s": round(time.time() - started, 1), "setup": setup["result"],
-            "fork": fork, "preloaded": server.preloaded if server is not None else []}
+            "fork": fork, "preloaded": server.preloaded if server is not None else [],
+            "torchrun_worker": args.torchrun_worker or "-m benchmarks.arms"}
     gpu = next((r["result"].get("env", {}).get("gpu") for r in runs if r["result"].get("env", {}).get("gpu")), None)
     if gpu:
         meta["machine"]["gpu"] = gpu

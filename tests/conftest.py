@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -275,12 +276,15 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600)
 
 def run_benchmark_smoke(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str], workloads: str,
                         timeout: int) -> tuple[dict, str]:
-    """`python -m benchmarks.run --smoke --workloads <workloads>` on one thread; its JSON and stdout."""
+    """`python -m benchmarks.run --smoke --workloads <workloads>` on one thread; its JSON and stdout.
+    The harness forks its one-process arms from its own server; torchrun's ranks (W5, W9) are forked
+    from this worker's (`--torchrun-worker`, as the suite's torchrun runs: `launched`)."""
     root = tmp_path_factory.mktemp("bench-" + workloads.replace(",", ""))
     out = root / "bench.json"
+    worker, env = launched(env, module="benchmarks.arms")
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--smoke", "--workloads", workloads, "--out", str(out),
-         "--workdir", str(root / "work")],
+         "--workdir", str(root / "work"), "--torchrun-worker", shlex.join(worker)],
         cwd=REPO_ROOT, env=dict(env, OMP_NUM_THREADS="1", PTFT_HF_SHARED_DATA=str(shared_data())),
         capture_output=True, text=True, timeout=timeout,
     )

@@ -49,7 +49,9 @@ def test_every_workload_and_mfu_reach_the_table_and_json(smoke):
     assert len(meta["loadavg_start"]) == 3 and meta["max_loadavg_1min"] is not None
     for heading in ("W1 causal-LM", "W2 classification", "W3 memory", "W4 data preparation", "W5 several processes", "Targets"):
         assert heading in stdout
-    # --smoke forks every arm from the pre-imported server, but torchrun's (W5 `two`, W9's FSDP arms), which start afresh
+    # --smoke forks every arm from the pre-imported server, but torchrun's (W5 `two`, W9's FSDP arms), whose ranks
+    # this suite forks from its own server (--torchrun-worker: the stand-in, tests/forked_processes.py)
+    assert meta["torchrun_worker"].endswith("benchmarks.arms")
     assert meta["fork"] is True and {"torch", "transformers", "ptft_hf.recipe"} <= set(meta["preloaded"])
     assert [(r["workload"], r["arm"]) for r in payload["runs"] if not r["forked"]] == [
         ("w5", "two"), ("w9", "fsdp_today"), ("w9", "fsdp_lowmem"), ("w9", "head_full"), ("w9", "head_chunked")]
