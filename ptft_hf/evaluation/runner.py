@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ptft_hf.errors import UserError
-from ptft_hf.evaluation.parallel import BLIMP_GROUP, blimp_group_metrics, paradigm_tasks, process_count, score_shares
+from ptft_hf.evaluation.parallel import (BLIMP_GROUP, blimp_group_metrics, paradigm_tasks, paradigm_weights, process_count,
+                                        score_shares)
 from ptft_hf.evaluation.task_files import default_data_root, render_tasks, task_problems
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def evaluate_model(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: in
         return _evaluate_once(model, tokenizer, tasks, num_fewshot, limit, batch_size, root, seed)
     started = time.time()
     shares = score_shares(lambda share: _evaluate_once(model, tokenizer, share, num_fewshot, limit, batch_size, root, seed),
-                          paradigms, count)
+                          paradigms, count, paradigm_weights(paradigms, root))
     others = [t for t in tasks if t != BLIMP_GROUP and t not in paradigms]
     if others:
         shares.append(_evaluate_once(model, tokenizer, others, num_fewshot, limit, batch_size, root, seed))

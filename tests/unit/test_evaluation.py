@@ -264,3 +264,17 @@ def test_a_share_process_reuses_the_memory_a_batch_freed():
     assert _faults_of_a_second_64mb_batch()["faults"] > 10_000
     shares = score_shares(_faults_of_a_second_64mb_batch, ["a", "b"], 2)
     assert [share["faults"] < 1_000 for share in shares] == [True, True], shares
+
+
+def test_blimp_shares_balance_the_paradigms_expected_work(tmp_path):
+    from ptft_hf.evaluation.parallel import SENTENCE_OVERHEAD_CHARS, balanced_shares, paradigm_weights
+
+    weights = {"a": 5, "b": 4, "c": 3, "d": 3, "e": 1}
+    # heaviest first onto the lightest share: a->0, b->1, c->1, d->0, e->1 (loads 8 and 8); order kept
+    assert balanced_shares(list(weights), 2, weights) == [["a", "d"], ["b", "c", "e"]]
+    assert balanced_shares(list(weights), 2) == [["a", "c", "e"], ["b", "d"]]  # no weights: round robin
+    folder = tmp_path / "eval/blimp/data"
+    folder.mkdir(parents=True)
+    pairs = [{"sentence_good": "Cats sleep.", "sentence_bad": "Cats sleeps."}, {"sentence_good": "A b.", "sentence_bad": "B a."}]
+    (folder / "tiny.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    assert paradigm_weights(["blimp_tiny"], tmp_path) == {"blimp_tiny": 11 + 12 + 4 + 4 + 4 * SENTENCE_OVERHEAD_CHARS}
