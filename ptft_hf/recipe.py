@@ -42,7 +42,7 @@ from ptft_hf.models.loading import count_parameters, load_tokenizer
 from ptft_hf.objectives import Objective, Prepared, get_objective
 from ptft_hf.run_dir import (FINISHED_MARKER, checkpoint_step, discard_aside, guard_run_dir, latest_checkpoint,
                              resume_checkpoint, start_writing)
-from ptft_hf.strategies import get_strategy
+from ptft_hf.strategies import get_strategy, strategy_class
 from ptft_hf.tracking import track_run
 from ptft_hf.training.build import build_trainer, prompt_formatter
 from ptft_hf.training.callbacks import SampleCallback, evaluating_split, generate_samples
@@ -123,7 +123,8 @@ def set_up(cfg: DictConfig, run_dir: Path, references: dict[str, DataConfig]) ->
     resume_from = resume_checkpoint(run_dir, getattr(conf.trainer, "resume_from_checkpoint", None))
     set_seed(conf.seed)
     apply_dtype_plan(conf, resume_from)  # model.dtype: auto -> float32 / the checkpoint's own, with the reason logged
-    announce_low_memory_loading(vars(conf.trainer), objective.classifies)  # FSDP: rank 0 alone reads the checkpoint
+    announce_low_memory_loading(vars(conf.trainer), objective.classifies,  # FSDP: no rank reads the whole checkpoint
+                                strategy_class(conf.strategy.name).saves_adapter_only)
     with main_process_first():  # several processes: rank 0 fills the caches, the others read them
         splits = load_splits(conf, objective, references)
         tokenizer = run_tokenizer(conf, splits, resume_from)
