@@ -239,8 +239,9 @@ def _on_meta_if_readable(cfg: ModelConfig, tokenizer: Any, auto_class: Any, dtyp
 
 
 def receives_weights_from_rank_0(extra: dict[str, Any]) -> bool:
-    """FSDP's low-memory loading is on and this process is not rank 0: rank 0 alone reads the
-    checkpoint, and accelerate broadcasts each rank its shards when it shards the model
+    """FSDP's low-memory loading is on (the way LoRA/DoRA load, and the fallback of `reads_own_shards`)
+    and this process is not rank 0: rank 0 alone reads the checkpoint, and accelerate broadcasts each
+    rank its shards when it shards the model
     (`fsdp_config.cpu_ram_efficient_loading`, `fsdp2_load_full_state_dict`). transformers' own switch
     (`is_fsdp_enabled`: ACCELERATE_USE_FSDP and FSDP_CPU_RAM_EFFICIENT_LOADING, set as `accelerate
     launch` sets them, see `training.low_memory_loading`) says it is on; transformers 5 itself still

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.distributed.checkpoint import HuggingFaceStorageReader
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.futures import Future
 
@@ -117,7 +118,9 @@ def fill_shards(accelerator: Any, model: Any) -> Any:
     from accelerate.utils.fsdp_utils import fsdp2_apply_ac, fsdp2_prepare_model
 
     folder = getattr(model, READS_SHARDS_FROM)
-    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}  # to_empty below empties them too
+    # to_empty below empties the buffers too; kept by module (activation checkpointing renames them)
+    buffers = [(module, name, buffer.clone()) for module in model.modules() for name, buffer in module._buffers.items()
+               if buffer is not None]
     plugin = accelerator.state.fsdp_plugin
     plugin.set_auto_wrap_policy(model)
     if plugin.activation_checkpointing:  # accelerate's order: checkpointing, then sharding
@@ -129,12 +132,23 @@ def fill_shards(accelerator: Any, model: Any) -> Any:
         plugin.cpu_ram_efficient_loading = broadcast
     model.to_empty(device=accelerator.device)
     with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            buffer.copy_(buffers[name])
+        for module, name, value in buffers:
+            module._buffers[name].copy_(value)
     state_dict = {name: tensor for name, tensor in model.state_dict().items() if name in _loaded_keys(model)}
     dcp.load(state_dict, storage_reader=SliceReader(folder))
     delattr(model, READS_SHARDS_FROM)
     return model
+
+
+class _CheckpointListing(FileSystem):
+    """The folder as the reader lists it: only the files `from_pretrained` would read (a folder
+    may also hold an older single file beside an index's files, or an adapter)."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+
+    def ls(self, path: str | os.PathLike) -> list[str]:
+        return list(self.files)
 
 
 class SliceReader(HuggingFaceStorageReader):
@@ -147,7 +161,7 @@ class SliceReader(HuggingFaceStorageReader):
 
     def __init__(self, folder: Path) -> None:
         super().__init__(str(folder))
-        self._files = {str(path) for path in checkpoint_files(folder)}
+        self.fs = _CheckpointListing([str(path) for path in checkpoint_files(folder)])
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future:
         from safetensors import safe_open
@@ -158,11 +172,3 @@ class SliceReader(HuggingFaceStorageReader):
         done: Future = Future()
         done.set_result(None)
         return done
-
-    def read_metadata(self) -> Metadata:
-        metadata = super().read_metadata()  # every *.safetensors in the folder: keep the checkpoint's own
-        keep = [index for index, info in metadata.storage_data.items() if info.relative_path in self._files]
-        metadata.storage_data = {index: metadata.storage_data[index] for index in keep}
-        names = {index.fqn for index in keep}
-        metadata.state_dict_metadata = {k: v for k, v in metadata.state_dict_metadata.items() if k in names}
-        return metadata

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 from ptft_hf.distributed import is_distributed_launch
 
@@ -44,8 +45,19 @@ def wants_low_memory_loading(trainer: Mapping[str, Any]) -> bool:
 
 
 def loading_mode() -> str | None:
-    """SHARDS, RANK_0, or None (every rank loads the whole checkpoint), as last announced."""
+    """SHARDS, RANK_0, or None (every rank loads the whole checkpoint) while the run's model loads."""
     return _mode
+
+
+@contextmanager
+def low_memory_loading(trainer: Mapping[str, Any], classifies: bool, adapter: bool = False) -> Iterator[str | None]:
+    """`announce_low_memory_loading` for the run's own model, loaded inside: models loaded after it
+    (the trained model read back to check a staged folder, on rank 0) load whole, as they always did."""
+    global _mode
+    try:
+        yield announce_low_memory_loading(trainer, classifies, adapter)
+    finally:
+        _mode = None
 
 
 def announce_low_memory_loading(trainer: Mapping[str, Any], classifies: bool, adapter: bool = False) -> str | None:
