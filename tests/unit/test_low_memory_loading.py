@@ -48,5 +48,5 @@ def test_the_slice_reading_refuses_a_checkpoint_it_would_read_differently_from_f
     saved = {name: tuple(t.shape) for name, t in model.state_dict().items() if name != "lm_head.weight"}  # tied: once
     assert checkpoint_mismatch(model, saved) is None
     renamed = {name.replace("model.", "transformer.", 1): shape for name, shape in saved.items()}
-    assert checkpoint_mismatch(model, renamed).== "the checkpoint lacks 14 of the model's tensors (first: model.embed_tokens.weight)"
+    assert checkpoint_mismatch(model, renamed) == "the checkpoint lacks 14 of the model's tensors (first: model.embed_tokens.weight)"
     assert "1 tensors differ in shape" in checkpoint_mismatch(model, {**saved, "model.embed_tokens.weight": (80, 16)})
