@@ -222,6 +222,8 @@ def _on_meta_if_readable(cfg: ModelConfig, tokenizer: Any, auto_class: Any, dtyp
     folder = shards.checkpoint_folder(cfg.name_or_path, cfg.revision)
     config = _checkpoint_config(cfg, head_kwargs)
     why = None if folder is not None else "it has no safetensors weights"
+    if why is None and getattr(config, "quantization_config", None):
+        why = "its weights are stored quantised (from_pretrained unpacks them)"
     if why is None and len(tokenizer) > config.vocab_size:
         why = f"the tokenizer's {len(tokenizer)} tokens need a larger embedding than the checkpoint's {config.vocab_size}"
     model = None
