@@ -18,9 +18,9 @@ FSDP = {"fsdp": True, "fsdp_config": {"cpu_ram_efficient_loading": True}}
 
 @pytest.fixture
 def two_processes(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the switches below are restored after the test
-    for name in ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
+    for name in ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING"):  # set by the run: recorded, so undone after
+        monkeypatch.setenv(name, "false")
 
 
 @pytest.mark.parametrize("trainer, classifies, adapter, mode, said", [
