@@ -76,19 +76,20 @@ def project_trainer(overrides: list[str], run_dir: Path, callbacks: list[Any]) -
     from ptft_hf.models.loading import load_tokenizer
     from ptft_hf.objectives import OBJECTIVES
     from ptft_hf.recipe import build_trainer
-    from ptft_hf.strategies import get_strategy
+    from ptft_hf.strategies import get_strategy, strategy_class
     from ptft_hf.objectives import get_objective
     from ptft_hf.training.dtypes import apply_dtype_plan
-    from ptft_hf.training.low_memory_loading import announce_low_memory_loading
+    from ptft_hf.training.low_memory_loading import low_memory_loading
 
     conf = OmegaConf.to_object(compose(*overrides).cfg)
     set_seed(conf.seed)
     apply_dtype_plan(conf)  # model.dtype: auto, as recipe.set_up resolves it
-    announce_low_memory_loading(vars(conf.trainer), get_objective(conf.objective.name).classifies)
     splits = load_text_splits(conf.data, conf.seed, chat=conf.objective.name == "sft")
     tokenizer = load_tokenizer(conf.model)
     strategy = get_strategy(conf.strategy)
-    prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, {})
+    with low_memory_loading(vars(conf.trainer), get_objective(conf.objective.name).classifies,
+                            strategy_class(conf.strategy.name).saves_adapter_only):
+        prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, {})
     return build_trainer(conf, run_dir, tokenizer, prepared, callbacks), prepared, tokenizer
 
 

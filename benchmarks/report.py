@@ -437,7 +437,8 @@ def format_report(summary: dict[str, Any], target_rows: list[dict[str, Any]], me
         out.append("")
     if "w9" in summary:
         w9, s = summary["w9"], meta["spec"]["w9"]
-        params = w9["lora"].get("checkpoint_parameters") or w9["lora_plain"].get("checkpoint_parameters")
+        params = (w9["lora"].get("checkpoint_parameters") or w9["lora_plain"].get("checkpoint_parameters")
+                  or meta["spec"].get("w9_parameters"))  # the set-up's count when the (a) arms were left out (--arms)
         out.append(f"W9 real sizes on this machine: a Qwen2.5-0.5B-shaped model ({_fmt(params / 1e6 if params else None)}M parameters,"
                    f" {s['num_hidden_layers']}x{s['hidden_size']}, vocab {s['vocab_size']}), stored in bf16")
         rows = [[arm, _spread(w9[arm]["peak_memory_mb"], 5), _spread(w9[arm]["train_loss"], 4), _spread(w9[arm]["step_s_median"])]

@@ -6,6 +6,7 @@ print the table and write the JSON.
     python -m benchmarks.run --smoke                           # 1 step, tiny sizes, 1 rep, 1 thread
     python -m benchmarks.run --set w3.batch_size=1 --set w1.eval_blocks=128
     python -m benchmarks.run --workloads w6,w7 --reps 2       # the GPU workloads (benchmarks/device_w6_w7.sh)
+    python -m benchmarks.run --workloads w9 --arms fsdp_today,fsdp_lowmem --reps 2  # some arms only
 
 Per repetition and workload the arms run in a fixed alternation (W1: peak, ours, baseline;
 W2: peak, ours, pad128, dynamic; W3: full, lora, qlora; W4: ours cold, ours cached, baseline
@@ -224,7 +225,7 @@ def _run_arms(args: argparse.Namespace, reps: int, spec: dict[str, Any], spec_pa
         for workload in args.workloads:
             for rep in range(reps):
                 cache_dir = workdir / "w4_cache" / f"rep{rep}"
-                for arm, phase in arm_plan(workload):
+                for arm, phase in [(a, p) for a, p in arm_plan(workload) if not args.arms or a in args.arms]:
                     arm_cache = cache_dir / arm if phase else None
                     if workload == "w8" and arm == "stream":
                         arm_cache = None
@@ -260,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<stamp>.json)")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a new temporary folder)")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the scratch folder (logs, checkpoints)")
+    parser.add_argument("--arms", default=None,
+                        help="comma-separated arms to run, the others left out (e.g. --workloads w9 --arms fsdp_today,fsdp_lowmem)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed to one arm")
     parser.add_argument("--fork", action=argparse.BooleanOptionalAction, default=None,
                         help="fork every arm from one process that imported the libraries once (benchmarks/forkserver.py; "
@@ -273,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         parser.error(f"unknown workloads {unknown}; choose from {','.join(WORKLOADS)}")
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms else []
+    planned = {arm for w in args.workloads for arm, _ in arm_plan(w)}
+    if set(args.arms) - planned:
+        parser.error(f"unknown arms {sorted(set(args.arms) - planned)} for workloads {','.join(args.workloads)}; "
+                     f"choose from {','.join(sorted(planned))}")
     reps = args.reps if args.reps is not None else (1 if args.smoke else 3)
     threads = args.threads if args.threads is not None else (1 if args.smoke else 2)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")

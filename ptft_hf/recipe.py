@@ -42,13 +42,13 @@ from ptft_hf.models.loading import count_parameters, load_tokenizer
 from ptft_hf.objectives import Objective, Prepared, get_objective
 from ptft_hf.run_dir import (FINISHED_MARKER, checkpoint_step, discard_aside, guard_run_dir, latest_checkpoint,
                              resume_checkpoint, start_writing)
-from ptft_hf.strategies import get_strategy
+from ptft_hf.strategies import get_strategy, strategy_class
 from ptft_hf.tracking import track_run
 from ptft_hf.training.build import build_trainer, prompt_formatter
 from ptft_hf.training.callbacks import SampleCallback, evaluating_split, generate_samples
 from ptft_hf.training.cost import reset_peak_memory
 from ptft_hf.training.dtypes import apply_dtype_plan
-from ptft_hf.training.low_memory_loading import announce_low_memory_loading
+from ptft_hf.training.low_memory_loading import low_memory_loading
 from ptft_hf.training.progress import Progress, logged_losses, training_progress
 from ptft_hf.training.report import (TEST_PREDICTIONS, baseline_comparison, baseline_verdict, beats_baseline, plot_loss,
                                      write_report)
@@ -123,8 +123,9 @@ def set_up(cfg: DictConfig, run_dir: Path, references: dict[str, DataConfig]) ->
     resume_from = resume_checkpoint(run_dir, getattr(conf.trainer, "resume_from_checkpoint", None))
     set_seed(conf.seed)
     apply_dtype_plan(conf, resume_from)  # model.dtype: auto -> float32 / the checkpoint's own, with the reason logged
-    announce_low_memory_loading(vars(conf.trainer), objective.classifies)  # FSDP: rank 0 alone reads the checkpoint
-    with main_process_first():  # several processes: rank 0 fills the caches, the others read them
+    adapter = strategy_class(conf.strategy.name).saves_adapter_only
+    # several processes: rank 0 fills the caches, the others read them; FSDP: no rank reads the whole checkpoint
+    with main_process_first(), low_memory_loading(vars(conf.trainer), objective.classifies, adapter):
         splits = load_splits(conf, objective, references)
         tokenizer = run_tokenizer(conf, splits, resume_from)
         strategy = get_strategy(conf.strategy)

@@ -150,7 +150,11 @@ def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForC
     """
     dtype = torch_dtype(cfg.dtype)
     head_kwargs = {k: extra.pop(k) for k in ("num_labels", "id2label", "label2id", "problem_type") if k in extra}
-    if cfg.name_or_path and cfg.random_init:
+    meta = (_on_meta_if_readable(cfg, tokenizer, auto_class, dtype, head_kwargs)
+            if cfg.name_or_path and not cfg.random_init and reads_own_shards(extra) else None)
+    if meta is not None:
+        model = meta  # every rank reads its own slices of the checkpoint once the Trainer shards it
+    elif cfg.name_or_path and cfg.random_init:
         try:
             config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision,
                                                 trust_remote_code=cfg.trust_remote_code, **dict(cfg.config), **head_kwargs)
@@ -188,9 +192,58 @@ def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForC
     return model
 
 
+def reads_own_shards(extra: dict[str, Any]) -> bool:
+    """FSDP's low-memory loading by slices is on for this run (`training.low_memory_loading`): every
+    rank builds the model on the meta device and reads its own slices of the checkpoint when the
+    Trainer shards it (`models.sharded_loading`). Never for a 4-bit base."""
+    from ptft_hf.training.low_memory_loading import SHARDS, loading_mode
+
+    return "quantization_config" not in extra and loading_mode() == SHARDS
+
+
+def _checkpoint_config(cfg: ModelConfig, head_kwargs: dict[str, Any]) -> Any:
+    try:
+        config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                            **dict(cfg.config), **head_kwargs)
+    except (OSError, ValueError) as err:
+        raise _hub_error("model.name_or_path", cfg.name_or_path, err) from err
+    if cfg.attn_implementation:
+        config._attn_implementation = cfg.attn_implementation
+    return config
+
+
+def _on_meta_if_readable(cfg: ModelConfig, tokenizer: Any, auto_class: Any, dtype: Any,
+                         head_kwargs: dict[str, Any]) -> PreTrainedModel | None:
+    """The checkpoint's architecture on the meta device, marked with the folder each rank reads its
+    slices from; None, with the reason logged, when the checkpoint cannot be read that way (the
+    caller then loads as rank 0 reading for all)."""
+    from ptft_hf.models import sharded_loading as shards
+
+    folder = shards.checkpoint_folder(cfg.name_or_path, cfg.revision)
+    config = _checkpoint_config(cfg, head_kwargs)
+    why = None if folder is not None else "it has no safetensors weights"
+    if why is None and getattr(config, "quantization_config", None):
+        why = "its weights are stored quantised (from_pretrained unpacks them)"
+    if why is None and len(tokenizer) > config.vocab_size:
+        why = f"the tokenizer's {len(tokenizer)} tokens need a larger embedding than the checkpoint's {config.vocab_size}"
+    model = None
+    if why is None:
+        stored = getattr(config, "dtype", None)  # "auto": the checkpoint's own dtype, as from_pretrained takes it
+        model = shards.build_on_meta(auto_class, config, (stored if isinstance(stored, torch.dtype) else torch.float32)
+                                     if dtype == "auto" else dtype)
+        why = shards.checkpoint_mismatch(model, shards.checkpoint_shapes(folder))
+    if why is not None:
+        log.info("FSDP low-memory loading: rank 0 reads %s for every rank, because %s", cfg.name_or_path, why)
+        return None
+    setattr(model, shards.READS_SHARDS_FROM, folder)
+    log.info("model: built on the meta device; every rank reads its own slices of %s when FSDP shards it", folder)
+    return model
+
+
 def receives_weights_from_rank_0(extra: dict[str, Any]) -> bool:
-    """FSDP's low-memory loading is on and this process is not rank 0: rank 0 alone reads the
-    checkpoint, and accelerate broadcasts each rank its shards when it shards the model
+    """FSDP's low-memory loading is on (the way LoRA/DoRA load, and the fallback of `reads_own_shards`)
+    and this process is not rank 0: rank 0 alone reads the checkpoint, and accelerate broadcasts each
+    rank its shards when it shards the model
     (`fsdp_config.cpu_ram_efficient_loading`, `fsdp2_load_full_state_dict`). transformers' own switch
     (`is_fsdp_enabled`: ACCELERATE_USE_FSDP and FSDP_CPU_RAM_EFFICIENT_LOADING, set as `accelerate
     launch` sets them, see `training.low_memory_loading`) says it is on; transformers 5 itself still
@@ -212,13 +265,7 @@ def _empty_from_checkpoint_config(cfg: ModelConfig, auto_class: Any, dtype: Any,
     frequencies) are computed as usual: accelerate keeps them."""
     from transformers import initialization
 
-    try:
-        config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                                            **dict(cfg.config), **head_kwargs)
-    except (OSError, ValueError) as err:
-        raise _hub_error("model.name_or_path", cfg.name_or_path, err) from err
-    if cfg.attn_implementation:
-        config._attn_implementation = cfg.attn_implementation
+    config = _checkpoint_config(cfg, head_kwargs)
     with initialization.no_init_weights():
         model = auto_class.from_config(config, dtype=torch.float32 if dtype == "auto" else dtype)
     model.tie_weights()  # no_init_weights skips init_weights, which ties them

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import Trainer, TrainerState
 from transformers.integrations.deepspeed import deepspeed_init
 from transformers.trainer import TRAINER_STATE_NAME, TRAINING_ARGS_NAME
@@ -17,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, speed
 
 from ptft_hf.data.streaming import MixedStream, PackedStream
 from ptft_hf.distributed import weights_are_sharded
+from ptft_hf.models.sharded_loading import fill_shards, reads_shards
 from ptft_hf.training.chunked_loss import chunk_rows, chunkable_head, hidden_states_as_logits, linear_cross_entropy
 from ptft_hf.training.item_count import exact_item_count
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
@@ -76,6 +78,8 @@ class PtftTrainer(Trainer):
         if labelled_positions_only:
             kwargs.setdefault("compute_loss_func", selected_label_loss)
         super().__init__(*args, **kwargs)
+        if reads_shards(self.model) is not None:  # FSDP low-memory loading: each rank reads its own slices now
+            self.model = self.model_wrapped = fill_shards(self.accelerator, self.model)
         self.shift_labels = shift_labels
         self.token_metrics = token_metrics
         self.eval_data_collator = eval_data_collator
@@ -337,8 +341,8 @@ class PtftTrainer(Trainer):
         (`training.low_memory_loading`). A 4-bit base is loaded by every rank."""
         if not (self.is_fsdp_enabled and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() == "true"):
             return False
-        if len(member(self.accelerator, ACCELERATOR_MODELS)) > 0:
-            return False
+        if len(member(self.accelerator, ACCELERATOR_MODELS)) > 0 or isinstance(self.model, FSDPModule):
+            return False  # sharded already (or read by slices on every rank: `models.sharded_loading`)
         return not any(type(p).__name__ == "Params4bit" for p in self.model.parameters())
 
     @staticmethod

@@ -20,13 +20,36 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import launched
+from tests.conftest import launched, shared_data
 from tests.integration.distributed_helpers import (KILL_JOB_AT_SAVE, RUN, assert_same_training, reloaded_sample,
                                                    run_in_process, torchrun)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TWO_BY_FOUR = ["trainer.per_device_train_batch_size=4"]  # 2 processes x 4 rows: the reference's 8
+
+# Rank 0 saves the model as FSDP's low-memory loading left it, gathered whole, with its buffers
+# (`PtftTrainer` shards it and reads each rank's slices when it is built: `models.sharded_loading`).
+SAVE_LOADED_WEIGHTS = """
+import os
+from ptft_hf.training import trainer as _trainer
+
+_fill = _trainer.fill_shards
+
+
+def fill_shards(accelerator, model):
+    model = _fill(accelerator, model)
+    import torch, torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    whole = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        torch.save({"weights": whole, "buffers": dict(model.named_buffers())}, os.environ["PTFT_TEST_LOADED"])
+    return model
+
+
+_trainer.fill_shards = fill_shards
+"""
 
 
 def test_fsdp_qlora_shards_the_4bit_base_and_trains_the_adapter_one_process_trains(tiny_run, cache_env, compose_cfg, tmp_path):
@@ -104,3 +127,46 @@ def test_fsdp_full_fine_tuning_resumes_from_sharded_checkpoints_and_saves_one_mo
     # the chunked loss under FSDP: the head's weight gathered from the shards, the same weights as one process's
     assert "the head gathered from FSDP's shards" in (run_dir / "cli.log").read_text()
     assert reloaded_sample(run_dir) == metrics["sample"]
+
+
+def test_fsdp_full_fine_tuning_from_a_checkpoint_reads_each_ranks_slices_and_trains_as_one_process(compose_cfg, cache_env,
+                                                                                                   tmp_path):
+    """distributed=fsdp (low-memory loading) from a bf16 checkpoint split over three files, with tied
+    embeddings and rotary buffers (a Qwen2.5 twin): every rank builds the model on the meta device and
+    reads only its own slices into its shards; what it loaded is exactly what `from_pretrained` loads
+    on every rank (upcast to the fp32 the run trains in), and it trains what one process trains."""
+    from transformers import AutoModelForCausalLM
+
+    from ptft_hf.models.twins import build_twin
+
+    texts = [line for line in shared_data("wikitext-2", "valid.txt").read_text().splitlines() if line.strip()][:2000]
+    twin = build_twin("qwen2", tmp_path / "twin", texts)
+    checkpoint = tmp_path / "checkpoint"
+    AutoModelForCausalLM.from_pretrained(twin, dtype=torch.bfloat16).save_pretrained(checkpoint, max_shard_size="100KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (checkpoint / name).write_bytes((twin / name).read_bytes())
+    assert len(list(checkpoint.glob("model-*.safetensors"))) == 3 and not (checkpoint / "model.safetensors").exists()
+    args = [*(a for a in RUN if not a.startswith(("model.", "trainer.max_steps", "trainer.eval_steps", "trainer.save_steps"))),
+            "model=pretrained", f"model.name_or_path={checkpoint}", "trainer.max_steps=4", "trainer.eval_steps=4",
+            "trainer.save_steps=4"]
+    run_in_process(compose_cfg, [*args, "trainer.per_device_train_batch_size=8"], tmp_path / "single")  # the reference
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks" / "sitecustomize.py").write_text(SAVE_LOADED_WEIGHTS)
+    env = dict(cache_env, OMP_NUM_THREADS="1", PTFT_TEST_LOADED=str(tmp_path / "loaded.pt"))
+    env["PYTHONPATH"] = f"{tmp_path / 'hooks'}{os.pathsep}{env['PYTHONPATH']}"
+    sharded = torchrun([*args, *TWO_BY_FOUR, "distributed=fsdp", f"hydra.run.dir={tmp_path / 'fsdp'}"], env, tmp_path)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    for log in ("cli.log", "cli.rank1.log"):  # both ranks took the slice-reading path
+        text = (tmp_path / "fsdp" / log).read_text()
+        assert "FSDP low-memory loading: every rank reads its own slices of the checkpoint into its shards" in text, log
+        assert f"model: built on the meta device; every rank reads its own slices of {checkpoint}" in text, log
+    loaded = torch.load(tmp_path / "loaded.pt")
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    assert loaded["weights"].keys() == reference.state_dict().keys()
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(loaded["weights"][name], tensor), name
+    buffers = dict(reference.named_buffers())
+    assert loaded["buffers"].keys() == buffers.keys() and buffers  # the rotary frequencies
+    for name, tensor in buffers.items():
+        assert torch.equal(loaded["buffers"][name], tensor), name
+    assert_same_training(tmp_path / "fsdp", tmp_path / "single")  # tolerance as for every FSDP run here
