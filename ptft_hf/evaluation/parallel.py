@@ -71,7 +71,7 @@ def balanced_shares(tasks: list[str], processes: int, weights: dict[str, int] | 
         return [tasks[i::processes] for i in range(processes)]
     loads, members = [0] * processes, [set() for _ in range(processes)]
     for task in sorted(tasks, key=lambda t: (-weights[t], tasks.index(t))):
-        lightest = loads.index(min(loads))
+        lightest = min(range(processes), key=lambda i: (loads[i], len(members[i])))
         loads[lightest] += weights[task]
         members[lightest].add(task)
     return [[t for t in tasks if t in share] for share in members]
@@ -111,8 +111,9 @@ def keep_freed_memory() -> bool:
     which ends after scoring: the training process's allocator is left as it was."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return all(libc.mallopt(param, value) == 1 for param, value in
-                   ((M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, 1 << 31), (M_TOP_PAD, 256 << 20)))
+        taken = [libc.mallopt(param, ctypes.c_int(value)) == 1 for param, value in
+                 ((M_MMAP_THRESHOLD, 1 << 30), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 256 << 20))]
+        return all(taken)
     except (OSError, AttributeError):  # not glibc: its own allocator's defaults
         return False
 

@@ -230,14 +230,30 @@ def _on_meta_if_readable(cfg: ModelConfig, tokenizer: Any, auto_class: Any, dtyp
     if why is None:
         stored = getattr(config, "dtype", None)  # "auto": the checkpoint's own dtype, as from_pretrained takes it
         model = shards.build_on_meta(auto_class, config, (stored if isinstance(stored, torch.dtype) else torch.float32)
-                                     if dtype == "auto" else dtype)
+                                     if dtype == "auto" else dtype, trust_remote_code=cfg.trust_remote_code)
         why = shards.checkpoint_mismatch(model, shards.checkpoint_shapes(folder))
     if why is not None:
         log.info("FSDP low-memory loading: rank 0 reads %s for every rank, because %s", cfg.name_or_path, why)
         return None
     setattr(model, shards.READS_SHARDS_FROM, folder)
+    _checkpoint_generation_config(model, cfg)
     log.info("model: built on the meta device; every rank reads its own slices of %s when FSDP shards it", folder)
     return model
+
+
+def _checkpoint_generation_config(model: PreTrainedModel, cfg: ModelConfig) -> None:
+    """The checkpoint's own `generation_config.json` (stop tokens, sampling defaults) on a model built
+    from its config, as `from_pretrained` reads it: every rank generates under FSDP, and a rank that
+    stopped at other tokens would leave the others waiting. Without the file, the defaults from
+    config.json stay, as with `from_pretrained`."""
+    if not model.can_generate():
+        return
+    from transformers import GenerationConfig
+
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision)
+    except OSError:
+        pass
 
 
 def receives_weights_from_rank_0(extra: dict[str, Any]) -> bool:
@@ -267,8 +283,10 @@ def _empty_from_checkpoint_config(cfg: ModelConfig, auto_class: Any, dtype: Any,
 
     config = _checkpoint_config(cfg, head_kwargs)
     with initialization.no_init_weights():
-        model = auto_class.from_config(config, dtype=torch.float32 if dtype == "auto" else dtype)
+        model = auto_class.from_config(config, dtype=torch.float32 if dtype == "auto" else dtype,
+                                       trust_remote_code=cfg.trust_remote_code)
     model.tie_weights()  # no_init_weights skips init_weights, which ties them
+    _checkpoint_generation_config(model, cfg)
     log.info("model: built empty on this rank; rank 0 reads %s and FSDP sends this rank its shards", cfg.name_or_path)
     return model
 

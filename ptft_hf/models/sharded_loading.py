@@ -74,13 +74,13 @@ def checkpoint_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def build_on_meta(auto_class: Any, config: Any, dtype: torch.dtype) -> Any:
+def build_on_meta(auto_class: Any, config: Any, dtype: torch.dtype, trust_remote_code: bool = False) -> Any:
     """The model of `config` with its parameters on the meta device (no memory, no initialisation)
     and its buffers computed on the CPU (accelerate's `init_empty_weights(include_buffers=False)`)."""
     from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):
-        model = auto_class.from_config(config, dtype=dtype)
+        model = auto_class.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.tie_weights()
     return model
 
@@ -110,6 +110,28 @@ def reads_shards(model: Any) -> Path | None:
     return getattr(model, READS_SHARDS_FROM, None)
 
 
+def ranks_agree_on_reading_shards(model: Any) -> None:
+    """Every rank of the process group reads its own slices, or none does: a rank that fell back
+    (its checkpoint unreadable by slices, e.g. a download that failed there) would wait in
+    accelerate's broadcast while the others read, for ever. One line instead, before any of it."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    flags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, reads_shards(model) is not None)
+    if len(set(flags)) > 1:
+        from ptft_hf.errors import UserError
+
+        readers = [rank for rank, reads in enumerate(flags) if reads]
+        others = [rank for rank, reads in enumerate(flags) if not reads]
+        raise UserError.of("trainer.fsdp_config.cpu_ram_efficient_loading",
+                           f"ranks {readers} can read their own slices of the checkpoint and ranks {others} cannot "
+                           "(each rank's log says why)",
+                           "give every rank the same local checkpoint folder, or set "
+                           "trainer.fsdp_config.cpu_ram_efficient_loading=false")
+
+
 def fill_shards(accelerator: Any, model: Any) -> Any:
     """Shard the meta model as accelerate shards it for training, then read each rank's slices of
     the checkpoint into its shards. Returns the FSDP model (the same object), which accelerate's
@@ -130,11 +152,14 @@ def fill_shards(accelerator: Any, model: Any) -> Any:
         model = fsdp2_prepare_model(accelerator, model)
     finally:
         plugin.cpu_ram_efficient_loading = broadcast
-    model.to_empty(device=accelerator.device)
+    # FSDP's CPU offload keeps the parameters' shards on the CPU; buffers go where the model computes
+    offloaded = type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy"
+    model.to_empty(device="cpu" if offloaded else accelerator.device)
     with torch.no_grad():
         for module, name, value in buffers:
-            module._buffers[name].copy_(value)
-    state_dict = {name: tensor for name, tensor in model.state_dict().items() if name in _loaded_keys(model)}
+            module._buffers[name] = value.to(accelerator.device)
+    loaded = _loaded_keys(model)
+    state_dict = {name: tensor for name, tensor in model.state_dict().items() if name in loaded}
     dcp.load(state_dict, storage_reader=SliceReader(folder))
     delattr(model, READS_SHARDS_FROM)
     return model

@@ -74,10 +74,12 @@ def announce_low_memory_loading(trainer: Mapping[str, Any], classifies: bool, ad
         return None
     os.environ["ACCELERATE_USE_FSDP"] = "true"  # the rank-0 way, and the fallback of the slice-reading one
     os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
-    if adapter:
+    fsdp2 = int((trainer.get("fsdp_config") or {}).get("version", 2)) == 2  # transformers 5's default: 2
+    if adapter or not fsdp2:
         _mode = RANK_0
         log.info("FSDP low-memory loading: rank 0 reads the checkpoint, the other ranks receive their shards from it "
-                 "(peft wraps the model before it is sharded; a 4-bit base is read by every rank)")
+                 "(%s; a 4-bit base is read by every rank)",
+                 "peft wraps the model before it is sharded" if adapter else "slices are read into FSDP2's shards, this is FSDP1")
     else:
         _mode = SHARDS
         log.info("FSDP low-memory loading: every rank reads its own slices of the checkpoint into its shards")

@@ -18,7 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, speed
 
 from ptft_hf.data.streaming import MixedStream, PackedStream
 from ptft_hf.distributed import weights_are_sharded
-from ptft_hf.models.sharded_loading import fill_shards, reads_shards
+from ptft_hf.models.sharded_loading import fill_shards, ranks_agree_on_reading_shards, reads_shards
 from ptft_hf.training.chunked_loss import chunk_rows, chunkable_head, hidden_states_as_logits, linear_cross_entropy
 from ptft_hf.training.item_count import exact_item_count
 from ptft_hf.training.metrics import IGNORE_INDEX, TokenLossAccumulator
@@ -78,6 +78,8 @@ class PtftTrainer(Trainer):
         if labelled_positions_only:
             kwargs.setdefault("compute_loss_func", selected_label_loss)
         super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled:
+            ranks_agree_on_reading_shards(self.model)
         if reads_shards(self.model) is not None:  # FSDP low-memory loading: each rank reads its own slices now
             self.model = self.model_wrapped = fill_shards(self.accelerator, self.model)
         self.shift_labels = shift_labels
@@ -148,7 +150,7 @@ class PtftTrainer(Trainer):
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         for observer in self.batch_observers:
             observer.observe(inputs)
-        loss = super().training_step(model, inputs, exact_item_count(num_items_in_batch))  # exact under FSDP bf16
+        loss = super().training_step(model, inputs, num_items_in_batch)
         if not bool(torch.isfinite(loss).all()):  # the Trainer syncs on this value every step anyway
             raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
         self._loss_tally().add(loss)  # what the Trainer adds to its own running sum, kept through checkpoints
@@ -248,6 +250,7 @@ class PtftTrainer(Trainer):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
+        num_items_in_batch = exact_item_count(num_items_in_batch)  # FSDP's bf16 cast would round a float count
         labels = inputs.get("labels")
         if self.rdrop_alpha and labels is not None and not return_outputs and model.training:
             # normalised as the stock loss would be: by the accumulated batch's items where the label

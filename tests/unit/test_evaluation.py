@@ -273,6 +273,7 @@ def test_blimp_shares_balance_the_paradigms_expected_work(tmp_path):
     # heaviest first onto the lightest share: a->0, b->1, c->1, d->0, e->1 (loads 8 and 8); order kept
     assert balanced_shares(list(weights), 2, weights) == [["a", "d"], ["b", "c", "e"]]
     assert balanced_shares(list(weights), 2) == [["a", "c", "e"], ["b", "d"]]  # no weights: round robin
+    assert balanced_shares(["a", "b", "c"], 2, {"a": 0, "b": 0, "c": 0}) == [["a", "c"], ["b"]]  # no share left empty
     folder = tmp_path / "eval/blimp/data"
     folder.mkdir(parents=True)
     pairs = [{"sentence_good": "Cats sleep.", "sentence_bad": "Cats sleeps."}, {"sentence_good": "A b.", "sentence_bad": "B a."}]

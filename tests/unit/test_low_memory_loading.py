@@ -50,3 +50,30 @@ def test_the_slice_reading_refuses_a_checkpoint_it_would_read_differently_from_f
     renamed = {name.replace("model.", "transformer.", 1): shape for name, shape in saved.items()}
     assert checkpoint_mismatch(model, renamed) == "the checkpoint lacks 14 of the model's tensors (first: model.embed_tokens.weight)"
     assert "1 tensors differ in shape" in checkpoint_mismatch(model, {**saved, "model.embed_tokens.weight": (80, 16)})
+
+
+def test_both_empty_builds_take_the_checkpoints_generation_config(two_processes, tmp_path, monkeypatch):
+    """Every rank generates under FSDP (a forward is a collective), so every rank must stop at the
+    checkpoint's own stop tokens (generation_config.json), as from_pretrained gives them; config.json
+    names only one."""
+    from tokenizers import Tokenizer, models
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+    from ptft_hf.config.schema import ModelConfig
+    from ptft_hf.models.loading import load_model
+    from ptft_hf.models.sharded_loading import reads_shards
+
+    config = AutoConfig.for_model("qwen2", vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True, eos_token_id=5)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    GenerationConfig(eos_token_id=[5, 7], bos_token_id=1).save_pretrained(tmp_path)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({f"w{i}": i for i in range(32)}, "w0")))
+    cfg = ModelConfig(name_or_path=str(tmp_path), dtype="float32")
+    monkeypatch.setenv("RANK", "1")  # rank 1 of 2: the one that builds empty on rank 0's way too
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).generation_config.eos_token_id == [5, 7]
+    for trainer, adapter, marked in ((FSDP, False, True), (FSDP, True, False)):  # slices; rank 0's broadcast (rank 1)
+        with low_memory_loading(trainer, False, adapter):
+            model = load_model(cfg, tokenizer, AutoModelForCausalLM)
+        assert (reads_shards(model) is not None) is marked
+        assert model.generation_config.eos_token_id == [5, 7]
