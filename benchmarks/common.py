@@ -88,7 +88,8 @@ def project_trainer(overrides: list[str], run_dir: Path, callbacks: list[Any]) -
     tokenizer = load_tokenizer(conf.model)
     strategy = get_strategy(conf.strategy)
     with low_memory_loading(vars(conf.trainer), get_objective(conf.objective.name).classifies,
-                            strategy_class(conf.strategy.name).saves_adapter_only):
+                            strategy_class(conf.strategy.name).saves_adapter_only,
+                            bool(conf.model.name_or_path) and not conf.model.random_init):
         prepared = OBJECTIVES[conf.objective.name](conf, splits, tokenizer, strategy, {})
     return build_trainer(conf, run_dir, tokenizer, prepared, callbacks), prepared, tokenizer
 

@@ -125,7 +125,8 @@ def set_up(cfg: DictConfig, run_dir: Path, references: dict[str, DataConfig]) ->
     apply_dtype_plan(conf, resume_from)  # model.dtype: auto -> float32 / the checkpoint's own, with the reason logged
     adapter = strategy_class(conf.strategy.name).saves_adapter_only
     # several processes: rank 0 fills the caches, the others read them; FSDP: no rank reads the whole checkpoint
-    with main_process_first(), low_memory_loading(vars(conf.trainer), objective.classifies, adapter):
+    reads_checkpoint = bool(conf.model.name_or_path) and not conf.model.random_init
+    with main_process_first(), low_memory_loading(vars(conf.trainer), objective.classifies, adapter, reads_checkpoint):
         splits = load_splits(conf, objective, references)
         tokenizer = run_tokenizer(conf, splits, resume_from)
         strategy = get_strategy(conf.strategy)

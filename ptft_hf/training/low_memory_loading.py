@@ -50,20 +50,23 @@ def loading_mode() -> str | None:
 
 
 @contextmanager
-def low_memory_loading(trainer: Mapping[str, Any], classifies: bool, adapter: bool = False) -> Iterator[str | None]:
+def low_memory_loading(trainer: Mapping[str, Any], classifies: bool, adapter: bool = False,
+                       checkpoint: bool = True) -> Iterator[str | None]:
     """`announce_low_memory_loading` for the run's own model, loaded inside: models loaded after it
     (the trained model read back to check a staged folder, on rank 0) load whole, as they always did."""
     global _mode
     try:
-        yield announce_low_memory_loading(trainer, classifies, adapter)
+        yield announce_low_memory_loading(trainer, classifies, adapter, checkpoint)
     finally:
         _mode = None
 
 
-def announce_low_memory_loading(trainer: Mapping[str, Any], classifies: bool, adapter: bool = False) -> str | None:
+def announce_low_memory_loading(trainer: Mapping[str, Any], classifies: bool, adapter: bool = False,
+                                checkpoint: bool = True) -> str | None:
     """Decide how this run loads under FSDP when the config asks for low-memory loading and several
     processes run, set the switches for this process, and log it; returns the mode (see the module
-    docstring). `adapter`: the strategy trains a peft adapter (LoRA, DoRA, QLoRA)."""
+    docstring). `adapter`: the strategy trains a peft adapter (LoRA, DoRA, QLoRA); `checkpoint`: the
+    model is read from one (false: built from its config, or a `random_init` control)."""
     global _mode
     _mode = None
     if not (wants_low_memory_loading(trainer) and is_distributed_launch()):
@@ -75,7 +78,11 @@ def announce_low_memory_loading(trainer: Mapping[str, Any], classifies: bool, ad
     os.environ["ACCELERATE_USE_FSDP"] = "true"  # the rank-0 way, and the fallback of the slice-reading one
     os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
     fsdp2 = int((trainer.get("fsdp_config") or {}).get("version", 2)) == 2  # transformers 5's default: 2
-    if adapter or not fsdp2:
+    if not checkpoint:  # every rank builds it; accelerate's broadcast gives all rank 0's initial weights
+        _mode = RANK_0
+        log.info("FSDP low-memory loading: no checkpoint to read (the model is built from its config); "
+                 "every rank starts from rank 0's initial weights, sent when FSDP shards the model")
+    elif adapter or not fsdp2:
         _mode = RANK_0
         log.info("FSDP low-memory loading: rank 0 reads the checkpoint, the other ranks receive their shards from it "
                  "(%s; a 4-bit base is read by every rank)",

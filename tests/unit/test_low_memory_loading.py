@@ -27,12 +27,16 @@ def two_processes(monkeypatch):
     (FSDP, False, False, SHARDS, "every rank reads its own slices of the checkpoint into its shards"),
     (FSDP, False, True, RANK_0, "rank 0 reads the checkpoint, the other ranks receive their shards from it"),
     (FSDP, True, False, None, "low-memory loading off: this objective's evaluation before training needs the weights"),
+    (FSDP, False, False, RANK_0, "no checkpoint to read (the model is built from its config)"),
+    ({"fsdp": True, "fsdp_config": {"cpu_ram_efficient_loading": True, "version": 1}}, False, False, RANK_0,
+     "slices are read into FSDP2's shards, this is FSDP1"),
     ({"fsdp": True, "fsdp_config": {"cpu_ram_efficient_loading": False}}, False, False, None, None),
 ])
 def test_a_run_loads_one_way_says_which_and_only_its_own_model_loads_so(two_processes, caplog, trainer, classifies,
                                                                         adapter, mode, said):
+    checkpoint = not said or "built from its config" not in said
     with caplog.at_level(logging.INFO, logger="ptft_hf.training.low_memory_loading"):
-        with low_memory_loading(trainer, classifies, adapter) as chosen:
+        with low_memory_loading(trainer, classifies, adapter, checkpoint) as chosen:
             assert chosen == mode == loading_mode()
     assert loading_mode() is None  # models loaded after the run's own (a staged folder's check) load whole
     lines = [r.getMessage() for r in caplog.records]
