@@ -11,6 +11,7 @@ them all, so the scores do not depend on the number of processes.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import logging
 import os
@@ -47,18 +48,20 @@ def paradigm_tasks(tasks: list[str], data_root: Path) -> list[str]:
 SENTENCE_OVERHEAD_CHARS = 25
 
 
-def paradigm_weights(paradigms: list[str], data_root: Path) -> dict[str, int]:
+def paradigm_weights(paradigms: list[str], data_root: Path, limit: int | float | None = None) -> dict[str, int]:
     """Each BLiMP paradigm task's expected scoring work: its sentences' characters plus a per-sentence
-    overhead (both sentences of every pair are scored)."""
+    overhead (both sentences of every pair are scored); with an integer `limit`, of the first
+    `limit` pairs only, the ones lm-eval scores."""
+    pairs = limit if isinstance(limit, int) and limit > 0 else None
     weights = {}
     for task in paradigms:
         path = data_root / "eval/blimp/data" / f"{task[len(BLIMP_PREFIX):]}.jsonl"
         total = 0
         with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    pair = json.loads(line)
-                    total += len(pair["sentence_good"]) + len(pair["sentence_bad"]) + 2 * SENTENCE_OVERHEAD_CHARS
+            lines = (line for line in handle if line.strip())
+            for line in itertools.islice(lines, pairs):
+                pair = json.loads(line)
+                total += len(pair["sentence_good"]) + len(pair["sentence_bad"]) + 2 * SENTENCE_OVERHEAD_CHARS
         weights[task] = total
     return weights
 

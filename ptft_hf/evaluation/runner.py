@@ -51,7 +51,7 @@ def evaluate_model(model: Any, tokenizer: Any, tasks: list[str], num_fewshot: in
         return _evaluate_once(model, tokenizer, tasks, num_fewshot, limit, batch_size, root, seed)
     started = time.time()
     shares = score_shares(lambda share: _evaluate_once(model, tokenizer, share, num_fewshot, limit, batch_size, root, seed),
-                          paradigms, count, paradigm_weights(paradigms, root))
+                          paradigms, count, paradigm_weights(paradigms, root, limit))
     others = [t for t in tasks if t != BLIMP_GROUP and t not in paradigms]
     if others:
         shares.append(_evaluate_once(model, tokenizer, others, num_fewshot, limit, batch_size, root, seed))

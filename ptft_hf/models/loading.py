@@ -155,12 +155,7 @@ def load_model(cfg: ModelConfig, tokenizer: Any, auto_class: Any = AutoModelForC
     if meta is not None:
         model = meta  # every rank reads its own slices of the checkpoint once the Trainer shards it
     elif cfg.name_or_path and cfg.random_init:
-        try:
-            config = AutoConfig.from_pretrained(cfg.name_or_path, revision=cfg.revision,
-                                                trust_remote_code=cfg.trust_remote_code, **dict(cfg.config), **head_kwargs)
-        except (OSError, ValueError) as err:
-            raise _hub_error("model.name_or_path", cfg.name_or_path, err) from err
-        model = auto_class.from_config(config, dtype=dtype)
+        model = auto_class.from_config(_checkpoint_config(cfg, head_kwargs), dtype=dtype)
     elif cfg.name_or_path and receives_weights_from_rank_0(extra):
         model = _empty_from_checkpoint_config(cfg, auto_class, dtype, head_kwargs)
     elif cfg.name_or_path:

@@ -279,3 +279,4 @@ def test_blimp_shares_balance_the_paradigms_expected_work(tmp_path):
     pairs = [{"sentence_good": "Cats sleep.", "sentence_bad": "Cats sleeps."}, {"sentence_good": "A b.", "sentence_bad": "B a."}]
     (folder / "tiny.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
     assert paradigm_weights(["blimp_tiny"], tmp_path) == {"blimp_tiny": 11 + 12 + 4 + 4 + 4 * SENTENCE_OVERHEAD_CHARS}
+    assert paradigm_weights(["blimp_tiny"], tmp_path, limit=1) == {"blimp_tiny": 11 + 12 + 2 * SENTENCE_OVERHEAD_CHARS}
