@@ -4,8 +4,9 @@ group functions.
 On a CPU, a small model's pass over BLiMP's 134k sentences is bound by lm-eval's per-request loop
 and by small matrix products, neither of which a second intra-op thread speeds up much; a second
 process on the second core does (the model's weights are shared copy-on-write, nothing is copied).
-Each process runs lm-eval's `simple_evaluate` on its paradigms, exactly as one process would run
-them all, so the scores do not depend on the number of processes.
+Each process runs lm-eval's `simple_evaluate` on its paradigms, as one process would run them all,
+with the short-sentence kernels and shared prefixes the runner sets in it (`short_sentences.py`,
+`shared_prefixes.py`): in float32 the scores equal one process's; in bfloat16 they agree to its rounding.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -139,6 +141,7 @@ def score_shares(score: Callable[[list[str]], dict[str, Any]], tasks: list[str],
 
     threads = max(1, torch.get_num_threads() // processes)
     shares = balanced_shares(tasks, processes, weights)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ptft_hf_shares_") as folder:
         children = []
         for index, share in enumerate(shares):
@@ -162,9 +165,11 @@ def score_shares(score: Callable[[list[str]], dict[str, Any]], tasks: list[str],
         log.info("BLiMP: %d paradigms in %d processes of %d thread(s)", len(tasks), processes, threads)
         results, failures, waiting = [], [], [pid for pid, _ in children]
         try:
-            for pid, out_path in children:
-                _, status = os.waitpid(pid, 0)
+            for index, (pid, out_path) in enumerate(children):
+                _, status, usage = os.wait4(pid, 0)
                 waiting.remove(pid)
+                log.info("BLiMP share %d: %d paradigms, done after %.1f s, %.1f s of CPU", index, len(shares[index]),
+                         time.monotonic() - started, usage.ru_utime + usage.ru_stime)
                 if status != 0 or not out_path.is_file():
                     error = out_path.with_suffix(".error")
                     failures.append(error.read_text(encoding="utf-8") if error.is_file() else f"exit status {status}")
