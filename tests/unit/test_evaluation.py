@@ -280,3 +280,35 @@ def test_blimp_shares_balance_the_paradigms_expected_work(tmp_path):
     (folder / "tiny.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
     assert paradigm_weights(["blimp_tiny"], tmp_path) == {"blimp_tiny": 11 + 12 + 4 + 4 + 4 * SENTENCE_OVERHEAD_CHARS}
     assert paradigm_weights(["blimp_tiny"], tmp_path, limit=1) == {"blimp_tiny": 11 + 12 + 2 * SENTENCE_OVERHEAD_CHARS}
+
+
+def test_lm_evals_model_call_computes_shared_prefixes_once_with_the_same_scores(gpt2, data_root, monkeypatch):
+    """The share processes' HFLM overrides lm-eval's `_model_call` (the one place the model runs): the
+    override must be called, take its prefix trees, and give the plain pass's BLiMP results."""
+    from ptft_hf.evaluation import runner, shared_prefixes
+    from ptft_hf.evaluation.runner import _evaluate_once
+
+    model, tokenizer = gpt2
+    saved = []
+
+    def counting(model_, input_ids, max_nodes=shared_prefixes.MAX_TREE_TOKENS):
+        logits = shared_prefixes.shared_prefix_logits(model_, input_ids, max_nodes)
+        saved.append(logits is not None)
+        return logits
+
+    monkeypatch.setattr(runner, "shared_prefix_logits", counting)
+    plain, shared = (_evaluate_once(model, tokenizer, PARADIGMS, None, 40, 16, data_root, 1234, share_prefixes=s)
+                     for s in (False, True))
+    assert any(saved)  # the batches whose pairs share enough take the trees (the others, the plain pass)
+    assert shared["results"] == plain["results"]
+
+
+def test_blimp_documents_are_decoded_once_with_the_features_lm_eval_reads():
+    from datasets import Dataset
+
+    from ptft_hf.evaluation.tasks.documents import DocumentList, blimp_documents
+
+    dataset = Dataset.from_dict({"sentence_good": ["A cat is here."], "sentence_bad": ["A cat are here."]})
+    docs = blimp_documents(dataset)
+    assert isinstance(docs, DocumentList) and docs == [{"sentence_good": "A cat is here.", "sentence_bad": "A cat are here."}]
+    assert docs.features == dataset.features

@@ -121,3 +121,38 @@ def test_extra_training_text_is_mixed_in_across_formats(tmp_path):
     cfg = DataConfig(path=txt, eval_path=txt, validation_path=txt, extra_train=[{"path": csv, "text_column": "text"}])
     splits = load_text_splits(cfg, seed=0)
     assert splits["train"]["text"] == ["general one", "general two", "domain one", "domain two"]
+
+
+class _CountingSession:
+    """Stands in for the network boundary only: datasets' HTTP session, recording the requests it is asked for."""
+
+    def __init__(self):
+        self.urls: list[str] = []
+
+    def head(self, url, **kwargs):
+        self.urls.append(url)
+
+
+def test_local_files_load_without_the_download_count_request(tmp_path, monkeypatch):
+    """datasets asks its S3 bucket to count each load_dataset("json"/"csv"/...) of local files (10 s of
+    DNS failures in a BLiMP pass where the network is filtered); ptft_hf's local loads skip it, and a
+    user's own HF_UPDATE_DOWNLOAD_COUNTS is left alone."""
+    import datasets
+
+    from ptft_hf.data.local_files import no_download_count_request
+
+    session = _CountingSession()
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # the suite runs offline: as a user's online machine
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", True)
+    monkeypatch.setattr(datasets.load, "get_session", lambda: session)
+    monkeypatch.delenv("HF_UPDATE_DOWNLOAD_COUNTS", raising=False)
+    path = _write(tmp_path / "d.jsonl", '{"text": "a b c"}\n{"text": "d e"}\n')
+    datasets.load_dataset("json", data_files={"train": path}, split="train")
+    assert len(session.urls) == 1 and session.urls[0].endswith("json/json.py")  # what datasets does on its own
+    splits = load_text_splits(DataConfig(path=path, eval_path=path, validation_path=path), seed=0)
+    assert splits["train"]["text"] == ["a b c", "d e"] and len(session.urls) == 1  # three local loads, no request
+    assert datasets.config.HF_UPDATE_DOWNLOAD_COUNTS is True  # restored after each load
+    monkeypatch.setenv("HF_UPDATE_DOWNLOAD_COUNTS", "1")  # the user asked for the counts
+    with no_download_count_request():
+        datasets.load_dataset("json", data_files={"train": path}, split="train")
+    assert len(session.urls) == 2
