@@ -6,7 +6,8 @@ and by small matrix products, neither of which a second intra-op thread speeds u
 process on the second core does (the model's weights are shared copy-on-write, nothing is copied).
 Each process runs lm-eval's `simple_evaluate` on its paradigms, as one process would run them all,
 with the short-sentence kernels and shared prefixes the runner sets in it (`short_sentences.py`,
-`shared_prefixes.py`): in float32 the scores equal one process's; in bfloat16 they agree to its rounding.
+`shared_prefixes.py`): the scores agree with one process's to rounding (a test finds them equal on
+a tiny float32 model); in bfloat16 a close pair can fall either way.
 """
 
 from __future__ import annotations
@@ -165,11 +166,22 @@ def score_shares(score: Callable[[list[str]], dict[str, Any]], tasks: list[str],
         log.info("BLiMP: %d paradigms in %d processes of %d thread(s)", len(tasks), processes, threads)
         results, failures, waiting = [], [], [pid for pid, _ in children]
         try:
-            for index, (pid, out_path) in enumerate(children):
-                _, status, usage = os.wait4(pid, 0)
-                waiting.remove(pid)
-                log.info("BLiMP share %d: %d paradigms, done after %.1f s, %.1f s of CPU", index, len(shares[index]),
-                         time.monotonic() - started, usage.ru_utime + usage.ru_stime)
+            statuses = {}
+            while waiting:  # each share reaped as it ends (our own children only), so that its time is its own
+                for index, (pid, _) in enumerate(children):
+                    if pid not in waiting:
+                        continue
+                    done, status, usage = os.wait4(pid, os.WNOHANG)
+                    if done == 0:
+                        continue
+                    waiting.remove(pid)
+                    statuses[pid] = status
+                    log.info("BLiMP share %d: %d paradigms, done after %.1f s, %.1f s of CPU", index, len(shares[index]),
+                             time.monotonic() - started, usage.ru_utime + usage.ru_stime)
+                if waiting:
+                    time.sleep(0.05)
+            for pid, out_path in children:
+                status = statuses[pid]
                 if status != 0 or not out_path.is_file():
                     error = out_path.with_suffix(".error")
                     failures.append(error.read_text(encoding="utf-8") if error.is_file() else f"exit status {status}")

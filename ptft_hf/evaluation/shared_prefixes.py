@@ -123,7 +123,8 @@ def prefix_sharing_agrees(model: Any, vocab_size: int, atol: float | None = None
     rows = [stem + torch.randint(1, vocab_size, (k,), generator=generator).tolist() + [0] * (3 - k)
             for stem in stems for k in (1, 2, 3, 3)]
     probe = torch.tensor(rows, device=next(model.parameters()).device)
-    tolerance = atol if atol is not None else (1e-4 if model.dtype == torch.float32 else 0.25)
+    exact = model.dtype == torch.float32
+    tolerance = atol if atol is not None else (1e-4 if exact else 0.1)
     try:
         with torch.no_grad():
             plain = model(probe).logits.float()
@@ -131,4 +132,5 @@ def prefix_sharing_agrees(model: Any, vocab_size: int, atol: float | None = None
     except Exception as err:  # noqa: BLE001 - any failure means the plain pass
         log.info("prefix sharing is off for this model: %s", err)
         return False
-    return shared is not None and bool(torch.allclose(shared.float(), plain, atol=tolerance, rtol=0))
+    # relative too in half precision: a logit's rounding step grows with it (0.25 from 32 in bfloat16)
+    return shared is not None and bool(torch.allclose(shared.float(), plain, atol=tolerance, rtol=0 if exact else 2e-2))

@@ -92,3 +92,32 @@ def test_short_sentence_kernels_compute_the_models_functions():
     llama = _llama()
     assert use_short_sentence_kernels(llama) == ["eager attention"]  # no GPT-2 MLP to fuse
 
+
+
+def test_the_probe_refuses_trees_whose_logits_differ_from_the_plain_pass(monkeypatch):
+    """A mask that let every node see every other (as if the model ignored it) changes the logits:
+    the probe says no, and the share runs the plain pass."""
+    from ptft_hf.evaluation import shared_prefixes
+
+    def sees_everything(trees, mask_dtype):
+        inputs = tree_inputs(trees, None)
+        inputs["attention_mask"] = torch.ones_like(inputs["attention_mask"])
+        return inputs
+
+    monkeypatch.setattr(shared_prefixes, "tree_inputs", sees_everything)
+    assert not prefix_sharing_agrees(_gpt2("sdpa"), vocab_size=50)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_short_sentence_kernels_keep_a_half_precision_model_running(dtype):
+    """oneDNN refuses some dtypes on some CPUs (float16 without AVX-512 FP16): the MLP is switched only
+    where the fused kernel runs for the weights' dtype and matches; either way the model still runs."""
+    model, batch = _gpt2("sdpa").to(dtype), _batch()
+    with torch.no_grad():
+        before = model(batch).logits.float()
+        switched = use_short_sentence_kernels(model)
+        after = model(batch).logits.float()
+    assert switched[0] == "eager attention"
+    fused = type(model.transformer.h[0].mlp.c_fc) is LinearTanhGELU
+    assert switched[1:] == (["fused product and tanh GELU in 2 MLPs"] if fused else [])
+    assert torch.allclose(after, before, atol=0.1, rtol=2e-2)

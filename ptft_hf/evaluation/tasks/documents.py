@@ -4,6 +4,7 @@ copied beside the rendered YAMLs."""
 from __future__ import annotations
 
 import re
+import weakref
 
 from datasets import Dataset
 
@@ -63,6 +64,13 @@ class DocumentList(list):
         self.features = dataset.features
 
 
+_DECODED: "weakref.WeakKeyDictionary[Dataset, DocumentList]" = weakref.WeakKeyDictionary()
+
+
 def blimp_documents(dataset: Dataset) -> DocumentList:
-    """A BLiMP paradigm's pairs, decoded once (see `DocumentList`)."""
-    return DocumentList(dataset)
+    """A BLiMP paradigm's pairs, decoded once (see `DocumentList`): lm-eval calls `process_docs` each
+    time it reads the task's documents, so the list is kept for as long as the split is."""
+    decoded = _DECODED.get(dataset)
+    if decoded is None:
+        decoded = _DECODED[dataset] = DocumentList(dataset)
+    return decoded
