@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 ENV_VAR = "HF_UPDATE_DOWNLOAD_COUNTS"
 
@@ -28,3 +28,12 @@ def no_download_count_request() -> Iterator[None]:
         yield
     finally:
         datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = before
+
+
+def load_local_files(fmt: str, files: str | list[str], **kwargs: Any) -> Any:
+    """`datasets.load_dataset(fmt, data_files={"train": files}, split="train", **kwargs)` without the
+    download-count request (streaming too, with `streaming=True`)."""
+    import datasets
+
+    with no_download_count_request():
+        return datasets.load_dataset(fmt, data_files={"train": files}, split="train", **kwargs)

@@ -22,7 +22,7 @@ from datasets import Dataset, DatasetDict
 
 from ptft_hf.config.schema import DataConfig, PtftConfig
 from ptft_hf.data.builtin import BUILTIN_CORPORA, builtin_corpus_file
-from ptft_hf.data.local_files import no_download_count_request
+from ptft_hf.data.local_files import load_local_files
 from ptft_hf.data.mixture import Mixture, extra_corpora
 from ptft_hf.data.validation import carve_validation
 from ptft_hf.errors import UserError
@@ -98,8 +98,7 @@ def _load_files(field: str, path: str, cfg: DataConfig) -> Dataset:
     if fmt == "csv" and files[0].endswith(".tsv"):
         kwargs["delimiter"] = "\t"
     try:
-        with no_download_count_request():
-            return datasets.load_dataset(fmt, data_files={"train": files}, split="train", **kwargs)
+        return load_local_files(fmt, files, **kwargs)
     except UnicodeDecodeError as err:
         raise _not_utf8(field, path, files) from err
     except (datasets.exceptions.DatasetGenerationError, ValueError) as err:
@@ -230,8 +229,7 @@ def load_text_splits(cfg: DataConfig, seed: int, chat: bool = False) -> TextSpli
             raise UserError.of(
                 "data.builtin", f"no builtin corpus '{cfg.builtin}'", f"use one of: {', '.join(BUILTIN_CORPORA)}"
             )
-        with no_download_count_request():
-            train_ds = datasets.load_dataset("json", data_files={"train": str(builtin_corpus_file(cfg.builtin))}, split="train")
+        train_ds = load_local_files("json", str(builtin_corpus_file(cfg.builtin)))
     elif cfg.hub_id:
         loaded = _load_hub(cfg)
         train_ds = _pick_split(loaded, cfg.train_split, "data.train_split")
@@ -309,9 +307,7 @@ def load_text_stream(cfg: DataConfig, seed: int) -> TextSplits:
     elif cfg.builtin:
         if cfg.builtin not in BUILTIN_CORPORA:
             raise UserError.of("data.builtin", f"no builtin corpus '{cfg.builtin}'", f"use one of: {', '.join(BUILTIN_CORPORA)}")
-        with no_download_count_request():
-            stream = datasets.load_dataset("json", data_files={"train": str(builtin_corpus_file(cfg.builtin))}, split="train",
-                                           streaming=True)
+        stream = load_local_files("json", str(builtin_corpus_file(cfg.builtin)), streaming=True)
     elif cfg.hub_id:
         log.info("streaming data set %s (%s) with datasets.load_dataset(streaming=True)", cfg.hub_id, cfg.hub_config)
         stream = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.train_split, streaming=True)
@@ -357,8 +353,7 @@ def _file_stream(field: str, path: str, cfg: DataConfig) -> Any:
     files = resolve_files(field, path)
     fmt = infer_format(field, files, cfg.format)
     kwargs: dict[str, Any] = {"sample_by": cfg.sample_by} if fmt == "text" else {}
-    with no_download_count_request():
-        return datasets.load_dataset(fmt, data_files={"train": files}, split="train", streaming=True, **kwargs)
+    return load_local_files(fmt, files, streaming=True, **kwargs)
 
 
 def _text_stream(stream: Any, text_column: str, field: str) -> Any:

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ def tree_inputs(trees: list[PrefixTree], mask_dtype: torch.dtype | None) -> dict
     width = max(len(tree.tokens) for tree in trees)
     ids = torch.zeros(len(trees), width, dtype=torch.long)
     positions = torch.zeros(len(trees), width, dtype=torch.long)
-    sees = torch.zeros(len(trees), width, width, dtype=torch.bool)
-    sees[:, torch.arange(width), torch.arange(width)] = True
+    sees = np.zeros((len(trees), width, width), dtype=bool)  # numpy: a row copy per node, without torch's per-op cost
+    sees[:, np.arange(width), np.arange(width)] = True
     for t, tree in enumerate(trees):
         n = len(tree.tokens)
         ids[t, :n] = torch.tensor(tree.tokens)
@@ -90,7 +91,7 @@ def tree_inputs(trees: list[PrefixTree], mask_dtype: torch.dtype | None) -> dict
         for node, parent in enumerate(tree.parents):
             if parent >= 0:
                 visible[node] |= visible[parent]
-    mask = sees[:, None]
+    mask = torch.from_numpy(sees)[:, None]
     if mask_dtype is not None:
         mask = torch.zeros(mask.shape, dtype=mask_dtype).masked_fill_(~mask, torch.finfo(mask_dtype).min)
     return {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
@@ -107,11 +108,12 @@ def shared_prefix_logits(model: Any, input_ids: torch.Tensor, max_nodes: int = M
     eager = getattr(model.config, "_attn_implementation", None) == "eager"
     inputs = tree_inputs(trees, model.dtype if eager else None)
     logits = model(**{k: v.to(input_ids.device) for k, v in inputs.items()}).logits
-    where = torch.empty(input_ids.shape, dtype=torch.long)
+    where: list[list[int]] = [[]] * len(rows)  # each row's positions in the flattened trees
     for t, tree in enumerate(trees):
         for row, path in zip(tree.rows, tree.paths):
-            where[row] = torch.tensor(path) + t * width
-    return logits.reshape(-1, logits.shape[-1]).index_select(0, where.view(-1).to(logits.device)).view(*input_ids.shape, -1)
+            where[row] = [node + t * width for node in path]
+    index = torch.tensor(where, device=logits.device).view(-1)
+    return logits.reshape(-1, logits.shape[-1]).index_select(0, index).view(*input_ids.shape, -1)
 
 
 def prefix_sharing_agrees(model: Any, vocab_size: int, atol: float | None = None) -> bool:
